@@ -1,0 +1,472 @@
+//! attach, detach, status: the lifetime of one attachment.
+
+use std::fs;
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result, anyhow, bail};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, PrintLevel, ProgramInput};
+use serde::Serialize;
+use tabled::Tabled;
+
+use crate::addr::to_map_addr;
+use crate::bpf::{self, LAYOUT_VERSION, NetnsxlSkelBuilder, types};
+use crate::output::{self, Format};
+use crate::state::{CGROUP_PROGS, MAPS, Pins, State};
+use crate::sys;
+
+pub struct AttachOpts {
+    pub cgroup: PathBuf,
+    pub host_netns: Option<PathBuf>,
+    pub node_ips: Vec<IpAddr>,
+}
+
+static LIBBPF_LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn capture_libbpf_log(_level: PrintLevel, msg: String) {
+    if let Ok(mut log) = LIBBPF_LOG.lock() {
+        log.push(msg);
+    }
+}
+
+/// The last lines libbpf printed (the verifier log's tail on a rejection).
+fn libbpf_log_tail(n: usize) -> String {
+    let log = LIBBPF_LOG.lock().map(|l| l.concat()).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Removes what a failed attach pinned, unless disarmed.
+struct PinCleanup<'a> {
+    pins: &'a Pins,
+    armed: bool,
+}
+
+impl Drop for PinCleanup<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = remove_pins(self.pins);
+        }
+    }
+}
+
+/// Remove links first (that detaches the programs), then maps, then the dirs.
+fn remove_pins(pins: &Pins) -> Result<()> {
+    for prog in CGROUP_PROGS {
+        let p = pins.link(prog);
+        if p.exists() {
+            fs::remove_file(&p).with_context(|| format!("remove link pin {}", p.display()))?;
+        }
+    }
+    for map in MAPS {
+        let p = pins.map(map);
+        if p.exists() {
+            fs::remove_file(&p).with_context(|| format!("remove map pin {}", p.display()))?;
+        }
+    }
+    for d in [pins.links_dir(), pins.maps_dir(), pins.root.clone()] {
+        if d.exists() {
+            fs::remove_dir(&d).with_context(|| {
+                format!(
+                    "remove {}: it holds files netnsxl did not create",
+                    d.display()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn same_netns_as_init() -> bool {
+    let ino = |p: &str| fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    let me = ino("/proc/self/ns/net");
+    me.is_some() && me == ino("/proc/1/ns/net")
+}
+
+/// Attach, or report that this cgroup is attached already.
+pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
+    sys::require_privileges()?;
+    let (cgroup, cgroup_id) = sys::check_cgroup2_dir(&opts.cgroup)?;
+    sys::ensure_bpffs(pin_dir)?;
+    let _lock = sys::StateLock::take(pin_dir)?;
+    let pins = Pins::new(pin_dir);
+
+    if pins.exists() {
+        let state = State::open_unchecked(pins.clone())?;
+        let cfg = state.config()?;
+        if cfg.attached != 0 && cfg.layout_version == LAYOUT_VERSION {
+            if cfg.cgroup_id == cgroup_id {
+                println!(
+                    "already attached to {} (pin dir {})",
+                    cgroup.display(),
+                    pin_dir.display()
+                );
+                return Ok(());
+            }
+            bail!(
+                "{} is attached to {}; run netnsxl detach first (one attachment per pin dir, or use another --pin-dir)",
+                pin_dir.display(),
+                bpf::from_cstr(&cfg.cgroup_path)
+            );
+        }
+        if cfg.attached != 0 {
+            bail!(
+                "{} holds state of layout version {} (this netnsxl: {}); run netnsxl detach, then attach again",
+                pin_dir.display(),
+                cfg.layout_version,
+                LAYOUT_VERSION
+            );
+        }
+        // An interrupted attach: nothing was ever usable; start again.
+        drop(state);
+        remove_pins(&pins)?;
+    }
+
+    let host_cookie = match &opts.host_netns {
+        Some(p) => {
+            Some(sys::netns_cookie_of(p).with_context(|| format!("--host-netns {}", p.display()))?)
+        }
+        None => None,
+    };
+    let mut node_addrs = match &opts.host_netns {
+        Some(p) => sys::in_netns(p, sys::interface_addrs)?,
+        None => sys::interface_addrs()?,
+    };
+    node_addrs.extend(opts.node_ips.iter().copied());
+    node_addrs.sort();
+    node_addrs.dedup();
+
+    libbpf_rs::set_print(Some((PrintLevel::Debug, capture_libbpf_log)));
+    let mut obj = MaybeUninit::uninit();
+    let open = NetnsxlSkelBuilder::default()
+        .open(&mut obj)
+        .context("open the BPF object")?;
+    let skel = open.load().map_err(|e| {
+        anyhow!(
+            "load the BPF object: {e}\nlast lines of the libbpf/verifier log:\n{}",
+            libbpf_log_tail(25)
+        )
+    })?;
+
+    let init_cookie = probe_init_cookie(&skel)?;
+    let host_cookie = host_cookie.unwrap_or(init_cookie);
+
+    let mut cleanup = PinCleanup {
+        pins: &pins,
+        armed: true,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(pins.maps_dir())
+        .with_context(|| format!("create {}", pins.maps_dir().display()))?;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(pins.links_dir())
+        .with_context(|| format!("create {}", pins.links_dir().display()))?;
+
+    let maps = &skel.maps;
+    for (name, map) in [
+        ("svc_map", &maps.svc_map),
+        ("backend_map", &maps.backend_map),
+        ("meta_map", &maps.meta_map),
+        ("affinity_map", &maps.affinity_map),
+        ("revnat_map", &maps.revnat_map),
+        ("node_addr_map", &maps.node_addr_map),
+        ("config_map", &maps.config_map),
+    ] {
+        let path = pins.map(name);
+        // MapImpl::pin needs &mut; pin through a handle on the same map.
+        let mut handle = libbpf_rs::MapHandle::try_from(map).context("map handle")?;
+        handle
+            .pin(&path)
+            .with_context(|| format!("pin map {}", path.display()))?;
+    }
+    let state = State::open_unchecked(pins.clone())?;
+
+    let mut cfg = types::nxl_config {
+        host_netns_cookie: host_cookie,
+        init_netns_cookie: init_cookie,
+        cgroup_id,
+        layout_version: LAYOUT_VERSION,
+        next_svc_id: 1,
+        next_backend_id: 1,
+        attached: 0,
+        cgroup_path: bpf::to_cstr(&cgroup.to_string_lossy()),
+    };
+    state.write_config(&cfg)?;
+    write_node_addrs(&state, &node_addrs)?;
+
+    let cg = fs::File::open(&cgroup).with_context(|| format!("open {}", cgroup.display()))?;
+    let progs = &skel.progs;
+    for (name, prog) in [
+        ("nxl_connect4", &progs.nxl_connect4),
+        ("nxl_sendmsg4", &progs.nxl_sendmsg4),
+        ("nxl_recvmsg4", &progs.nxl_recvmsg4),
+        ("nxl_getpeername4", &progs.nxl_getpeername4),
+        ("nxl_connect6", &progs.nxl_connect6),
+        ("nxl_sendmsg6", &progs.nxl_sendmsg6),
+        ("nxl_recvmsg6", &progs.nxl_recvmsg6),
+        ("nxl_getpeername6", &progs.nxl_getpeername6),
+        ("nxl_sock_release", &progs.nxl_sock_release),
+    ] {
+        let mut link: Link = prog
+            .attach_cgroup(cg.as_raw_fd())
+            .with_context(|| format!("attach {name} to {}", cgroup.display()))?;
+        let path = pins.link(name);
+        link.pin(&path)
+            .with_context(|| format!("pin link {}", path.display()))?;
+    }
+
+    cfg.attached = 1;
+    state.write_config(&cfg)?;
+    cleanup.armed = false;
+    drop(cleanup);
+
+    println!(
+        "attached to {} (cgroup id {cgroup_id}); host netns cookie {host_cookie}; {} node addresses; pins in {}",
+        cgroup.display(),
+        node_addrs.len(),
+        pin_dir.display()
+    );
+    Ok(())
+}
+
+/// bpf_get_netns_cookie(NULL) as the kernel returns it, read by running the
+/// probe program once; falls back to SO_NETNS_COOKIE when this process is in
+/// the initial netns and the kernel cannot run the probe.
+fn probe_init_cookie(skel: &bpf::NetnsxlSkel<'_>) -> Result<u64> {
+    let pkt = [0u8; 64];
+    let mut input = ProgramInput::default();
+    input.data_in = Some(&pkt);
+    let ran = skel.progs.nxl_probe_init_cookie.test_run(input);
+    let cfg: Option<types::nxl_config> = skel
+        .maps
+        .config_map
+        .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .ok()
+        .flatten()
+        .and_then(|v| bpf::from_bytes(&v).ok());
+    match (ran, cfg) {
+        (Ok(_), Some(c)) if c.init_netns_cookie != 0 => Ok(c.init_netns_cookie),
+        (res, _) => {
+            if same_netns_as_init() {
+                sys::current_netns_cookie()
+            } else {
+                bail!(
+                    "could not read the initial netns cookie (probe: {:?}) and this process is not in the initial netns; pass --host-netns PATH",
+                    res.err()
+                )
+            }
+        }
+    }
+}
+
+pub fn write_node_addrs(state: &State, addrs: &[IpAddr]) -> Result<()> {
+    let old: Vec<Vec<u8>> = state.node_addr.keys().collect();
+    for a in addrs {
+        state
+            .node_addr
+            .update(&to_map_addr(*a), &1u32.to_ne_bytes(), MapFlags::ANY)
+            .with_context(|| format!("record node address {a}"))?;
+    }
+    let keep: Vec<[u8; 16]> = addrs.iter().map(|a| to_map_addr(*a)).collect();
+    for k in old {
+        if !keep.iter().any(|n| n[..] == k[..]) {
+            state
+                .node_addr
+                .delete(&k)
+                .context("drop a stale node address")?;
+        }
+    }
+    Ok(())
+}
+
+pub fn detach(pin_dir: &Path) -> Result<()> {
+    sys::require_privileges()?;
+    let _lock = sys::StateLock::take(pin_dir)?;
+    let pins = Pins::new(pin_dir);
+    if !pin_dir.exists() {
+        bail!("not attached: {} does not exist", pin_dir.display());
+    }
+    remove_pins(&pins)?;
+    println!("detached; removed {}", pin_dir.display());
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ProgStatus {
+    name: String,
+    prog_id: Option<u32>,
+    link_id: Option<u32>,
+    attached_to_cgroup: bool,
+    run_cnt: Option<u64>,
+    run_time_ns: Option<u64>,
+    avg_ns: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct MapStatus {
+    name: String,
+    used: usize,
+    capacity: u32,
+}
+
+#[derive(Serialize)]
+struct Status {
+    pin_dir: String,
+    cgroup: String,
+    cgroup_id: u64,
+    layout_version: u32,
+    host_netns_cookie: u64,
+    init_netns_cookie: u64,
+    node_addrs: Vec<String>,
+    bpf_stats_enabled: bool,
+    programs: Vec<ProgStatus>,
+    maps: Vec<MapStatus>,
+}
+
+#[derive(Tabled)]
+struct Row {
+    #[tabled(rename = "item")]
+    item: String,
+    #[tabled(rename = "value")]
+    value: String,
+}
+
+pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
+    let state = State::open(pin_dir)?;
+    let cfg = state.config()?;
+    let stats_on = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false);
+
+    let infos: Vec<libbpf_rs::query::ProgramInfo> =
+        libbpf_rs::query::ProgInfoIter::default().collect();
+    let mut programs = Vec::new();
+    for name in CGROUP_PROGS {
+        let path = state.pins.link(name);
+        let info = Link::open(&path).and_then(|l| l.info()).ok();
+        let prog_id = info.as_ref().map(|i| i.prog_id);
+        let attached = matches!(
+            info.as_ref().map(|i| &i.info),
+            Some(libbpf_rs::query::LinkTypeInfo::Cgroup(c)) if c.cgroup_id == cfg.cgroup_id
+        );
+        let pi = prog_id.and_then(|id| infos.iter().find(|p| p.id == id));
+        let (run_cnt, run_time_ns) = match pi {
+            Some(p) if stats_on => (Some(p.run_cnt), Some(p.run_time_ns)),
+            _ => (None, None),
+        };
+        programs.push(ProgStatus {
+            name: name.to_string(),
+            prog_id,
+            link_id: info.as_ref().map(|i| i.id),
+            attached_to_cgroup: attached,
+            run_cnt,
+            run_time_ns,
+            avg_ns: match (run_cnt, run_time_ns) {
+                (Some(c), Some(t)) if c > 0 => Some(t / c),
+                _ => None,
+            },
+        });
+    }
+
+    let mut maps = Vec::new();
+    for (name, map) in [
+        ("svc_map", &state.svc),
+        ("backend_map", &state.backend),
+        ("meta_map", &state.meta),
+        ("affinity_map", &state.affinity),
+        ("revnat_map", &state.revnat),
+        ("node_addr_map", &state.node_addr),
+    ] {
+        maps.push(MapStatus {
+            name: name.to_string(),
+            used: map.keys().count(),
+            capacity: map.max_entries(),
+        });
+    }
+
+    let st = Status {
+        pin_dir: pin_dir.display().to_string(),
+        cgroup: bpf::from_cstr(&cfg.cgroup_path),
+        cgroup_id: cfg.cgroup_id,
+        layout_version: cfg.layout_version,
+        host_netns_cookie: cfg.host_netns_cookie,
+        init_netns_cookie: cfg.init_netns_cookie,
+        node_addrs: state
+            .node_addrs()?
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        bpf_stats_enabled: stats_on,
+        programs,
+        maps,
+    };
+
+    let mut rows = vec![
+        Row {
+            item: "pin dir".into(),
+            value: st.pin_dir.clone(),
+        },
+        Row {
+            item: "cgroup".into(),
+            value: format!("{} (id {})", st.cgroup, st.cgroup_id),
+        },
+        Row {
+            item: "layout version".into(),
+            value: st.layout_version.to_string(),
+        },
+        Row {
+            item: "host netns cookie".into(),
+            value: st.host_netns_cookie.to_string(),
+        },
+        Row {
+            item: "initial netns cookie".into(),
+            value: format!("{} (bpf_get_netns_cookie(NULL))", st.init_netns_cookie),
+        },
+        Row {
+            item: "node addresses".into(),
+            value: st.node_addrs.join(" "),
+        },
+    ];
+    for m in &st.maps {
+        rows.push(Row {
+            item: format!("map {}", m.name),
+            value: format!("{}/{}", m.used, m.capacity),
+        });
+    }
+    for p in &st.programs {
+        let stats = match (p.run_cnt, p.run_time_ns, p.avg_ns) {
+            (Some(c), Some(t), avg) => format!(
+                " run_cnt {c} run_time_ns {t}{}",
+                avg.map(|a| format!(" ({a} ns/run)")).unwrap_or_default()
+            ),
+            _ => String::new(),
+        };
+        rows.push(Row {
+            item: format!("prog {}", p.name),
+            value: format!(
+                "id {} {}{stats}",
+                output::opt(&p.prog_id),
+                if p.attached_to_cgroup {
+                    "attached"
+                } else {
+                    "NOT ATTACHED"
+                }
+            ),
+        });
+    }
+    if !st.bpf_stats_enabled {
+        rows.push(Row {
+            item: "run_cnt/run_time_ns".into(),
+            value: "off; sysctl kernel.bpf_stats_enabled=1 to measure".into(),
+        });
+    }
+    output::print(format, &rows, &st)
+}

@@ -1,0 +1,91 @@
+//! The generated skeleton and the map types it shares with the BPF side.
+//!
+//! Every key and value is defined once, in `src/bpf/netnsxl.h`; the skeleton's
+//! `types` module has their `#[repr(C)]` twins, which become `plain` here so
+//! they convert to and from the bytes the map syscalls take.
+
+#[allow(clippy::all, clippy::pedantic, dead_code, non_camel_case_types)]
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/netnsxl.skel.rs"));
+}
+
+pub use skel::types;
+pub use skel::*;
+
+use anyhow::{Result, bail};
+
+macro_rules! plain_types {
+    ($($t:ident),* $(,)?) => {
+        $(
+            // SAFETY: the skeleton generates these as #[repr(C)] structs of
+            // integers and integer arrays, with explicit padding fields, so
+            // every bit pattern is valid.
+            unsafe impl plain::Plain for types::$t {}
+        )*
+    };
+}
+
+plain_types!(
+    svc_key,
+    svc_value,
+    backend_value,
+    svc_meta,
+    affinity_key,
+    affinity_value,
+    revnat_value,
+    nxl_config,
+);
+
+pub const LAYOUT_VERSION: u32 = types::nxl_limits::NXL_LAYOUT_VERSION.0;
+pub const NAME_LEN: usize = types::nxl_limits::NXL_NAME_LEN.0 as usize;
+
+pub mod svc_flags {
+    use super::types::nxl_svc_flags as F;
+    pub const AFFINITY: u8 = F::NXL_SVC_F_AFFINITY.0 as u8;
+    pub const SKIP_HOST: u8 = F::NXL_SVC_F_SKIP_HOST.0 as u8;
+    pub const FALLBACK: u8 = F::NXL_SVC_F_FALLBACK.0 as u8;
+}
+
+pub mod backend_flags {
+    use super::types::nxl_backend_flags as F;
+    pub const TERMINATING: u8 = F::NXL_BE_F_TERMINATING.0 as u8;
+    pub const LOCAL: u8 = F::NXL_BE_F_LOCAL.0 as u8;
+}
+
+/// The bytes of a map key or value.
+pub fn bytes<T: plain::Plain>(v: &T) -> &[u8] {
+    // SAFETY: T is Plain: a #[repr(C)] struct with no implicit padding.
+    unsafe { plain::as_bytes(v) }
+}
+
+/// A map key or value from the bytes a lookup returned.
+pub fn from_bytes<T: plain::Plain + Default>(b: &[u8]) -> Result<T> {
+    let mut v = T::default();
+    if plain::copy_from_bytes(&mut v, b).is_err() || b.len() != std::mem::size_of::<T>() {
+        bail!(
+            "map element has {} bytes, expected {}: the pinned maps were written by another netnsxl layout; run netnsxl detach and attach again",
+            b.len(),
+            std::mem::size_of::<T>()
+        );
+    }
+    Ok(v)
+}
+
+/// A NUL-padded C string field from a Rust string (truncated to fit).
+pub fn to_cstr<const N: usize>(s: &str) -> [i8; N] {
+    let mut out = [0i8; N];
+    for (o, b) in out.iter_mut().zip(s.bytes().take(N - 1)) {
+        *o = b as i8;
+    }
+    out
+}
+
+/// A Rust string from a NUL-padded C string field.
+pub fn from_cstr(s: &[i8]) -> String {
+    let bytes: Vec<u8> = s
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}

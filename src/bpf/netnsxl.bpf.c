@@ -1,0 +1,490 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * netnsxl datapath: Kubernetes service translation in cgroup sock_addr hooks,
+ * aware of the network namespace of every socket (bpf_get_netns_cookie()).
+ *
+ * Lookup: svc_map[(dst, port, proto, slot 0)] is a frontend's master entry.
+ * Its flags say from which netns it translates (host netns vs pods), whether
+ * it has session affinity, and how many backend slots it has. A slot
+ * svc_map[(..., slot i)] names a backend id; backend_map[id] has the address.
+ * The control plane puts only usable backends into the slots (active ones,
+ * or the terminating ones when no active one is left; node-local ones for
+ * internalTrafficPolicy Local), so the datapath never filters.
+ *
+ * Update order (control plane, see src/service.rs), so that a connect racing a
+ * change sees the old set or the new set and never a half-written entry:
+ *   add:     meta, backends, slots 1..n, then the master entry last;
+ *   replace: new backends, slots 1..n (overwritten in place), master (new
+ *            count and flags), then stale slots n+1..old and removed backends;
+ *   delete:  master first, then slots, backends and meta.
+ * Each map element is replaced atomically by the kernel. A connect that read
+ * the old master may find a stale slot or backend already deleted; it then
+ * re-reads the master and picks again (bounded), see pick_backend().
+ *
+ * Reverse translation (recvmsg, getpeername) is keyed by socket cookie and
+ * removed by cgroup/sock_release when the socket closes.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "netnsxl.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define ECONNREFUSED 111
+
+#define SYS_PROCEED 1
+#define SYS_REJECT 0
+
+#define NS_PER_SEC 1000000000ULL
+#define PICK_ATTEMPTS 3
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Anchors the shared enums in BTF for the Rust skeleton; never read. */
+const volatile struct nxl_abi nxl_abi = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct svc_key);
+	__type(value, struct svc_value);
+	__uint(max_entries, NXL_DEFAULT_MAX_SERVICES);
+} svc_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct backend_value);
+	__uint(max_entries, NXL_DEFAULT_MAX_BACKENDS);
+} backend_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct svc_meta);
+	__uint(max_entries, NXL_DEFAULT_MAX_SERVICES);
+} meta_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity_value);
+	__uint(max_entries, NXL_DEFAULT_MAX_AFFINITY);
+} affinity_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u64);
+	__type(value, struct revnat_value);
+	__uint(max_entries, NXL_DEFAULT_MAX_REVNAT);
+} revnat_map SEC(".maps");
+
+/* Node addresses of the host netns: addr -> 1. Read by the control plane. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct in6_addr);
+	__type(value, __u32);
+	__uint(max_entries, NXL_MAX_NODE_ADDRS);
+} node_addr_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct nxl_config);
+	__uint(max_entries, 1);
+} config_map SEC(".maps");
+
+/* One destination, in the map's 16-byte form. */
+struct nxl_dest {
+	__u8 addr[16];
+	__be16 port;
+};
+
+static __always_inline void v4_to_mapped(__u8 *addr, __u32 ip4)
+{
+	__builtin_memset(addr, 0, 10);
+	addr[10] = 0xff;
+	addr[11] = 0xff;
+	__builtin_memcpy(addr + 12, &ip4, 4);
+}
+
+static __always_inline __u32 mapped_to_v4(const __u8 *addr)
+{
+	__u32 ip4;
+
+	__builtin_memcpy(&ip4, addr + 12, 4);
+	return ip4;
+}
+
+static __always_inline bool addr_eq(const __u8 *a, const __u8 *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+static __always_inline struct nxl_config *nxl_cfg(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&config_map, &zero);
+}
+
+static __always_inline struct svc_value *lookup_master(struct svc_key *key)
+{
+	key->slot = 0;
+	return bpf_map_lookup_elem(&svc_map, key);
+}
+
+/* A backend is usable for a frontend if it still belongs to the service and
+ * is not terminating while active backends exist. */
+static __always_inline bool backend_usable(const struct svc_value *master,
+					   const struct backend_value *be)
+{
+	if (be->svc_id != master->svc_id)
+		return false;
+	if ((be->flags & NXL_BE_F_TERMINATING) && !(master->flags & NXL_SVC_F_FALLBACK))
+		return false;
+	if ((master->flags & NXL_SVC_F_LOCAL_ONLY) && !(be->flags & NXL_BE_F_LOCAL))
+		return false;
+	return true;
+}
+
+/*
+ * Pick a random slot. A slot or backend may vanish under us when a
+ * concurrent replace shrinks the set: re-read the master and try again.
+ */
+static __always_inline struct backend_value *
+pick_backend(struct svc_key *key, struct svc_value **masterp, __u32 *backend_id)
+{
+	struct svc_value *master = *masterp, *slot;
+	struct backend_value *be;
+
+	for (int i = 0; i < PICK_ATTEMPTS; i++) {
+		if (!master || master->count == 0)
+			return NULL;
+		key->slot = (bpf_get_prandom_u32() % master->count) + 1;
+		slot = bpf_map_lookup_elem(&svc_map, key);
+		if (slot) {
+			be = bpf_map_lookup_elem(&backend_map, &slot->backend_id);
+			if (be) {
+				*backend_id = slot->backend_id;
+				*masterp = master;
+				return be;
+			}
+		}
+		master = lookup_master(key);
+	}
+	return NULL;
+}
+
+static __always_inline struct backend_value *
+affinity_backend(struct svc_value *master, struct affinity_key *akey, __u64 now)
+{
+	struct affinity_value *av;
+	struct backend_value *be;
+
+	av = bpf_map_lookup_elem(&affinity_map, akey);
+	if (!av)
+		return NULL;
+	if (now - av->last_used_ns > (__u64)master->affinity_timeout * NS_PER_SEC)
+		return NULL;
+	be = bpf_map_lookup_elem(&backend_map, &av->backend_id);
+	if (!be || !backend_usable(master, be))
+		return NULL;
+	av->last_used_ns = now; /* sliding timeout */
+	return be;
+}
+
+static __always_inline void remember_revnat(void *ctx, const struct nxl_dest *frontend,
+					    const struct backend_value *be)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct revnat_value *rv, fresh = {};
+	struct revnat_entry *e;
+	__u32 idx;
+
+	rv = bpf_map_lookup_elem(&revnat_map, &cookie);
+	if (!rv) {
+		__builtin_memcpy(fresh.e[0].backend_addr, be->addr, 16);
+		__builtin_memcpy(fresh.e[0].frontend_addr, frontend->addr, 16);
+		fresh.e[0].backend_port = be->port;
+		fresh.e[0].frontend_port = frontend->port;
+		fresh.next = 1;
+		bpf_map_update_elem(&revnat_map, &cookie, &fresh, BPF_ANY);
+		return;
+	}
+	for (int i = 0; i < NXL_REV_PER_SOCK; i++) {
+		e = &rv->e[i];
+		if (e->backend_port == be->port && addr_eq(e->backend_addr, be->addr)) {
+			if (e->frontend_port != frontend->port ||
+			    !addr_eq(e->frontend_addr, frontend->addr)) {
+				__builtin_memcpy(e->frontend_addr, frontend->addr, 16);
+				e->frontend_port = frontend->port;
+			}
+			return;
+		}
+	}
+	idx = rv->next % NXL_REV_PER_SOCK;
+	rv->next = idx + 1;
+	e = &rv->e[idx];
+	__builtin_memcpy(e->backend_addr, be->addr, 16);
+	__builtin_memcpy(e->frontend_addr, frontend->addr, 16);
+	e->backend_port = be->port;
+	e->frontend_port = frontend->port;
+}
+
+/*
+ * Translate dst in place. Returns SYS_PROCEED, or SYS_REJECT with the
+ * return value set to -ECONNREFUSED when the frontend has no usable backend.
+ */
+static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst, bool *changed)
+{
+	struct svc_key key = {};
+	struct svc_value *master;
+	struct backend_value *be = NULL;
+	struct nxl_config *cfg;
+	__u32 backend_id = 0;
+	__u64 netns, now = 0;
+	bool from_host;
+
+	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
+		return SYS_PROCEED;
+
+	__builtin_memcpy(key.addr, dst->addr, 16);
+	key.port = dst->port;
+	key.proto = ctx->protocol;
+	master = lookup_master(&key);
+	if (!master)
+		return SYS_PROCEED;
+
+	cfg = nxl_cfg();
+	if (!cfg)
+		return SYS_PROCEED;
+	netns = bpf_get_netns_cookie(ctx);
+	from_host = netns == cfg->host_netns_cookie;
+	if ((master->flags & NXL_SVC_F_SKIP_HOST) && from_host)
+		return SYS_PROCEED;
+	if ((master->flags & NXL_SVC_F_HOST_ONLY) && !from_host)
+		return SYS_PROCEED;
+
+	if (master->count == 0)
+		goto refuse;
+
+	struct affinity_key akey = {
+		.netns_cookie = netns,
+		.svc_id = master->svc_id,
+	};
+	if (master->flags & NXL_SVC_F_AFFINITY) {
+		now = bpf_ktime_get_ns();
+		be = affinity_backend(master, &akey, now);
+	}
+	if (!be) {
+		be = pick_backend(&key, &master, &backend_id);
+		if (!be)
+			goto refuse;
+		if (master->flags & NXL_SVC_F_AFFINITY) {
+			struct affinity_value av = {
+				.last_used_ns = now,
+				.backend_id = backend_id,
+			};
+			akey.svc_id = master->svc_id;
+			bpf_map_update_elem(&affinity_map, &akey, &av, BPF_ANY);
+		}
+	}
+
+	remember_revnat(ctx, dst, be);
+	__builtin_memcpy(dst->addr, be->addr, 16);
+	dst->port = be->port;
+	*changed = true;
+	return SYS_PROCEED;
+
+refuse:
+	bpf_set_retval(-ECONNREFUSED);
+	return SYS_REJECT;
+}
+
+/* Rewrite a backend source/peer back to the frontend the socket asked for. */
+static __always_inline bool reverse(void *ctx, struct nxl_dest *peer)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct revnat_value *rv;
+
+	rv = bpf_map_lookup_elem(&revnat_map, &cookie);
+	if (!rv)
+		return false;
+	for (int i = 0; i < NXL_REV_PER_SOCK; i++) {
+		struct revnat_entry *e = &rv->e[i];
+
+		if (e->backend_port == peer->port && addr_eq(e->backend_addr, peer->addr)) {
+			__builtin_memcpy(peer->addr, e->frontend_addr, 16);
+			peer->port = e->frontend_port;
+			return true;
+		}
+	}
+	return false;
+}
+
+static __always_inline void load4(struct bpf_sock_addr *ctx, struct nxl_dest *d)
+{
+	v4_to_mapped(d->addr, ctx->user_ip4);
+	d->port = (__be16)ctx->user_port;
+}
+
+static __always_inline void store4(struct bpf_sock_addr *ctx, const struct nxl_dest *d)
+{
+	ctx->user_ip4 = mapped_to_v4(d->addr);
+	ctx->user_port = (__u32)d->port; /* must be a 32-bit store */
+}
+
+static __always_inline void load6(struct bpf_sock_addr *ctx, struct nxl_dest *d)
+{
+	__u32 w[4];
+
+	w[0] = ctx->user_ip6[0];
+	w[1] = ctx->user_ip6[1];
+	w[2] = ctx->user_ip6[2];
+	w[3] = ctx->user_ip6[3];
+	__builtin_memcpy(d->addr, w, 16);
+	d->port = (__be16)ctx->user_port;
+}
+
+static __always_inline void store6(struct bpf_sock_addr *ctx, const struct nxl_dest *d)
+{
+	__u32 w[4];
+
+	__builtin_memcpy(w, d->addr, 16);
+	ctx->user_ip6[0] = w[0];
+	ctx->user_ip6[1] = w[1];
+	ctx->user_ip6[2] = w[2];
+	ctx->user_ip6[3] = w[3];
+	ctx->user_port = (__u32)d->port;
+}
+
+/* An IPv6 socket may only be steered to an IPv6 or v4-mapped backend of the
+ * same family as the frontend it asked for; an IPv4 socket only to IPv4. */
+static __always_inline bool is_mapped(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline int sock4(struct bpf_sock_addr *ctx)
+{
+	struct nxl_dest d;
+	bool changed = false;
+	int ret;
+
+	load4(ctx, &d);
+	ret = xlate(ctx, &d, &changed);
+	if (changed && is_mapped(d.addr))
+		store4(ctx, &d);
+	return ret;
+}
+
+static __always_inline int sock6(struct bpf_sock_addr *ctx)
+{
+	struct nxl_dest d;
+	bool changed = false;
+	int ret;
+
+	load6(ctx, &d);
+	ret = xlate(ctx, &d, &changed);
+	if (changed)
+		store6(ctx, &d);
+	return ret;
+}
+
+SEC("cgroup/connect4")
+int nxl_connect4(struct bpf_sock_addr *ctx)
+{
+	return sock4(ctx);
+}
+
+SEC("cgroup/sendmsg4")
+int nxl_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return sock4(ctx);
+}
+
+SEC("cgroup/recvmsg4")
+int nxl_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	struct nxl_dest d;
+
+	load4(ctx, &d);
+	if (reverse(ctx, &d) && is_mapped(d.addr))
+		store4(ctx, &d);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername4")
+int nxl_getpeername4(struct bpf_sock_addr *ctx)
+{
+	struct nxl_dest d;
+
+	load4(ctx, &d);
+	if (reverse(ctx, &d) && is_mapped(d.addr))
+		store4(ctx, &d);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/connect6")
+int nxl_connect6(struct bpf_sock_addr *ctx)
+{
+	return sock6(ctx);
+}
+
+SEC("cgroup/sendmsg6")
+int nxl_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return sock6(ctx);
+}
+
+SEC("cgroup/recvmsg6")
+int nxl_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	struct nxl_dest d;
+
+	load6(ctx, &d);
+	if (reverse(ctx, &d))
+		store6(ctx, &d);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername6")
+int nxl_getpeername6(struct bpf_sock_addr *ctx)
+{
+	struct nxl_dest d;
+
+	load6(ctx, &d);
+	if (reverse(ctx, &d))
+		store6(ctx, &d);
+	return SYS_PROCEED;
+}
+
+/* Per-socket reverse-translation state goes with the socket. */
+SEC("cgroup/sock_release")
+int nxl_sock_release(struct bpf_sock *sk)
+{
+	__u64 cookie = bpf_get_socket_cookie(sk);
+
+	bpf_map_delete_elem(&revnat_map, &cookie);
+	return SYS_PROCEED;
+}
+
+/*
+ * Run once by `attach` with BPF_PROG_TEST_RUN: records the initial netns
+ * cookie as the kernel sees it, bpf_get_netns_cookie(NULL).
+ */
+SEC("tc")
+int nxl_probe_init_cookie(struct __sk_buff *skb)
+{
+	struct nxl_config *cfg = nxl_cfg();
+
+	if (cfg)
+		cfg->init_netns_cookie = bpf_get_netns_cookie(NULL);
+	return 0;
+}

@@ -1,0 +1,150 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Every structure shared by the BPF datapath and the Rust control plane.
+ * Written once, here: the skeleton's generated `types` module gives Rust its
+ * #[repr(C)] twins. Keys have explicit padding and are zero-initialised;
+ * addresses and ports are in network byte order.
+ *
+ * Addresses are 16 bytes. An IPv4 address is stored in its IPv4-mapped IPv6
+ * form (::ffff:a.b.c.d), so one map holds both families and an IPv6 socket
+ * connecting to ::ffff:a.b.c.d finds the IPv4 service with no second lookup.
+ */
+#ifndef __NETNSXL_H
+#define __NETNSXL_H
+
+/*
+ * Constants are enums, not #defines, so that they reach BTF and with it the
+ * skeleton's Rust `types` module (see nxl_abi in netnsxl.bpf.c).
+ */
+enum nxl_limits {
+	/* Bump when any structure below, or the meaning of a field, changes.
+	 * The control plane refuses a pin directory written by another layout. */
+	NXL_LAYOUT_VERSION = 1,
+	NXL_DEFAULT_MAX_SERVICES = 65536,
+	NXL_DEFAULT_MAX_BACKENDS = 262144,
+	NXL_DEFAULT_MAX_AFFINITY = 65536,
+	NXL_DEFAULT_MAX_REVNAT = 65536,
+	NXL_MAX_NODE_ADDRS = 1024,
+	/* Reverse-translation pairs remembered per socket (unconnected UDP may
+	 * talk to several services from one socket). */
+	NXL_REV_PER_SOCK = 4,
+	NXL_NAME_LEN = 64,
+	NXL_PATH_LEN = 256,
+};
+
+/* Frontend (service master / slot) flags: svc_value.flags. */
+enum nxl_svc_flags {
+	NXL_SVC_F_AFFINITY = 1 << 0,   /* ClientIP session affinity */
+	NXL_SVC_F_SKIP_HOST = 1 << 1,  /* leave sockets of the host netns alone */
+	NXL_SVC_F_HOST_ONLY = 1 << 2,  /* translate only from the host netns */
+	NXL_SVC_F_FALLBACK = 1 << 3,   /* slots hold terminating backends: no active one is left */
+	NXL_SVC_F_LOCAL_ONLY = 1 << 4, /* slots hold only node-local backends */
+};
+
+/* Backend flags: backend_value.flags. */
+enum nxl_backend_flags {
+	NXL_BE_F_TERMINATING = 1 << 0,
+	NXL_BE_F_LOCAL = 1 << 1,
+};
+
+/* Service types, as recorded in svc_meta.type. */
+enum nxl_svc_type {
+	NXL_TYPE_CLUSTERIP = 1,
+	NXL_TYPE_NODEPORT = 2,
+	NXL_TYPE_EXTERNALIP = 3,
+	NXL_TYPE_LOADBALANCER = 4,
+	NXL_TYPE_HOSTPORT = 5,
+};
+
+/*
+ * Service map key. slot 0 is the frontend's master entry; slots 1..count
+ * name its backends (Cilium's layout).
+ */
+struct svc_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad0;
+	__u16 slot;
+	__u16 pad1;
+};
+
+struct svc_value {
+	__u32 svc_id;       /* master and slot: the service this frontend belongs to */
+	__u32 backend_id;   /* slot: the backend; master: 0 */
+	__u16 count;        /* master: number of slots */
+	__u8 flags;         /* master: NXL_SVC_F_* */
+	__u8 pad0;
+	__u32 affinity_timeout; /* master: seconds; 0 when affinity is off */
+};
+
+/* Backends are per service: a backend id names one (service, backend) pair. */
+struct backend_value {
+	__u8 addr[16];
+	__be16 port;
+	__u8 flags; /* NXL_BE_F_* */
+	__u8 pad0;
+	__u32 svc_id;
+};
+
+/* What the control plane records about a service, for listing it. */
+struct svc_meta {
+	char name[NXL_NAME_LEN];
+	__u8 frontend_addr[16]; /* the frontend as the user gave it */
+	__be16 frontend_port;
+	__u8 proto;
+	__u8 type;      /* NXL_TYPE_* */
+	__u8 ext_policy_local;
+	__u8 int_policy_local;
+	__u16 pad0;
+	__u32 affinity_timeout; /* seconds; 0 when affinity is off */
+};
+
+/* Session affinity: one entry per (client netns, service). */
+struct affinity_key {
+	__u64 netns_cookie;
+	__u32 svc_id;
+	__u32 pad0;
+};
+
+struct affinity_value {
+	__u64 last_used_ns; /* bpf_ktime_get_ns(), CLOCK_MONOTONIC */
+	__u32 backend_id;
+	__u32 pad0;
+};
+
+/* Reverse translation, keyed by socket cookie. */
+struct revnat_entry {
+	__u8 backend_addr[16];
+	__u8 frontend_addr[16];
+	__be16 backend_port;
+	__be16 frontend_port;
+};
+
+struct revnat_value {
+	struct revnat_entry e[NXL_REV_PER_SOCK];
+	__u32 next; /* the entry to overwrite when all are in use */
+	__u32 pad0;
+};
+
+/* Single-entry configuration array, written by `attach`. */
+struct nxl_config {
+	__u64 host_netns_cookie; /* cookie of the netns treated as the host's */
+	__u64 init_netns_cookie; /* bpf_get_netns_cookie(NULL), read by the probe program */
+	__u64 cgroup_id;         /* inode of the attached cgroup v2 directory */
+	__u32 layout_version;
+	__u32 next_svc_id;     /* allocation counters of the control plane */
+	__u32 next_backend_id;
+	__u32 attached;        /* 1 once attach has written everything */
+	char cgroup_path[NXL_PATH_LEN];
+};
+
+/* Referenced by one .rodata variable so every enum above is in BTF. */
+struct nxl_abi {
+	enum nxl_limits limits;
+	enum nxl_svc_flags svc_flags;
+	enum nxl_backend_flags backend_flags;
+	enum nxl_svc_type svc_type;
+};
+
+#endif /* __NETNSXL_H */

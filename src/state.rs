@@ -1,0 +1,188 @@
+//! The pinned state: where each map and link lives under the pin dir, and
+//! typed access to the maps from a later process.
+//!
+//! Layout (one place for it):
+//!   PIN_DIR/maps/<map name>    every map of the object
+//!   PIN_DIR/links/<prog name>  one cgroup link per attached program
+//! The config map's `attached` field is written last by `attach`: a pin dir
+//! without it is a failed or interrupted attach that the next attach redoes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use crate::bpf::{self, LAYOUT_VERSION, types};
+
+/// Names of the pinned maps: the object's own map names.
+pub const MAPS: &[&str] = &[
+    "svc_map",
+    "backend_map",
+    "meta_map",
+    "affinity_map",
+    "revnat_map",
+    "node_addr_map",
+    "config_map",
+];
+
+/// The cgroup programs `attach` attaches, in attach order.
+pub const CGROUP_PROGS: &[&str] = &[
+    "nxl_connect4",
+    "nxl_sendmsg4",
+    "nxl_recvmsg4",
+    "nxl_getpeername4",
+    "nxl_connect6",
+    "nxl_sendmsg6",
+    "nxl_recvmsg6",
+    "nxl_getpeername6",
+    "nxl_sock_release",
+];
+
+#[derive(Clone, Debug)]
+pub struct Pins {
+    pub root: PathBuf,
+}
+
+impl Pins {
+    pub fn new(root: &Path) -> Pins {
+        Pins {
+            root: root.to_path_buf(),
+        }
+    }
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+    pub fn link(&self, prog: &str) -> PathBuf {
+        self.links_dir().join(prog)
+    }
+    pub fn exists(&self) -> bool {
+        self.map("config_map").exists()
+    }
+}
+
+/// Open handles on every pinned map.
+pub struct State {
+    pub pins: Pins,
+    pub svc: MapHandle,
+    pub backend: MapHandle,
+    pub meta: MapHandle,
+    pub affinity: MapHandle,
+    pub revnat: MapHandle,
+    pub node_addr: MapHandle,
+    pub config: MapHandle,
+}
+
+fn open_map(pins: &Pins, name: &str) -> Result<MapHandle> {
+    let path = pins.map(name);
+    MapHandle::from_pinned_path(&path)
+        .with_context(|| format!("open pinned map {}", path.display()))
+}
+
+impl State {
+    /// Open the state of an attachment, refusing one that is missing,
+    /// incomplete, or written by another layout version.
+    pub fn open(pin_dir: &Path) -> Result<State> {
+        let pins = Pins::new(pin_dir);
+        if !pins.exists() {
+            bail!(
+                "not attached: no netnsxl state in {}; run netnsxl attach --cgroup PATH first",
+                pin_dir.display()
+            );
+        }
+        let state = Self::open_unchecked(pins)?;
+        let cfg = state.config()?;
+        if cfg.layout_version != LAYOUT_VERSION {
+            bail!(
+                "the state in {} has layout version {}, this netnsxl uses {}; migrate with: netnsxl svc list -o json > services.json; netnsxl detach; netnsxl attach ...; then add the services again",
+                pin_dir.display(),
+                cfg.layout_version,
+                LAYOUT_VERSION
+            );
+        }
+        if cfg.attached == 0 {
+            bail!(
+                "the attachment in {} is incomplete (an attach was interrupted); run netnsxl attach --cgroup PATH again",
+                pin_dir.display()
+            );
+        }
+        Ok(state)
+    }
+
+    /// Open the maps without checking the config (for detach and re-attach).
+    pub fn open_unchecked(pins: Pins) -> Result<State> {
+        Ok(State {
+            svc: open_map(&pins, "svc_map")?,
+            backend: open_map(&pins, "backend_map")?,
+            meta: open_map(&pins, "meta_map")?,
+            affinity: open_map(&pins, "affinity_map")?,
+            revnat: open_map(&pins, "revnat_map")?,
+            node_addr: open_map(&pins, "node_addr_map")?,
+            config: open_map(&pins, "config_map")?,
+            pins,
+        })
+    }
+
+    pub fn config(&self) -> Result<types::nxl_config> {
+        let v = self
+            .config
+            .lookup(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .context("read config_map")?
+            .context("config_map has no entry 0")?;
+        bpf::from_bytes(&v)
+    }
+
+    pub fn write_config(&self, cfg: &types::nxl_config) -> Result<()> {
+        self.config
+            .update(&0u32.to_ne_bytes(), bpf::bytes(cfg), MapFlags::ANY)
+            .context("write config_map")
+    }
+
+    /// Every node address recorded at attach (or refresh).
+    pub fn node_addrs(&self) -> Result<Vec<std::net::IpAddr>> {
+        let mut out: Vec<std::net::IpAddr> = self
+            .node_addr
+            .keys()
+            .filter_map(|k| <[u8; 16]>::try_from(k.as_slice()).ok())
+            .map(crate::addr::from_map_addr)
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    pub fn is_node_addr(&self, addr: [u8; 16]) -> Result<bool> {
+        Ok(self
+            .node_addr
+            .lookup(&addr, MapFlags::ANY)
+            .context("read node_addr_map")?
+            .is_some())
+    }
+
+    /// Allocate `n` consecutive ids from a config counter. The counter is
+    /// written before the ids are used, so an interrupted command only leaks
+    /// ids; it never hands one out twice.
+    pub fn alloc_ids(&self, which: IdKind, n: u32) -> Result<u32> {
+        let mut cfg = self.config()?;
+        let counter = match which {
+            IdKind::Service => &mut cfg.next_svc_id,
+            IdKind::Backend => &mut cfg.next_backend_id,
+        };
+        let first = (*counter).max(1);
+        let Some(next) = first.checked_add(n) else {
+            bail!("id space exhausted; run netnsxl detach and attach again");
+        };
+        *counter = next;
+        self.write_config(&cfg)?;
+        Ok(first)
+    }
+}
+
+pub enum IdKind {
+    Service,
+    Backend,
+}
