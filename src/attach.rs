@@ -242,8 +242,10 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
 /// the initial netns and the kernel cannot run the probe.
 fn probe_init_cookie(skel: &bpf::NetnsxlSkel<'_>) -> Result<u64> {
     let pkt = [0u8; 64];
-    let mut input = ProgramInput::default();
-    input.data_in = Some(&pkt);
+    let input = ProgramInput {
+        data_in: Some(&pkt),
+        ..Default::default()
+    };
     let ran = skel.progs.nxl_probe_init_cookie.test_run(input);
     let cfg: Option<types::nxl_config> = skel
         .maps
@@ -432,7 +434,7 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
         },
         Row {
             item: "node addresses".into(),
-            value: st.node_addrs.join(" "),
+            value: st.node_addrs.join("\n"),
         },
     ];
     for m in &st.maps {

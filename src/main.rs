@@ -3,26 +3,17 @@
 //!
 //! This file parses the command line, dispatches, and prints errors.
 
-mod addr;
-mod affinity;
-mod attach;
-mod bpf;
-mod netns;
-mod output;
-mod service;
-mod state;
-mod sys;
-
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::addr::{BackendSpec, Proto, parse_endpoint, parse_ip};
-use crate::output::Format;
-use crate::service::{AFFINITY_TIMEOUT_DEFAULT, ServiceSpec, SvcType};
-use crate::state::State;
+use netnsxl::addr::{BackendSpec, Proto, parse_endpoint, parse_ip};
+use netnsxl::output::Format;
+use netnsxl::service::{AFFINITY_TIMEOUT_DEFAULT, ServiceSpec, SvcType};
+use netnsxl::state::State;
+use netnsxl::{affinity, attach, service, sys};
 
 #[derive(Parser)]
 #[command(name = "netnsxl", version, about, long_about = None)]

@@ -76,12 +76,12 @@ impl ServiceSpec {
                 NAME_LEN - 1
             );
         }
-        if let Some(t) = self.affinity_timeout {
-            if t == 0 || t > AFFINITY_TIMEOUT_MAX {
-                bail!(
-                    "--affinity-timeout {t} is out of range: Kubernetes allows 1..={AFFINITY_TIMEOUT_MAX} seconds (default {AFFINITY_TIMEOUT_DEFAULT})"
-                );
-            }
+        if let Some(t) = self.affinity_timeout
+            && (t == 0 || t > AFFINITY_TIMEOUT_MAX)
+        {
+            bail!(
+                "--affinity-timeout {t} is out of range: Kubernetes allows 1..={AFFINITY_TIMEOUT_MAX} seconds (default {AFFINITY_TIMEOUT_DEFAULT})"
+            );
         }
         if self.backends.is_empty() {
             bail!("--backend is missing: give at least one ADDR:PORT");
@@ -145,10 +145,10 @@ fn backends_of(state: &State, svc_id: u32) -> Result<Vec<(u32, types::backend_va
         let Ok(id) = <[u8; 4]>::try_from(k.as_slice()).map(u32::from_ne_bytes) else {
             continue;
         };
-        if let Some(v) = lookup::<types::backend_value>(&state.backend, &k)? {
-            if v.svc_id == svc_id {
-                out.push((id, v));
-            }
+        if let Some(v) = lookup::<types::backend_value>(&state.backend, &k)?
+            && v.svc_id == svc_id
+        {
+            out.push((id, v));
         }
     }
     out.sort_by_key(|(id, _)| *id);
@@ -330,10 +330,10 @@ fn purge_affinity(state: &State, svc_id: u32, keep: impl Fn(u32) -> bool) -> Res
         if key.svc_id != svc_id {
             continue;
         }
-        if let Some(v) = lookup::<types::affinity_value>(&state.affinity, &k)? {
-            if !keep(v.backend_id) {
-                let _ = state.affinity.delete(&k);
-            }
+        if let Some(v) = lookup::<types::affinity_value>(&state.affinity, &k)?
+            && !keep(v.backend_id)
+        {
+            let _ = state.affinity.delete(&k);
         }
     }
     Ok(())

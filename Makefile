@@ -1,0 +1,42 @@
+# netnsxl: every target that needs root says so; CI runs as root.
+
+DEBS := clang libelf-dev pkg-config zlib1g-dev bpftool iproute2
+CARGO ?= cargo
+ARCH := $(shell uname -m)
+
+.PHONY: all build deps test demo lint vmlinux clean
+
+all: build
+
+# Install the Debian packages that are missing (one apt-get update first) and
+# mount bpffs at /sys/fs/bpf when nothing is mounted there.
+deps:
+	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+	@mountpoint -q /sys/fs/bpf || { mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf; }
+
+build: deps
+	$(CARGO) build --release --bins
+
+# Every test: unit tests and the integration tests with real sockets (root).
+test: deps
+	$(CARGO) test --release
+
+# A self-contained demo: its own cgroup, namespaces and backends; cleans up.
+demo: build
+	./demo/demo.sh target/release
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+# Regenerate the vendored vmlinux.h from this kernel's BTF.
+vmlinux:
+	mkdir -p vmlinux/$(ARCH)
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > vmlinux/$(ARCH)/vmlinux.h
+
+clean:
+	$(CARGO) clean

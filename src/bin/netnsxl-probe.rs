@@ -1,0 +1,245 @@
+//! netnsxl-probe: see a service the way a pod sees it.
+//!
+//! `connect` opens a socket as a process of a cgroup inside a netns (the
+//! cgroup is joined first, then the netns: `ip netns exec` would hide
+//! /sys/fs/cgroup), talks to an address and prints one JSON line per attempt:
+//! the reply, the peer `getpeername()` or `recvfrom()` reported, the errno,
+//! the netns cookie. `serve` answers every TCP connection or UDP datagram
+//! with a fixed text, from inside a netns. The tests and the demo use both.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use netnsxl::addr::{Proto, parse_endpoint};
+use nix::sched::{CloneFlags, setns};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(
+    name = "netnsxl-probe",
+    version,
+    about = "See a service the way a pod sees it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Connect (or send) to ADDR:PORT from a cgroup and netns; print what came back.
+    Connect(ConnectArgs),
+    /// Answer every connection or datagram with --reply.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct Place {
+    /// Join this cgroup v2 directory before opening the socket.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// Enter this netns: a name under /run/netns or a path.
+    #[arg(long)]
+    netns: Option<String>,
+}
+
+#[derive(Args)]
+struct ConnectArgs {
+    #[command(flatten)]
+    place: Place,
+    #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+    proto: Proto,
+    /// UDP: sendto() without connect(), and report recvfrom()'s source.
+    #[arg(long)]
+    unconnected: bool,
+    /// How many attempts, each on a new socket.
+    #[arg(long, default_value_t = 1)]
+    count: u32,
+    /// The request sent on each attempt.
+    #[arg(long, default_value = "ping\n")]
+    send: String,
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+    /// Where to connect: ADDR:PORT or [ADDR]:PORT.
+    target: String,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    place: Place,
+    #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+    proto: Proto,
+    #[arg(long)]
+    listen: String,
+    #[arg(long)]
+    reply: String,
+}
+
+#[derive(Serialize)]
+struct Attempt {
+    ok: bool,
+    reply: Option<String>,
+    /// getpeername() for connected sockets, recvfrom()'s source otherwise.
+    peer: Option<String>,
+    errno: Option<i32>,
+    error: Option<String>,
+    netns_cookie: u64,
+    elapsed_us: u128,
+}
+
+fn enter(place: &Place) -> Result<()> {
+    if let Some(cg) = &place.cgroup {
+        let procs = cg.join("cgroup.procs");
+        fs::write(&procs, std::process::id().to_string())
+            .with_context(|| format!("join cgroup {}", procs.display()))?;
+    }
+    if let Some(ns) = &place.netns {
+        let path = if ns.contains('/') {
+            PathBuf::from(ns)
+        } else {
+            PathBuf::from(netnsxl::netns::NETNS_RUN_DIR).join(ns)
+        };
+        let f = File::open(&path).with_context(|| format!("open netns {}", path.display()))?;
+        setns(f.as_fd(), CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("enter netns {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn attempt(a: &ConnectArgs, target: SocketAddr, cookie: u64) -> Attempt {
+    let start = Instant::now();
+    let timeout = Duration::from_millis(a.timeout_ms);
+    let res: std::io::Result<(String, SocketAddr)> = match (a.proto, a.unconnected) {
+        (Proto::Tcp, _) => (|| {
+            let mut s = TcpStream::connect_timeout(&target, timeout)?;
+            s.set_read_timeout(Some(timeout))?;
+            let peer = s.peer_addr()?;
+            s.write_all(a.send.as_bytes())?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf)?;
+            Ok((String::from_utf8_lossy(&buf).into_owned(), peer))
+        })(),
+        (Proto::Udp, unconnected) => (|| {
+            let bind: SocketAddr = if target.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
+            let s = UdpSocket::bind(bind)?;
+            s.set_read_timeout(Some(timeout))?;
+            let mut buf = [0u8; 2048];
+            if !unconnected {
+                s.connect(target)?;
+                s.send(a.send.as_bytes())?;
+                let n = s.recv(&mut buf)?;
+                Ok((
+                    String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    s.peer_addr()?,
+                ))
+            } else {
+                s.send_to(a.send.as_bytes(), target)?;
+                let (n, from) = s.recv_from(&mut buf)?;
+                Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+            }
+        })(),
+    };
+    let elapsed_us = start.elapsed().as_micros();
+    match res {
+        Ok((reply, peer)) => Attempt {
+            ok: true,
+            reply: Some(reply),
+            peer: Some(peer.to_string()),
+            errno: None,
+            error: None,
+            netns_cookie: cookie,
+            elapsed_us,
+        },
+        Err(e) => Attempt {
+            ok: false,
+            reply: None,
+            peer: None,
+            errno: e.raw_os_error(),
+            error: Some(e.to_string()),
+            netns_cookie: cookie,
+            elapsed_us,
+        },
+    }
+}
+
+fn connect(a: ConnectArgs) -> Result<()> {
+    let target = parse_endpoint("target", &a.target)?;
+    enter(&a.place)?;
+    let cookie = netnsxl::sys::current_netns_cookie()?;
+    let mut out = std::io::stdout().lock();
+    for _ in 0..a.count {
+        let r = attempt(&a, target, cookie);
+        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+    }
+    Ok(())
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    // Port 0 is allowed here: the kernel picks one and ready() reports it.
+    let listen: SocketAddr = a
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {:?}: write ADDR:PORT or [ADDR]:PORT", a.listen))?;
+    enter(&a.place)?;
+    match a.proto {
+        Proto::Tcp => {
+            let l = TcpListener::bind(listen).with_context(|| format!("listen on {listen}"))?;
+            ready(l.local_addr()?)?;
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut buf = [0u8; 512];
+                let _ = c.read(&mut buf);
+                let _ = c.write_all(a.reply.as_bytes());
+            }
+        }
+        Proto::Udp => {
+            let s = UdpSocket::bind(listen).with_context(|| format!("bind {listen}"))?;
+            ready(s.local_addr()?)?;
+            let mut buf = [0u8; 2048];
+            loop {
+                let Ok((_, from)) = s.recv_from(&mut buf) else {
+                    continue;
+                };
+                let _ = s.send_to(a.reply.as_bytes(), from);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Tell whoever started us that the socket is bound, and where (port 0 in
+/// --listen picks a free port).
+fn ready(at: SocketAddr) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready {at}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Connect(a) => connect(a),
+        Cmd::Serve(a) => serve(a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netnsxl-probe: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

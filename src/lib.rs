@@ -1,0 +1,14 @@
+//! netnsxl: Kubernetes-style service translation in BPF cgroup hooks, aware
+//! of the network namespace of every socket (`bpf_get_netns_cookie()`).
+//!
+//! One module per idea; `src/main.rs` is only the command line.
+
+pub mod addr;
+pub mod affinity;
+pub mod attach;
+pub mod bpf;
+pub mod netns;
+pub mod output;
+pub mod service;
+pub mod state;
+pub mod sys;

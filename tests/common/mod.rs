@@ -1,0 +1,357 @@
+//! Integration harness: RAII guards for everything a test creates.
+//!
+//! Every guard has a unique name (pid + counter) and removes what it made on
+//! drop, also when the test panics. Nothing here touches a cgroup, netns or
+//! pin it did not create. Sockets under test belong to child processes
+//! (netnsxl-probe) that join the test cgroup themselves; the test process
+//! never moves itself.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const NETNSXL: &str = env!("CARGO_BIN_EXE_netnsxl");
+pub const PROBE: &str = env!("CARGO_BIN_EXE_netnsxl-probe");
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test or run uses: prefix, pid, counter.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{prefix}{}-{n}", std::process::id())
+}
+
+/// A short unique interface name (IFNAMSIZ is 16).
+fn unique_ifname() -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("nx{}{n}", std::process::id() % 100_000)
+}
+
+/// Integration tests need root; CI is root. Elsewhere they say why they skip.
+pub fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipped: this test loads BPF and creates namespaces; run it as root (make test)");
+    false
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ip(args: &[&str]) {
+    run_ok(Command::new("ip").args(args));
+}
+
+/// A child cgroup of the cgroup2 root, removed on drop.
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new() -> Cgroup {
+        let root = netnsxl::sys::cgroup2_mount().expect("cgroup2 is mounted");
+        let path = root.join(unique("netnsxl-test-"));
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        Cgroup { path }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Probes exit by themselves; move any straggler to the parent first.
+        let parent = self.path.parent().unwrap().join("cgroup.procs");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(procs) = fs::read_to_string(self.path.join("cgroup.procs")) {
+                for pid in procs.split_whitespace() {
+                    let _ = fs::write(&parent, pid);
+                }
+            }
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => {
+                    eprintln!("could not remove {}: {e}", self.path.display());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A pin dir of its own under bpffs; detached and removed on drop.
+pub struct PinDir {
+    pub path: PathBuf,
+}
+
+impl PinDir {
+    pub fn new() -> PinDir {
+        let bpffs = Path::new(netnsxl::sys::BPFFS_DEFAULT);
+        if !netnsxl::sys::is_bpffs(bpffs) {
+            // The first use mounts it, as netnsxl attach itself would.
+            let _ = Command::new("mount")
+                .args(["-t", "bpf", "bpf"])
+                .arg(bpffs)
+                .status();
+        }
+        PinDir {
+            path: bpffs.join(unique("netnsxl-test-")),
+        }
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if self.path.exists() {
+            let _ = Command::new(NETNSXL)
+                .arg("--pin-dir")
+                .arg(&self.path)
+                .arg("detach")
+                .output();
+        }
+        if self.path.exists() {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A named network namespace, deleted on drop (with its veth ends).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        let name = unique("nxl-");
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        Netns { name }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full);
+    }
+
+    /// Put an address on this netns' loopback (a /32 or /128).
+    pub fn add_lo_addr(&self, cidr: &str) {
+        self.ip(&["addr", "add", cidr, "dev", "lo"]);
+    }
+
+    pub fn route(&self, dst: &str, via: &str) {
+        self.ip(&["route", "add", dst, "via", via]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A veth pair between two namespaces, with an address (CIDR) on each end.
+/// It goes away with either namespace.
+pub fn veth(a: &Netns, a_cidr: &str, b: &Netns, b_cidr: &str) {
+    let (ea, eb) = (unique_ifname(), unique_ifname());
+    ip(&[
+        "link", "add", &ea, "netns", &a.name, "type", "veth", "peer", "name", &eb, "netns", &b.name,
+    ]);
+    a.ip(&["addr", "add", a_cidr, "dev", &ea]);
+    b.ip(&["addr", "add", b_cidr, "dev", &eb]);
+    a.ip(&["link", "set", &ea, "up"]);
+    b.ip(&["link", "set", &eb, "up"]);
+}
+
+/// A netnsxl-probe server, killed by pid on drop.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+}
+
+impl Server {
+    /// Serve `reply` on `listen` (port 0: any free port) in `netns` (None: the
+    /// initial netns). Returns once the socket is bound.
+    pub fn start(netns: Option<&Netns>, proto: &str, listen: &str, reply: &str) -> Server {
+        let mut cmd = Command::new(PROBE);
+        cmd.args([
+            "serve", "--proto", proto, "--listen", listen, "--reply", reply,
+        ]);
+        if let Some(ns) = netns {
+            cmd.args(["--netns", &ns.name]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn netnsxl-probe serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read the server's ready line");
+        let mut server = Server {
+            child,
+            addr: String::new(),
+        };
+        let Some(addr) = line.trim().strip_prefix("ready ") else {
+            panic!("server on {listen} did not start: {line:?}");
+        };
+        server.addr = addr.to_string();
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit_once(':').unwrap().1.parse().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// One attempt as netnsxl-probe connect reports it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Attempt {
+    pub ok: bool,
+    pub reply: Option<String>,
+    pub peer: Option<String>,
+    pub errno: Option<i32>,
+    pub error: Option<String>,
+    pub netns_cookie: u64,
+    pub elapsed_us: u64,
+}
+
+/// Where a probe client runs.
+#[derive(Clone, Copy)]
+pub struct From<'a> {
+    pub cgroup: Option<&'a Cgroup>,
+    pub netns: Option<&'a Netns>,
+}
+
+impl<'a> From<'a> {
+    pub fn pod(cgroup: &'a Cgroup, netns: &'a Netns) -> From<'a> {
+        From {
+            cgroup: Some(cgroup),
+            netns: Some(netns),
+        }
+    }
+}
+
+/// Connect `count` times (each on a new socket) and return what each saw.
+pub fn probe(
+    from: From<'_>,
+    proto: &str,
+    unconnected: bool,
+    target: &str,
+    count: u32,
+) -> Vec<Attempt> {
+    let mut cmd = Command::new(PROBE);
+    cmd.args([
+        "connect",
+        "--proto",
+        proto,
+        "--count",
+        &count.to_string(),
+        "--timeout-ms",
+        "2000",
+    ]);
+    if unconnected {
+        cmd.arg("--unconnected");
+    }
+    if let Some(cg) = from.cgroup {
+        cmd.arg("--cgroup").arg(&cg.path);
+    }
+    if let Some(ns) = from.netns {
+        cmd.args(["--netns", &ns.name]);
+    }
+    cmd.arg(target);
+    let out = run_ok(&mut cmd);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("probe line {l:?}: {e}")))
+        .collect()
+}
+
+/// The one reply of a single successful attempt.
+pub fn reply_of(from: From<'_>, proto: &str, target: &str) -> String {
+    let a = probe(from, proto, false, target, 1).remove(0);
+    assert!(a.ok, "connect to {target} failed: {a:?}");
+    a.reply.unwrap()
+}
+
+/// netnsxl with a pin dir of the test's own.
+pub struct Cli<'a> {
+    pub pins: &'a PinDir,
+}
+
+impl Cli<'_> {
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(NETNSXL);
+        cmd.arg("--pin-dir").arg(&self.pins.path).args(args);
+        cmd
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        String::from_utf8(run_ok(&mut self.cmd(args)).stdout).unwrap()
+    }
+
+    /// Run and require failure; returns (exit code, stderr).
+    pub fn fails(&self, args: &[&str]) -> (i32, String) {
+        let out = self.cmd(args).output().expect("run netnsxl");
+        assert!(
+            !out.status.success(),
+            "netnsxl {args:?} should have failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut full = args.to_vec();
+        full.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.ok(&full)).expect("netnsxl printed JSON")
+    }
+
+    pub fn attach(&self, cgroup: &Cgroup, extra: &[&str]) -> String {
+        let cg = cgroup.path.to_str().unwrap();
+        let mut args = vec!["attach", "--cgroup", cg];
+        args.extend_from_slice(extra);
+        self.ok(&args)
+    }
+}

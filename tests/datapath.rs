@@ -1,0 +1,709 @@
+//! The datapath with real sockets in real network namespaces.
+//!
+//! From the initial netns (which has a route off the machine) these tests
+//! connect only to 127.0.0.0/8. Everything else runs between namespaces the
+//! test created, on documentation addresses.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+
+use common::*;
+
+/// A pod netns and a backend netns joined by a veth; the backend netns has
+/// the backend addresses on its loopback and the pods route to it.
+struct Lab {
+    be: Netns,
+    pods: Vec<Netns>,
+}
+
+const BACKENDS: [&str; 2] = ["198.51.100.200", "198.51.100.201"];
+
+impl Lab {
+    fn new(npods: usize) -> Lab {
+        let be = Netns::new();
+        for b in BACKENDS {
+            be.add_lo_addr(&format!("{b}/32"));
+        }
+        let mut pods = Vec::new();
+        for i in 0..npods {
+            let pod = Netns::new();
+            let base = 16 * i as u32;
+            let be_side = format!("198.51.100.{}", base + 1);
+            veth(
+                &pod,
+                &format!("198.51.100.{}/28", base + 2),
+                &be,
+                &format!("{be_side}/28"),
+            );
+            pod.ip(&["route", "add", "default", "via", &be_side]);
+            pods.push(pod);
+        }
+        Lab { be, pods }
+    }
+
+    /// One server per backend address, answering its own name.
+    fn backends(&self, proto: &str, port: u16) -> Vec<Server> {
+        BACKENDS
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                Server::start(
+                    Some(&self.be),
+                    proto,
+                    &format!("{b}:{port}"),
+                    &format!("backend-{}", i + 1),
+                )
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn clusterip_tcp_from_pod_and_from_host_reaches_a_backend() {
+    if !require_root() {
+        return;
+    }
+    let (cg, pins) = (Cgroup::new(), PinDir::new());
+    let cli = Cli { pins: &pins };
+    cli.attach(&cg, &[]);
+    let lab = Lab::new(1);
+    let _servers = lab.backends("tcp", 8080);
+
+    cli.ok(&[
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--frontend",
+        "203.0.113.80:80",
+        "--backend",
+        "198.51.100.200:8080",
+        "--name",
+        "default/web",
+    ]);
+    let pod = From::pod(&cg, &lab.pods[0]);
+    let a = probe(pod, "tcp", false, "203.0.113.80:80", 1).remove(0);
+    assert!(a.ok, "{a:?}");
+    assert_eq!(a.reply.as_deref(), Some("backend-1"));
+    assert_eq!(
+        a.peer.as_deref(),
+        Some("203.0.113.80:80"),
+        "getpeername returns the frontend"
+    );
+
+    // The host netns (the initial one): loopback VIP and backend only.
+    let local = Server::start(None, "tcp", "127.0.0.1:0", "host-backend");
+    let backend = format!("127.0.0.1:{}", local.port());
+    cli.ok(&[
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--frontend",
+        "127.77.0.1:80",
+        "--backend",
+        &backend,
+    ]);
+    let host = From {
+        cgroup: Some(&cg),
+        netns: None,
+    };
+    assert_eq!(reply_of(host, "tcp", "127.77.0.1:80"), "host-backend");
+}
+
+#[test]
+fn sockets_outside_the_cgroup_are_not_translated() {
+    if !require_root() {
+        return;
+    }
+    let (cg, pins) = (Cgroup::new(), PinDir::new());
+    let cli = Cli { pins: &pins };
+    cli.attach(&cg, &[]);
+    let lab = Lab::new(1);
+    let _servers = lab.backends("tcp", 8080);
+    // The VIP also exists for real inside the pod: an untranslated connect
+    // reaches this server instead of the backend.
+    let pod_ns = &lab.pods[0];
+    pod_ns.add_lo_addr("203.0.113.80/32");
+    let _decoy = Server::start(Some(pod_ns), "tcp", "203.0.113.80:80", "untranslated");
+    cli.ok(&[
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--frontend",
+        "203.0.113.80:80",
+        "--backend",
+        "198.51.100.200:8080",
+    ]);
+
+    assert_eq!(
+        reply_of(From::pod(&cg, pod_ns), "tcp", "203.0.113.80:80"),
+        "backend-1"
+    );
+    let outside = From {
+        cgroup: None,
+        netns: Some(pod_ns),
+    };
+    assert_eq!(reply_of(outside, "tcp", "203.0.113.80:80"), "untranslated");
+}
+
+#[test]
+fn externalip_is_left_alone_from_the_host_netns_unless_it_is_a_node_address() {
+    if !require_root() {
+        return;
+    }
+    // node: the host netns (--host-netns); pod: a client; ext: the real
+    // external host that owns 203.0.113.50.
+    let (node, pod, ext) = (Netns::new(), Netns::new(), Netns::new());
+    veth(&node, "198.51.100.1/28", &pod, "198.51.100.2/28");
+    pod.ip(&["route", "add", "default", "via", "198.51.100.1"]);
+    veth(&node, "198.51.100.17/28", &ext, "198.51.100.18/28");
+    ext.add_lo_addr("203.0.113.50/32");
+    ext.ip(&["route", "add", "default", "via", "198.51.100.17"]);
+    node.route("203.0.113.50/32", "198.51.100.18");
+    let _backend = Server::start(Some(&node), "tcp", "198.51.100.1:8080", "backend");
+    let _external = Server::start(Some(&ext), "tcp", "203.0.113.50:80", "external-host");
+
+    let (cg, pins) = (Cgroup::new(), PinDir::new());
+    let cli = Cli { pins: &pins };
+    let host_ns = node.path();
+    cli.attach(
+        &cg,
+        &[
+            "--host-netns",
+            host_ns.to_str().unwrap(),
+            "--node-ip",
+            "203.0.113.60",
+        ],
+    );
+    let status = cli.json(&["status"]);
+    let node_cookie = netnsxl::sys::netns_cookie_of(&host_ns).unwrap();
+    assert_eq!(status["host_netns_cookie"], node_cookie);
+    let addrs = status["node_addrs"].as_array().unwrap();
+    assert!(
+        addrs.iter().any(|a| a == "198.51.100.1"),
+        "node addresses read from the host netns: {addrs:?}"
+    );
+    assert!(
+        addrs.iter().any(|a| a == "203.0.113.60"),
+        "--node-ip recorded: {addrs:?}"
+    );
+
+    cli.ok(&[
+        "svc",
+        "add",
+        "--type",
+        "externalip",
+        "--frontend",
+        "203.0.113.50:80",
+        "--backend",
+        "198.51.100.1:8080",
+    ]);
+    assert_eq!(
+        reply_of(From::pod(&cg, &pod), "tcp", "203.0.113.50:80"),
+        "backend",
+        "pods are translated"
+    );
+    assert_eq!(
+        reply_of(From::pod(&cg, &node), "tcp", "203.0.113.50:80"),
+        "external-host",
+        "the host netns reaches the real non-local ExternalIP"
+    );
+
+    // An ExternalIP that is a node address is translated from the host too.
+    cli.ok(&[
+        "svc",
+        "add",
+        "--type",
+        "externalip",
+        "--frontend",
+        "203.0.113.60:80",
+        "--backend",
+        "198.51.100.1:8080",
+    ]);
+    assert_eq!(
+        reply_of(From::pod(&cg, &node), "tcp", "203.0.113.60:80"),
+        "backend"
+    );
+    assert_eq!(
+        reply_of(From::pod(&cg, &pod), "tcp", "203.0.113.60:80"),
+        "backend"
+    );
+}
+
+#[test]
+fn affinity_sticks_per_netns_cookie_and_dump_shows_it() {
+    if !require_root() {
+        return;
+    }
+    let (cg, pins) = (Cgroup::new(), PinDir::new());
+    let cli = Cli { pins: &pins };
+    cli.attach(&cg, &[]);
+    let lab = Lab::new(2);
+    let _servers = lab.backends("tcp", 8080);
+    let backends = [
+        "--backend",
+        "198.51.100.200:8080",
+        "--backend",
+        "198.51.100.201:8080",
+    ];
+
+    // Without affinity both backends are used (fails with odds 2^-39).
+    let mut args = vec![
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--frontend",
+        "203.0.113.81:80",
+    ];
+    args.extend_from_slice(&backends);
+    cli.ok(&args);
+    let seen: HashSet<String> = probe(
+        From::pod(&cg, &lab.pods[0]),
+        "tcp",
+        false,
+        "203.0.113.81:80",
+        40,
+    )
+    .into_iter()
+    .map(|a| a.reply.expect("reply"))
+    .collect();
+    assert_eq!(seen.len(), 2, "random choice over two backends: {seen:?}");
+
+    let mut args = vec![
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--frontend",
+        "203.0.113.82:80",
+        "--name",
+        "default/sticky",
+        "--session-affinity",
+        "client-ip",
+        "--affinity-timeout",
+        "600",
+    ];
+    args.extend_from_slice(&backends);
+    cli.ok(&args);
+    let mut cookies = Vec::new();
+    for pod in &lab.pods {
+        let attempts = probe(From::pod(&cg, pod), "tcp", false, "203.0.113.82:80", 20);
+        let replies: HashSet<_> = attempts
+            .iter()
+            .map(|a| a.reply.clone().expect("reply"))
+            .collect();
+        assert_eq!(
+            replies.len(),
+            1,
+            "one pod sticks to one backend: {replies:?}"
+        );
+        cookies.push((
+            attempts[0].netns_cookie,
+            pod.name.clone(),
+            replies.into_iter().next().unwrap(),
+        ));
+    }
+    assert_ne!(cookies[0].0, cookies[1].0);
+
+    let dump = cli.json(&["affinity", "dump"]);
+    let entries = dump.as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{dump}");
+    for (cookie, name, reply) in &cookies {
+        let e = entries
+            .iter()
+            .find(|e| e["netns_cookie"] == *cookie)
+            .unwrap_or_else(|| panic!("no entry for cookie {cookie}: {dump}"));
+        assert_eq!(e["netns"], name.as_str());
+        assert_eq!(e["frontend"], "203.0.113.82:80");
+        assert_eq!(e["proto"], "tcp");
+        let idx: usize = reply.strip_prefix("backend-").unwrap().parse().unwrap();
+        assert_eq!(e["backend"], format!("{}:8080", BACKENDS[idx - 1]));
+        let left = e["expires_in_s"].as_u64().unwrap();
+        assert!(
+            left > 590 && left <= 600,
+            "sliding timeout of 600 s: {left}"
+        );
+    }
+
+    // The backend a pod sticks to leaves: the entry is replaced, not used.
+    let (cookie0, _, reply0) = &cookies[0];
+    let keep = if reply0 == "backend-1" {
+        BACKENDS[1]
+    } else {
+        BACKENDS[0]
+    };
+    cli.ok(&[
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--frontend",
+        "203.0.113.82:80",
+        "--replace",
+        "--session-affinity",
+        "client-ip",
+        "--affinity-timeout",
+        "600",
+        "--backend",
+        &format!("{keep}:8080"),
+    ]);
+    let a = probe(
+        From::pod(&cg, &lab.pods[0]),
+        "tcp",
+        false,
+        "203.0.113.82:80",
+        3,
+    );
+    assert!(
+        a.iter()
+            .all(|a| a.ok && a.reply.as_deref() != Some(reply0.as_str())),
+        "{a:?}"
+    );
+    let dump = cli.json(&["affinity", "dump"]);
+    let e = dump
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["netns_cookie"] == *cookie0)
+        .expect("entry");
+    assert_eq!(e["backend"], format!("{keep}:8080"));
+}
+
+#[test]
+fn udp_replies_and_peer_show_the_frontend() {
+    if !require_root() {
+        return;
+    }
+    let (cg, pins) = (Cgroup::new(), PinDir::new());
+    let cli = Cli { pins: &pins };
+    cli.attach(&cg, &[]);
+    let lab = Lab::new(1);
+    let _servers = lab.backends("udp", 5353);
+    cli.ok(&[
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--proto",
+        "udp",
+        "--frontend",
+        "203.0.113.53:53",
+        "--backend",
+        "198.51.100.200:5353",
+    ]);
+    let pod = From::pod(&cg, &lab.pods[0]);
+
+    let a = probe(pod, "udp", true, "203.0.113.53:53", 1).remove(0);
+    assert!(a.ok, "{a:?}");
+    assert_eq!(a.reply.as_deref(), Some("backend-1"));
+    assert_eq!(
+        a.peer.as_deref(),
+        Some("203.0.113.53:53"),
+        "recvfrom reports the VIP as source"
+    );
+
+    let a = probe(pod, "udp", false, "203.0.113.53:53", 1).remove(0);
+    assert!(a.ok, "{a:?}");
+    assert_eq!(a.reply.as_deref(), Some("backend-1"));
+    assert_eq!(
+        a.peer.as_deref(),
+        Some("203.0.113.53:53"),
+        "getpeername on connected UDP"
+    );
+
+    // A TCP frontend on the same address and port is another service.
+    let a = probe(pod, "tcp", false, "203.0.113.53:53", 1).remove(0);
+    assert!(!a.ok, "no TCP service there: {a:?}");
+
+    // Reverse-translation state went with the sockets (cgroup/sock_release).
+    let status = cli.json(&["status"]);
+    let revnat = status["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "revnat_map")
+        .unwrap();
+    assert_eq!(revnat["used"], 0, "{status}");
+}
+
+#[test]
+fn init_netns_cookie_from_bpf_matches_so_netns_cookie() {
+    if !require_root() {
+        return;
+    }
+    let (cg, pins) = (Cgroup::new(), PinDir::new());
+    let cli = Cli { pins: &pins };
+    cli.attach(&cg, &[]);
+    // This test process runs in the initial netns.
+    let mine = netnsxl::sys::current_netns_cookie().unwrap();
+    let status = cli.json(&["status"]);
+    assert_eq!(
+        status["init_netns_cookie"], mine,
+        "bpf_get_netns_cookie(NULL) == SO_NETNS_COOKIE"
+    );
+    assert_eq!(
+        status["host_netns_cookie"], mine,
+        "the host netns defaults to the initial one"
+    );
+    let progs = status["programs"].as_array().unwrap();
+    for name in [
+        "nxl_connect4",
+        "nxl_sendmsg4",
+        "nxl_recvmsg4",
+        "nxl_getpeername4",
+    ] {
+        let p = progs.iter().find(|p| p["name"] == name).unwrap();
+        assert_eq!(p["attached_to_cgroup"], true, "{name}: {status}");
+    }
+    // Attaching again to the same cgroup is fine; to another is refused.
+    assert!(cli.attach(&cg, &[]).contains("already attached"));
+    let other = Cgroup::new();
+    let (_, err) = cli.fails(&["attach", "--cgroup", other.path.to_str().unwrap()]);
+    assert!(err.contains("detach first"), "{err}");
+}
+
+#[test]
+fn detach_leaves_no_pin_and_no_program() {
+    if !require_root() {
+        return;
+    }
+    let (cg, pins) = (Cgroup::new(), PinDir::new());
+    let cli = Cli { pins: &pins };
+    cli.attach(&cg, &[]);
+    let show = |cg: &Cgroup| {
+        let out = run_ok(
+            Command::new("bpftool")
+                .args(["cgroup", "show"])
+                .arg(&cg.path),
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(show(&cg).contains("connect4"), "attached: {}", show(&cg));
+    cli.ok(&["detach"]);
+    assert!(!pins.path.exists(), "pin dir removed");
+    assert_eq!(show(&cg).trim(), "", "no program left on the cgroup");
+}
+
+#[test]
+fn bad_input_gets_one_line_errors_and_changes_nothing() {
+    if !require_root() {
+        return;
+    }
+    let (cg, pins) = (Cgroup::new(), PinDir::new());
+    let cli = Cli { pins: &pins };
+
+    // Before attach.
+    for args in [
+        &["svc", "list"][..],
+        &["affinity", "dump"],
+        &["status"],
+        &[
+            "svc",
+            "add",
+            "--type",
+            "clusterip",
+            "--frontend",
+            "203.0.113.1:80",
+            "--backend",
+            "198.51.100.200:80",
+        ],
+    ] {
+        let (code, err) = cli.fails(args);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains("not attached") && err.contains("netnsxl attach"),
+            "{args:?}: {err}"
+        );
+    }
+    let (_, err) = cli.fails(&["attach", "--cgroup", "/tmp"]);
+    let cg2 = netnsxl::sys::cgroup2_mount().unwrap();
+    assert!(
+        err.contains("not a cgroup v2 directory")
+            && err.contains(&format!("cgroup2 is mounted at {}", cg2.display())),
+        "{err}"
+    );
+    assert!(!pins.path.exists(), "a refused attach pins nothing");
+
+    cli.attach(&cg, &[]);
+    cli.ok(&[
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--frontend",
+        "203.0.113.1:80",
+        "--backend",
+        "198.51.100.200:80",
+    ]);
+    let before = cli.json(&["svc", "list"]);
+    let add = |extra: &[&str]| {
+        let mut a = vec!["svc", "add"];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let cases: Vec<(Vec<String>, &str, i32)> = vec![
+        (
+            add(&[
+                "--type",
+                "clusterip",
+                "--frontend",
+                "203.0.113.300:80",
+                "--backend",
+                "198.51.100.200:80",
+            ]),
+            "--frontend",
+            1,
+        ),
+        (
+            add(&[
+                "--type",
+                "clusterip",
+                "--frontend",
+                "203.0.113.2:0",
+                "--backend",
+                "198.51.100.200:80",
+            ]),
+            "--frontend",
+            1,
+        ),
+        (
+            add(&[
+                "--type",
+                "clusterip",
+                "--frontend",
+                "203.0.113.2:65536",
+                "--backend",
+                "198.51.100.200:80",
+            ]),
+            "--frontend",
+            1,
+        ),
+        (
+            add(&[
+                "--type",
+                "clusterip",
+                "--frontend",
+                "203.0.113.2:80",
+                "--backend",
+                "198.51.100.200",
+            ]),
+            "--backend",
+            1,
+        ),
+        (
+            add(&[
+                "--type",
+                "clusterip",
+                "--frontend",
+                "203.0.113.2:80",
+                "--backend",
+                "[2001:db8::1]:80",
+            ]),
+            "one family",
+            1,
+        ),
+        (
+            add(&[
+                "--type",
+                "nodeportish",
+                "--frontend",
+                "203.0.113.2:80",
+                "--backend",
+                "198.51.100.200:80",
+            ]),
+            "--type",
+            2,
+        ),
+        (
+            add(&[
+                "--type",
+                "clusterip",
+                "--proto",
+                "sctp",
+                "--frontend",
+                "203.0.113.2:80",
+                "--backend",
+                "198.51.100.200:80",
+            ]),
+            "--proto",
+            2,
+        ),
+        (
+            add(&[
+                "--type",
+                "clusterip",
+                "--frontend",
+                "203.0.113.2:80",
+                "--backend",
+                "198.51.100.200:80",
+                "--session-affinity",
+                "client-ip",
+                "--affinity-timeout",
+                "0",
+            ]),
+            "--affinity-timeout",
+            1,
+        ),
+        (
+            add(&[
+                "--type",
+                "clusterip",
+                "--frontend",
+                "203.0.113.2:80",
+                "--backend",
+                "198.51.100.200:80",
+                "--session-affinity",
+                "client-ip",
+                "--affinity-timeout",
+                "86401",
+            ]),
+            "--affinity-timeout",
+            1,
+        ),
+        (
+            add(&[
+                "--type",
+                "clusterip",
+                "--frontend",
+                "203.0.113.1:80",
+                "--backend",
+                "198.51.100.201:80",
+            ]),
+            "--replace",
+            1,
+        ),
+        (
+            vec![
+                "svc".into(),
+                "del".into(),
+                "--frontend".into(),
+                "203.0.113.9:80".into(),
+            ],
+            "no such service",
+            1,
+        ),
+    ];
+    for (args, needle, want_code) in cases {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, err) = cli.fails(&refs);
+        assert_eq!(code, want_code, "{args:?}: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "one line: {args:?}: {err}"
+        );
+        assert!(err.contains(needle), "{args:?} should name {needle}: {err}");
+        assert_eq!(
+            cli.json(&["svc", "list"]),
+            before,
+            "{args:?} changed nothing"
+        );
+    }
+    let a = cli.json(&["svc", "list"]);
+    assert_eq!(a[0]["backends"][0]["addr"], "198.51.100.200:80");
+}
