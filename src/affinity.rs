@@ -14,7 +14,10 @@ use crate::state::State;
 #[derive(Serialize)]
 pub struct AffinityView {
     pub netns_cookie: u64,
+    /// A name under /run/netns, when the netns has one.
     pub netns: Option<String>,
+    /// A process in that netns, when it has no name.
+    pub pid: Option<u32>,
     pub service: String,
     pub frontend: String,
     pub proto: Option<Proto>,
@@ -47,7 +50,10 @@ fn monotonic_ns() -> Result<u64> {
 /// Every live entry (expired ones are never used again and are left out).
 pub fn read_all(state: &State) -> Result<Vec<AffinityView>> {
     let now = monotonic_ns()?;
-    let names = crate::netns::names_by_cookie();
+    let known: std::collections::HashMap<u64, crate::netns::NetnsInfo> = crate::netns::discover()
+        .into_iter()
+        .map(|n| (n.cookie, n))
+        .collect();
     let mut out = Vec::new();
     for k in state.affinity.keys() {
         let key: types::affinity_key = bpf::from_bytes(&k)?;
@@ -72,7 +78,13 @@ pub fn read_all(state: &State) -> Result<Vec<AffinityView>> {
             .transpose()?;
         out.push(AffinityView {
             netns_cookie: key.netns_cookie,
-            netns: names.get(&key.netns_cookie).cloned(),
+            netns: known
+                .get(&key.netns_cookie)
+                .and_then(|n| n.names.first().cloned()),
+            pid: known
+                .get(&key.netns_cookie)
+                .filter(|n| n.names.is_empty())
+                .and_then(|n| n.pids.first().copied()),
             service: meta.map(|m| bpf::from_cstr(&m.name)).unwrap_or_default(),
             frontend: meta.map_or_else(
                 || format!("service {} (gone)", key.svc_id),
@@ -100,7 +112,11 @@ pub fn dump(state: &State, format: Format) -> Result<()> {
         .iter()
         .map(|e| Row {
             cookie: e.netns_cookie,
-            netns: output::opt(&e.netns),
+            netns: e
+                .netns
+                .clone()
+                .or_else(|| e.pid.map(|p| format!("pid {p}")))
+                .unwrap_or_else(|| "-".into()),
             service: e.service.clone(),
             frontend: match e.proto {
                 Some(p) => format!("{}/{p}", e.frontend),
@@ -114,4 +130,22 @@ pub fn dump(state: &State, format: Format) -> Result<()> {
         })
         .collect();
     output::print(format, &rows, &entries)
+}
+
+/// Delete the entries of one service and/or one client netns (all without
+/// filters). Returns how many went.
+pub fn flush(state: &State, svc_id: Option<u32>, netns_cookie: Option<u64>) -> Result<usize> {
+    let mut n = 0;
+    for k in state.affinity.keys() {
+        let key: types::affinity_key = bpf::from_bytes(&k)?;
+        if svc_id.is_some_and(|id| id != key.svc_id)
+            || netns_cookie.is_some_and(|c| c != key.netns_cookie)
+        {
+            continue;
+        }
+        if state.affinity.delete(&k).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
 }

@@ -24,6 +24,7 @@ pub struct AttachOpts {
     pub cgroup: PathBuf,
     pub host_netns: Option<PathBuf>,
     pub node_ips: Vec<IpAddr>,
+    pub node_port_range: (u16, u16),
 }
 
 static LIBBPF_LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -133,13 +134,7 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         }
         None => None,
     };
-    let mut node_addrs = match &opts.host_netns {
-        Some(p) => sys::in_netns(p, sys::interface_addrs)?,
-        None => sys::interface_addrs()?,
-    };
-    node_addrs.extend(opts.node_ips.iter().copied());
-    node_addrs.sort();
-    node_addrs.dedup();
+    let node_addrs = host_addrs(opts.host_netns.as_deref(), &opts.node_ips)?;
 
     libbpf_rs::set_print(Some((PrintLevel::Debug, capture_libbpf_log)));
     let mut obj = MaybeUninit::uninit();
@@ -178,6 +173,7 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         ("affinity_map", &maps.affinity_map),
         ("revnat_map", &maps.revnat_map),
         ("node_addr_map", &maps.node_addr_map),
+        ("bypass_map", &maps.bypass_map),
         ("config_map", &maps.config_map),
     ] {
         let path = pins.map(name);
@@ -197,7 +193,10 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         next_svc_id: 1,
         next_backend_id: 1,
         attached: 0,
+        node_port_min: opts.node_port_range.0,
+        node_port_max: opts.node_port_range.1,
         cgroup_path: bpf::to_cstr(&cgroup.to_string_lossy()),
+        pad0: 0,
     };
     state.write_config(&cfg)?;
     write_node_addrs(&state, &node_addrs)?;
@@ -267,6 +266,18 @@ fn probe_init_cookie(skel: &bpf::NetnsxlSkel<'_>) -> Result<u64> {
             }
         }
     }
+}
+
+/// The node addresses: the host netns' interface addresses plus extra ones.
+pub fn host_addrs(host_netns: Option<&Path>, extra: &[IpAddr]) -> Result<Vec<IpAddr>> {
+    let mut addrs = match host_netns {
+        Some(p) => sys::in_netns(p, sys::interface_addrs)?,
+        None => sys::interface_addrs()?,
+    };
+    addrs.extend(extra.iter().copied());
+    addrs.sort();
+    addrs.dedup();
+    Ok(addrs)
 }
 
 pub fn write_node_addrs(state: &State, addrs: &[IpAddr]) -> Result<()> {
@@ -386,6 +397,7 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
         ("affinity_map", &state.affinity),
         ("revnat_map", &state.revnat),
         ("node_addr_map", &state.node_addr),
+        ("bypass_map", &state.bypass),
     ] {
         maps.push(MapStatus {
             name: name.to_string(),

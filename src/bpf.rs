@@ -43,6 +43,8 @@ pub mod svc_flags {
     use super::types::nxl_svc_flags as F;
     pub const AFFINITY: u8 = F::NXL_SVC_F_AFFINITY.0 as u8;
     pub const SKIP_HOST: u8 = F::NXL_SVC_F_SKIP_HOST.0 as u8;
+    pub const HOST_ONLY: u8 = F::NXL_SVC_F_HOST_ONLY.0 as u8;
+    pub const LOCAL_ONLY: u8 = F::NXL_SVC_F_LOCAL_ONLY.0 as u8;
     pub const FALLBACK: u8 = F::NXL_SVC_F_FALLBACK.0 as u8;
 }
 

@@ -9,11 +9,14 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use netnsxl::addr::{BackendSpec, Proto, parse_endpoint, parse_ip};
+use netnsxl::addr::{BackendSpec, Proto, parse_ip};
+use netnsxl::netns::NetnsRef;
 use netnsxl::output::Format;
-use netnsxl::service::{AFFINITY_TIMEOUT_DEFAULT, ServiceSpec, SvcType};
+use netnsxl::service::{
+    AFFINITY_TIMEOUT_DEFAULT, FrontendSpec, NODE_PORT_RANGE_DEFAULT, ServiceSpec, SvcType,
+};
 use netnsxl::state::State;
-use netnsxl::{affinity, attach, service, sys};
+use netnsxl::{affinity, attach, netns, service, sys};
 
 #[derive(Parser)]
 #[command(name = "netnsxl", version, about, long_about = None)]
@@ -45,6 +48,12 @@ enum Cmd {
     /// Session affinity entries, per client netns.
     #[command(subcommand)]
     Affinity(AffinityCmd),
+    /// Network namespaces: list them, exempt some from translation.
+    #[command(subcommand)]
+    Netns(NetnsCmd),
+    /// Node addresses.
+    #[command(subcommand)]
+    Node(NodeCmd),
 }
 
 #[derive(Args)]
@@ -58,6 +67,9 @@ struct AttachArgs {
     /// An extra node address (repeatable), besides the host netns' own.
     #[arg(long = "node-ip", value_name = "ADDR")]
     node_ips: Vec<String>,
+    /// Ports NodePorts may use.
+    #[arg(long, value_name = "A-B", default_value = "30000-32767")]
+    node_port_range: String,
 }
 
 #[derive(Args)]
@@ -68,7 +80,7 @@ struct OutputArgs {
 
 #[derive(Subcommand)]
 enum SvcCmd {
-    /// Add a service (or with --replace swap the backends of one).
+    /// Add a service (or with --replace change one).
     Add(SvcAddArgs),
     /// Delete a service by its frontend.
     Del(FrontendArgs),
@@ -82,13 +94,27 @@ enum Affinity {
     ClientIp,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Policy {
+    Cluster,
+    Local,
+}
+
 #[derive(Args)]
 struct SvcAddArgs {
     #[arg(long = "type", value_enum)]
     svc_type: SvcType,
-    #[command(flatten)]
-    frontend: FrontendArgs,
-    /// A backend ADDR:PORT[,local][,terminating] (repeatable).
+    /// ADDR:PORT, [ADDR]:PORT for IPv6; :PORT (or [::]:PORT) for a NodePort
+    /// or a HostPort on every node address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    frontend: Option<String>,
+    #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+    proto: Proto,
+    /// A NodePort's port (same as --frontend :PORT), or a LoadBalancer's NodePort.
+    #[arg(long, value_name = "PORT")]
+    node_port: Option<u16>,
+    /// A backend ADDR:PORT[,local][,terminating] (repeatable; none: every
+    /// connect is refused, as for a service without ready endpoints).
     #[arg(long = "backend", value_name = "ADDR:PORT")]
     backends: Vec<String>,
     /// NAMESPACE/NAME, for people reading svc list.
@@ -99,14 +125,20 @@ struct SvcAddArgs {
     /// Seconds a client netns sticks to its backend (1..=86400).
     #[arg(long, value_name = "SECS")]
     affinity_timeout: Option<u32>,
-    /// Replace the backends of an existing frontend.
+    /// local: ClusterIP frontends use node-local backends only.
+    #[arg(long, value_enum, default_value_t = Policy::Cluster)]
+    internal_traffic_policy: Policy,
+    /// Recorded and listed; on-node clients are routed by the cluster policy.
+    #[arg(long, value_enum, default_value_t = Policy::Cluster)]
+    external_traffic_policy: Policy,
+    /// Replace an existing service on this frontend.
     #[arg(long)]
     replace: bool,
 }
 
 #[derive(Args)]
 struct FrontendArgs {
-    /// ADDR:PORT, or [ADDR]:PORT for IPv6.
+    /// ADDR:PORT, [ADDR]:PORT for IPv6, :PORT for a NodePort.
     #[arg(long, value_name = "ADDR:PORT")]
     frontend: String,
     #[arg(long, value_enum, default_value_t = Proto::Tcp)]
@@ -117,6 +149,65 @@ struct FrontendArgs {
 enum AffinityCmd {
     /// Show every live affinity entry.
     Dump(OutputArgs),
+    /// Delete entries: of one service, of one client netns, or all.
+    Flush {
+        #[arg(long, value_name = "ADDR:PORT")]
+        frontend: Option<String>,
+        #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+        proto: Proto,
+        /// A netns name under /run/netns.
+        #[arg(long)]
+        netns: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetnsCmd {
+    /// Every netns that can be found, with its cookie.
+    List(OutputArgs),
+    /// Sockets of a bypassed netns are never translated.
+    #[command(subcommand)]
+    Bypass(BypassCmd),
+}
+
+#[derive(Subcommand)]
+enum BypassCmd {
+    Add(NetnsSel),
+    Del(NetnsSel),
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct NetnsSel {
+    /// A name under /run/netns.
+    name: Option<String>,
+    #[arg(long)]
+    pid: Option<u32>,
+    #[arg(long)]
+    path: Option<PathBuf>,
+}
+
+impl NetnsSel {
+    fn to_ref(&self) -> NetnsRef {
+        match (&self.name, self.pid, &self.path) {
+            (Some(n), _, _) => NetnsRef::Name(n.clone()),
+            (_, Some(p), _) => NetnsRef::Pid(p),
+            (_, _, Some(p)) => NetnsRef::Path(p.clone()),
+            _ => unreachable!("clap requires one"),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Re-read the host netns' addresses and rewrite the frontends that use them.
+    Refresh {
+        #[arg(long = "node-ip", value_name = "ADDR")]
+        node_ips: Vec<String>,
+        /// The host netns (default: the initial netns).
+        #[arg(long, value_name = "PATH")]
+        host_netns: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -157,36 +248,100 @@ fn usage_error(e: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
+fn parse_ips(ips: &[String]) -> Result<Vec<std::net::IpAddr>> {
+    ips.iter().map(|s| parse_ip("--node-ip", s)).collect()
+}
+
+fn parse_port_range(s: &str) -> Result<(u16, u16)> {
+    let parsed = s
+        .split_once('-')
+        .and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)));
+    match parsed {
+        Some((a, b)) if a >= 1 && a <= b => Ok((a, b)),
+        _ => bail!(
+            "--node-port-range {s:?}: write A-B with 1 <= A <= B <= 65535, e.g. {}-{}",
+            NODE_PORT_RANGE_DEFAULT.0,
+            NODE_PORT_RANGE_DEFAULT.1
+        ),
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     let pin_dir = cli.pin_dir.as_path();
     match cli.cmd {
         Cmd::Attach(a) => {
-            let node_ips = a
-                .node_ips
-                .iter()
-                .map(|s| parse_ip("--node-ip", s))
-                .collect::<Result<Vec<_>>>()?;
-            attach::attach(
-                pin_dir,
-                &attach::AttachOpts {
-                    cgroup: a.cgroup,
-                    host_netns: a.host_netns,
-                    node_ips,
-                },
-            )
+            let opts = attach::AttachOpts {
+                node_ips: parse_ips(&a.node_ips)?,
+                node_port_range: parse_port_range(&a.node_port_range)?,
+                cgroup: a.cgroup,
+                host_netns: a.host_netns,
+            };
+            attach::attach(pin_dir, &opts)
         }
         Cmd::Detach => attach::detach(pin_dir),
         Cmd::Status(o) => attach::status(pin_dir, o.format),
         Cmd::Svc(SvcCmd::Add(a)) => svc_add(pin_dir, a),
         Cmd::Svc(SvcCmd::Del(f)) => {
-            let frontend = parse_endpoint("--frontend", &f.frontend)?;
+            let frontend = FrontendSpec::parse(&f.frontend)?;
             let (state, _lock) = open_for_change(pin_dir)?;
-            service::del(&state, frontend, f.proto)?;
-            println!("deleted {frontend}/{}", f.proto);
+            service::del(&state, &frontend, f.proto)?;
+            println!("deleted {}/{}", frontend.display(), f.proto);
             Ok(())
         }
         Cmd::Svc(SvcCmd::List(o)) => service::list(&State::open(pin_dir)?, o.format),
         Cmd::Affinity(AffinityCmd::Dump(o)) => affinity::dump(&State::open(pin_dir)?, o.format),
+        Cmd::Affinity(AffinityCmd::Flush {
+            frontend,
+            proto,
+            netns,
+        }) => {
+            let frontend = frontend.as_deref().map(FrontendSpec::parse).transpose()?;
+            let cookie = netns.map(|n| NetnsRef::Name(n).cookie()).transpose()?;
+            let (state, _lock) = open_for_change(pin_dir)?;
+            let svc_id = match frontend {
+                Some(fe) => Some(service::find(&state, &fe, proto)?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--frontend {}/{proto}: no such service (svc list shows them)",
+                        fe.display()
+                    )
+                })?),
+                None => None,
+            };
+            let n = affinity::flush(&state, svc_id, cookie)?;
+            println!("flushed {n} affinity entries");
+            Ok(())
+        }
+        Cmd::Netns(NetnsCmd::List(o)) => netns::list(&State::open(pin_dir)?, o.format),
+        Cmd::Netns(NetnsCmd::Bypass(b)) => {
+            let (state, _lock) = open_for_change(pin_dir)?;
+            match b {
+                BypassCmd::Add(sel) => {
+                    let r = sel.to_ref();
+                    let c = netns::bypass_add(&state, &r)?;
+                    println!(
+                        "netns {} (cookie {c}) bypassed: its sockets are not translated",
+                        r.shown()
+                    );
+                }
+                BypassCmd::Del(sel) => {
+                    let r = sel.to_ref();
+                    let c = netns::bypass_del(&state, &r)?;
+                    println!("netns {} (cookie {c}) is translated again", r.shown());
+                }
+            }
+            Ok(())
+        }
+        Cmd::Node(NodeCmd::Refresh {
+            node_ips,
+            host_netns,
+        }) => {
+            let extra = parse_ips(&node_ips)?;
+            let (state, _lock) = open_for_change(pin_dir)?;
+            let addrs = attach::host_addrs(host_netns.as_deref(), &extra)?;
+            let n = service::refresh_node_addrs(&state, &addrs)?;
+            println!("{} node addresses; {n} services rewritten", addrs.len());
+            Ok(())
+        }
     }
 }
 
@@ -199,7 +354,30 @@ fn open_for_change(pin_dir: &Path) -> Result<(State, sys::StateLock)> {
 }
 
 fn svc_add(pin_dir: &Path, a: SvcAddArgs) -> Result<()> {
-    let frontend = parse_endpoint("--frontend", &a.frontend.frontend)?;
+    let (frontend, node_port) = match (a.svc_type, a.frontend.as_deref(), a.node_port) {
+        (SvcType::Nodeport, None, Some(p)) => {
+            let ipv6 = a
+                .backends
+                .first()
+                .is_some_and(|b| b.trim_start().starts_with('['));
+            (
+                FrontendSpec {
+                    ip: None,
+                    port: p,
+                    ipv6,
+                },
+                None,
+            )
+        }
+        (SvcType::Nodeport, Some(_), Some(_)) => {
+            bail!("--frontend :PORT and --node-port say the same for a nodeport: give one")
+        }
+        (_, Some(f), np) => (FrontendSpec::parse(f)?, np),
+        (_, None, _) => bail!("--frontend is missing: give ADDR:PORT (or :PORT for a nodeport)"),
+    };
+    if frontend.port == 0 {
+        bail!("--node-port 0 is out of range: use a port in 1-65535");
+    }
     let backends = a
         .backends
         .iter()
@@ -216,17 +394,21 @@ fn svc_add(pin_dir: &Path, a: SvcAddArgs) -> Result<()> {
         name: a.name,
         svc_type: a.svc_type,
         frontend,
-        proto: a.frontend.proto,
+        proto: a.proto,
+        node_port,
         backends,
         affinity_timeout,
+        internal_local: a.internal_traffic_policy == Policy::Local,
+        external_local: a.external_traffic_policy == Policy::Local,
     };
     spec.validate()?;
     let (state, _lock) = open_for_change(pin_dir)?;
     service::add(&state, &spec, a.replace)?;
     println!(
-        "{} {} {frontend}/{} -> {} backends",
+        "{} {} {}/{} -> {} backends",
         if a.replace { "set" } else { "added" },
         spec.svc_type.name(),
+        spec.frontend.display(),
         spec.proto,
         spec.backends.len()
     );

@@ -1,31 +1,212 @@
-//! Network namespaces by cookie: which netns a cookie in the maps belongs to.
+//! Network namespaces by cookie: find every netns on the machine, tell which
+//! one a cookie in the maps belongs to, and manage the bypass list.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use libbpf_rs::{MapCore, MapFlags};
+use serde::Serialize;
+use tabled::Tabled;
+
+use crate::output::{self, Format};
+use crate::state::State;
 
 /// Where `ip netns` keeps named namespaces.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
-/// Cookie -> name for every netns named under /run/netns. A namespace that
-/// cannot be entered is left out (its cookie then shows no name).
-pub fn names_by_cookie() -> HashMap<u64, String> {
-    let mut out = HashMap::new();
-    let Ok(dir) = fs::read_dir(NETNS_RUN_DIR) else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let path: PathBuf = entry.path();
-        let Some(name) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_string)
-        else {
-            continue;
-        };
-        if let Ok(cookie) = crate::sys::netns_cookie_of(Path::new(&path)) {
-            out.insert(cookie, name);
+/// One network namespace, however it can be reached.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetnsInfo {
+    pub cookie: u64,
+    pub names: Vec<String>,
+    pub pids: Vec<u32>,
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// Every netns with a name under /run/netns or a process in it.
+pub fn discover() -> Vec<NetnsInfo> {
+    // (dev, ino) identifies a namespace; enter each once to read its cookie.
+    let mut by_ino: BTreeMap<(u64, u64), (Vec<String>, Vec<u32>, PathBuf)> = BTreeMap::new();
+    if let Ok(dir) = fs::read_dir(NETNS_RUN_DIR) {
+        for e in dir.flatten() {
+            let path = e.path();
+            let (Ok(md), Some(name)) = (
+                fs::metadata(&path),
+                path.file_name().and_then(|n| n.to_str()),
+            ) else {
+                continue;
+            };
+            let entry = by_ino
+                .entry((md.dev(), md.ino()))
+                .or_insert_with(|| (Vec::new(), Vec::new(), path.clone()));
+            entry.0.push(name.to_string());
         }
     }
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            let Ok(md) = fs::metadata(&path) else {
+                continue;
+            };
+            let entry = by_ino
+                .entry((md.dev(), md.ino()))
+                .or_insert_with(|| (Vec::new(), Vec::new(), path.clone()));
+            entry.1.push(pid);
+        }
+    }
+    let mut out: Vec<NetnsInfo> = by_ino
+        .into_values()
+        .filter_map(|(mut names, mut pids, path)| {
+            let cookie = crate::sys::netns_cookie_of(&path).ok()?;
+            names.sort();
+            pids.sort_unstable();
+            Some(NetnsInfo {
+                cookie,
+                names,
+                pids,
+                path,
+            })
+        })
+        .collect();
+    out.sort_by_key(|n| n.cookie);
     out
+}
+
+/// How a user names a netns on the command line.
+#[derive(Debug, Clone)]
+pub enum NetnsRef {
+    Name(String),
+    Pid(u32),
+    Path(PathBuf),
+}
+
+impl NetnsRef {
+    pub fn path(&self) -> PathBuf {
+        match self {
+            NetnsRef::Name(n) => Path::new(NETNS_RUN_DIR).join(n),
+            NetnsRef::Pid(p) => PathBuf::from(format!("/proc/{p}/ns/net")),
+            NetnsRef::Path(p) => p.clone(),
+        }
+    }
+
+    pub fn cookie(&self) -> Result<u64> {
+        let path = self.path();
+        if !path.exists() {
+            bail!(
+                "netns {}: {} does not exist (names are under {NETNS_RUN_DIR}; netnsxl netns list shows them)",
+                self.shown(),
+                path.display()
+            );
+        }
+        crate::sys::netns_cookie_of(&path)
+            .with_context(|| format!("read the cookie of netns {}", self.shown()))
+    }
+
+    pub fn shown(&self) -> String {
+        match self {
+            NetnsRef::Name(n) => n.clone(),
+            NetnsRef::Pid(p) => format!("of pid {p}"),
+            NetnsRef::Path(p) => p.display().to_string(),
+        }
+    }
+}
+
+pub fn bypass_add(state: &State, ns: &NetnsRef) -> Result<u64> {
+    let cookie = ns.cookie()?;
+    state
+        .bypass
+        .update(&cookie.to_ne_bytes(), &1u32.to_ne_bytes(), MapFlags::ANY)
+        .context("write bypass_map")?;
+    Ok(cookie)
+}
+
+pub fn bypass_del(state: &State, ns: &NetnsRef) -> Result<u64> {
+    let cookie = ns.cookie()?;
+    if state
+        .bypass
+        .lookup(&cookie.to_ne_bytes(), MapFlags::ANY)?
+        .is_none()
+    {
+        bail!("netns {} (cookie {cookie}) is not bypassed", ns.shown());
+    }
+    state
+        .bypass
+        .delete(&cookie.to_ne_bytes())
+        .context("delete from bypass_map")?;
+    Ok(cookie)
+}
+
+pub fn bypassed(state: &State) -> Vec<u64> {
+    state
+        .bypass
+        .keys()
+        .filter_map(|k| {
+            <[u8; 8]>::try_from(k.as_slice())
+                .ok()
+                .map(u64::from_ne_bytes)
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct ListEntry {
+    cookie: u64,
+    names: Vec<String>,
+    pids: Vec<u32>,
+    host: bool,
+    bypassed: bool,
+}
+
+#[derive(Tabled)]
+struct Row {
+    #[tabled(rename = "COOKIE")]
+    cookie: u64,
+    #[tabled(rename = "NAMES")]
+    names: String,
+    #[tabled(rename = "PIDS")]
+    pids: String,
+    #[tabled(rename = "HOST")]
+    host: &'static str,
+    #[tabled(rename = "BYPASSED")]
+    bypassed: &'static str,
+}
+
+pub fn list(state: &State, format: Format) -> Result<()> {
+    let host = state.config()?.host_netns_cookie;
+    let bypass = bypassed(state);
+    let entries: Vec<ListEntry> = discover()
+        .into_iter()
+        .map(|n| ListEntry {
+            cookie: n.cookie,
+            host: n.cookie == host,
+            bypassed: bypass.contains(&n.cookie),
+            names: n.names,
+            pids: n.pids,
+        })
+        .collect();
+    let yes = |b: bool| if b { "yes" } else { "" };
+    let rows: Vec<Row> = entries
+        .iter()
+        .map(|e| {
+            let mut pids: Vec<String> = e.pids.iter().take(8).map(u32::to_string).collect();
+            if e.pids.len() > 8 {
+                pids.push(format!("(+{})", e.pids.len() - 8));
+            }
+            Row {
+                cookie: e.cookie,
+                names: e.names.join(" "),
+                pids: pids.join(" "),
+                host: yes(e.host),
+                bypassed: yes(e.bypassed),
+            }
+        })
+        .collect();
+    output::print(format, &rows, &entries)
 }

@@ -6,7 +6,6 @@
 //! entry: backends and slots before the master entry on add and replace, the
 //! master entry first on delete.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result, bail};
@@ -15,7 +14,8 @@ use serde::Serialize;
 use tabled::Tabled;
 
 use crate::addr::{
-    BackendSpec, Proto, fmt_endpoint, from_map_addr, from_map_port, to_map_addr, to_map_port,
+    BackendSpec, Proto, fmt_endpoint, from_map_addr, from_map_port, parse_endpoint, to_map_addr,
+    to_map_port,
 };
 use crate::bpf::{self, NAME_LEN, backend_flags, svc_flags, types};
 use crate::output::{self, Format};
@@ -23,46 +23,111 @@ use crate::state::{IdKind, State};
 
 pub const AFFINITY_TIMEOUT_DEFAULT: u32 = 10800;
 pub const AFFINITY_TIMEOUT_MAX: u32 = 86400;
+pub const NODE_PORT_RANGE_DEFAULT: (u16, u16) = (30000, 32767);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SvcType {
     Clusterip,
+    Nodeport,
     Externalip,
+    Loadbalancer,
+    Hostport,
 }
+
+const ALL_TYPES: [SvcType; 5] = [
+    SvcType::Clusterip,
+    SvcType::Nodeport,
+    SvcType::Externalip,
+    SvcType::Loadbalancer,
+    SvcType::Hostport,
+];
 
 impl SvcType {
     fn code(self) -> u8 {
+        use types::nxl_svc_type as T;
         let t = match self {
-            SvcType::Clusterip => types::nxl_svc_type::NXL_TYPE_CLUSTERIP,
-            SvcType::Externalip => types::nxl_svc_type::NXL_TYPE_EXTERNALIP,
+            SvcType::Clusterip => T::NXL_TYPE_CLUSTERIP,
+            SvcType::Nodeport => T::NXL_TYPE_NODEPORT,
+            SvcType::Externalip => T::NXL_TYPE_EXTERNALIP,
+            SvcType::Loadbalancer => T::NXL_TYPE_LOADBALANCER,
+            SvcType::Hostport => T::NXL_TYPE_HOSTPORT,
         };
         t.0 as u8
     }
 
     fn from_code(c: u8) -> Option<SvcType> {
-        [SvcType::Clusterip, SvcType::Externalip]
-            .into_iter()
-            .find(|t| t.code() == c)
+        ALL_TYPES.into_iter().find(|t| t.code() == c)
     }
 
     pub fn name(self) -> &'static str {
         match self {
             SvcType::Clusterip => "clusterip",
+            SvcType::Nodeport => "nodeport",
             SvcType::Externalip => "externalip",
+            SvcType::Loadbalancer => "loadbalancer",
+            SvcType::Hostport => "hostport",
         }
     }
 }
 
-/// A service as `svc add` describes it, validated.
+/// A frontend as written: an address, or none (`:PORT`, `[::]:PORT`) for
+/// NodePort and for HostPort without a hostIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrontendSpec {
+    pub ip: Option<IpAddr>,
+    pub port: u16,
+    pub ipv6: bool,
+}
+
+impl FrontendSpec {
+    pub fn parse(s: &str) -> Result<FrontendSpec> {
+        let t = s.trim();
+        let bare = t
+            .strip_prefix(':')
+            .map(|p| (p, false))
+            .or_else(|| t.strip_prefix("0.0.0.0:").map(|p| (p, false)))
+            .or_else(|| t.strip_prefix("[::]:").map(|p| (p, true)));
+        if let Some((port, ipv6)) = bare {
+            // Reuse the endpoint parser for the port's checks and messages.
+            let ep = parse_endpoint("--frontend", &format!("192.0.2.1:{port}"))
+                .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("192.0.2.1", "")))?;
+            return Ok(FrontendSpec {
+                ip: None,
+                port: ep.port(),
+                ipv6,
+            });
+        }
+        let ep = parse_endpoint("--frontend", t)?;
+        Ok(FrontendSpec {
+            ip: Some(ep.ip()),
+            port: ep.port(),
+            ipv6: ep.is_ipv6(),
+        })
+    }
+
+    pub fn display(&self) -> String {
+        match (self.ip, self.ipv6) {
+            (Some(ip), _) => fmt_endpoint(ip, self.port),
+            (None, false) => format!(":{}", self.port),
+            (None, true) => format!("[::]:{}", self.port),
+        }
+    }
+}
+
+/// A service as `svc add` describes it.
 #[derive(Clone, Debug)]
 pub struct ServiceSpec {
     pub name: String,
     pub svc_type: SvcType,
-    pub frontend: SocketAddr,
+    pub frontend: FrontendSpec,
     pub proto: Proto,
+    /// LoadBalancer: its NodePort, if it has one.
+    pub node_port: Option<u16>,
     pub backends: Vec<BackendSpec>,
     pub affinity_timeout: Option<u32>,
+    pub internal_local: bool,
+    pub external_local: bool,
 }
 
 impl ServiceSpec {
@@ -83,20 +148,40 @@ impl ServiceSpec {
                 "--affinity-timeout {t} is out of range: Kubernetes allows 1..={AFFINITY_TIMEOUT_MAX} seconds (default {AFFINITY_TIMEOUT_DEFAULT})"
             );
         }
-        if self.backends.is_empty() {
-            bail!("--backend is missing: give at least one ADDR:PORT");
+        let fe = &self.frontend;
+        match self.svc_type {
+            SvcType::Clusterip | SvcType::Externalip | SvcType::Loadbalancer if fe.ip.is_none() => {
+                bail!(
+                    "--frontend {}: a {} service needs an address, e.g. 198.51.100.1:80",
+                    fe.display(),
+                    self.svc_type.name()
+                )
+            }
+            SvcType::Nodeport if fe.ip.is_some() => bail!(
+                "--frontend {}: a NodePort answers on every node address; write --frontend :PORT (or [::]:PORT for IPv6) or --node-port PORT",
+                fe.display()
+            ),
+            _ => {}
+        }
+        if self.node_port.is_some() && self.svc_type != SvcType::Loadbalancer {
+            bail!("--node-port goes with --type loadbalancer (or gives a nodeport's port)");
+        }
+        if let Some(ip) = fe.ip
+            && ip.is_loopback()
+            && self.svc_type != SvcType::Clusterip
+        {
+            bail!(
+                "--frontend {}: loopback frontends come with NodePort and HostPort by themselves; give a node or service address",
+                fe.display()
+            );
         }
         for (i, b) in self.backends.iter().enumerate() {
-            if b.addr.is_ipv4() != self.frontend.is_ipv4() {
+            if b.addr.is_ipv6() != fe.ipv6 {
                 bail!(
                     "--backend {}: a service is one family; the frontend {} is {}",
                     b.addr,
-                    self.frontend,
-                    if self.frontend.is_ipv4() {
-                        "IPv4"
-                    } else {
-                        "IPv6"
-                    }
+                    fe.display(),
+                    if fe.ipv6 { "IPv6" } else { "IPv4" }
                 );
             }
             if self.backends[..i].iter().any(|o| o.addr == b.addr) {
@@ -105,6 +190,123 @@ impl ServiceSpec {
         }
         Ok(())
     }
+
+    /// The NodePort this service answers on every node address, if any.
+    fn node_port(&self) -> Option<u16> {
+        match self.svc_type {
+            SvcType::Nodeport => Some(self.frontend.port),
+            SvcType::Loadbalancer => self.node_port,
+            _ => None,
+        }
+    }
+}
+
+/// Stands for every address of 127.0.0.0/8 (see lookup_loopback_any() in the BPF).
+const LOOPBACK_ANY_V4: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0));
+const LOOPBACK_V6: IpAddr = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+
+/// One frontend entry in svc_map: where a service answers, and from where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frontend {
+    pub ip: IpAddr,
+    pub port: u16,
+    /// NXL_SVC_F_HOST_ONLY, NXL_SVC_F_SKIP_HOST, NXL_SVC_F_LOCAL_ONLY.
+    pub flags: u8,
+}
+
+impl Frontend {
+    pub fn display(&self) -> String {
+        if self.ip == LOOPBACK_ANY_V4 {
+            format!("127.0.0.0/8:{}", self.port)
+        } else {
+            fmt_endpoint(self.ip, self.port)
+        }
+    }
+}
+
+/// Node addresses a NodePort answers on: the service's family, not loopback
+/// (that frontend is separate) and not link-local.
+fn node_frontend_addrs(node_addrs: &[IpAddr], ipv6: bool) -> Vec<IpAddr> {
+    node_addrs
+        .iter()
+        .copied()
+        .filter(|a| a.is_ipv6() == ipv6 && !a.is_loopback())
+        .filter(|a| match a {
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+            IpAddr::V4(_) => true,
+        })
+        .collect()
+}
+
+/// Every frontend of a service, the primary one (its identity) first. The
+/// rules of docs' semantics table live here, as flags; the datapath only
+/// tests them.
+pub fn expand(spec: &ServiceSpec, node_addrs: &[IpAddr]) -> Vec<Frontend> {
+    let fe = spec.frontend;
+    let loopback = |port| Frontend {
+        ip: if fe.ipv6 {
+            LOOPBACK_V6
+        } else {
+            LOOPBACK_ANY_V4
+        },
+        port,
+        flags: svc_flags::HOST_ONLY,
+    };
+    let on_nodes = |port, out: &mut Vec<Frontend>| {
+        for ip in node_frontend_addrs(node_addrs, fe.ipv6) {
+            out.push(Frontend { ip, port, flags: 0 });
+        }
+    };
+    let mut out = Vec::new();
+    match spec.svc_type {
+        SvcType::Clusterip => out.push(Frontend {
+            ip: fe.ip.expect("validated"),
+            port: fe.port,
+            flags: if spec.internal_local {
+                svc_flags::LOCAL_ONLY
+            } else {
+                0
+            },
+        }),
+        SvcType::Externalip => {
+            let ip = fe.ip.expect("validated");
+            let local = node_addrs.contains(&ip);
+            out.push(Frontend {
+                ip,
+                port: fe.port,
+                flags: if local { 0 } else { svc_flags::SKIP_HOST },
+            });
+        }
+        SvcType::Loadbalancer => out.push(Frontend {
+            ip: fe.ip.expect("validated"),
+            port: fe.port,
+            flags: 0,
+        }),
+        SvcType::Nodeport => {}
+        SvcType::Hostport => {
+            out.push(loopback(fe.port));
+            match fe.ip {
+                Some(ip) => out.push(Frontend {
+                    ip,
+                    port: fe.port,
+                    flags: 0,
+                }),
+                None => on_nodes(fe.port, &mut out),
+            }
+        }
+    }
+    if let Some(np) = spec.node_port() {
+        out.push(loopback(np));
+        on_nodes(np, &mut out);
+    }
+    let mut seen = Vec::new();
+    out.retain(|f| {
+        let k = (f.ip, f.port);
+        let new = !seen.contains(&k);
+        seen.push(k);
+        new
+    });
+    out
 }
 
 fn svc_key(addr: IpAddr, port: u16, proto: Proto, slot: u16) -> types::svc_key {
@@ -124,7 +326,7 @@ fn lookup<T: plain::Plain + Default>(map: &libbpf_rs::MapHandle, key: &[u8]) -> 
     }
 }
 
-/// Name "service map full" errors after the option that raises the limit.
+/// Name "map full" errors after the option that raises the limit.
 fn update(map: &libbpf_rs::MapHandle, what: &str, key: &[u8], value: &[u8]) -> Result<()> {
     map.update(key, value, MapFlags::ANY).map_err(|e| {
         if e.kind() == libbpf_rs::ErrorKind::TooBig {
@@ -136,6 +338,10 @@ fn update(map: &libbpf_rs::MapHandle, what: &str, key: &[u8], value: &[u8]) -> R
             anyhow::Error::new(e).context(format!("write {what}"))
         }
     })
+}
+
+fn master_of(state: &State, f: &Frontend, proto: Proto) -> Result<Option<types::svc_value>> {
+    lookup(&state.svc, bpf::bytes(&svc_key(f.ip, f.port, proto, 0)))
 }
 
 /// Every backend of a service, by id.
@@ -155,10 +361,15 @@ fn backends_of(state: &State, svc_id: u32) -> Result<Vec<(u32, types::backend_va
     Ok(out)
 }
 
-/// The backends new connections may use: the active ones, or the terminating
-/// ones when no active one is left (Kubernetes' serving-terminating fallback).
-fn usable(backends: &[(u32, types::backend_value)]) -> (Vec<u32>, bool) {
-    let active: Vec<u32> = backends
+/// The backends new connections to one frontend may use: active ones, or the
+/// terminating ones when no active one is left (Kubernetes' serving-terminating
+/// fallback); node-local ones only, for internalTrafficPolicy Local.
+fn usable(backends: &[(u32, types::backend_value)], local_only: bool) -> (Vec<u32>, bool) {
+    let eligible: Vec<&(u32, types::backend_value)> = backends
+        .iter()
+        .filter(|(_, b)| !local_only || b.flags & backend_flags::LOCAL != 0)
+        .collect();
+    let active: Vec<u32> = eligible
         .iter()
         .filter(|(_, b)| b.flags & backend_flags::TERMINATING == 0)
         .map(|(id, _)| *id)
@@ -167,29 +378,125 @@ fn usable(backends: &[(u32, types::backend_value)]) -> (Vec<u32>, bool) {
         return (active, false);
     }
     (
-        backends.iter().map(|(id, _)| *id).collect(),
-        !backends.is_empty(),
+        eligible.iter().map(|(id, _)| *id).collect(),
+        !eligible.is_empty(),
     )
 }
 
-/// Add a service, or with `replace` swap the backend set of an existing one.
+/// The spec a service was written with, read back from the maps.
+pub fn spec_from_maps(state: &State, svc_id: u32) -> Result<Option<ServiceSpec>> {
+    let Some(meta): Option<types::svc_meta> = lookup(&state.meta, &svc_id.to_ne_bytes())? else {
+        return Ok(None);
+    };
+    let svc_type = SvcType::from_code(meta.r#type)
+        .with_context(|| format!("service {svc_id} has unknown type {}", meta.r#type))?;
+    let ip = from_map_addr(meta.frontend_addr);
+    let backends = backends_of(state, svc_id)?
+        .into_iter()
+        .map(|(_, b)| BackendSpec {
+            addr: SocketAddr::new(from_map_addr(b.addr), from_map_port(b.port)),
+            local: b.flags & backend_flags::LOCAL != 0,
+            terminating: b.flags & backend_flags::TERMINATING != 0,
+        })
+        .collect();
+    Ok(Some(ServiceSpec {
+        name: bpf::from_cstr(&meta.name),
+        svc_type,
+        frontend: FrontendSpec {
+            ip: (!ip.is_unspecified()).then_some(ip),
+            port: from_map_port(meta.frontend_port),
+            ipv6: ip.is_ipv6(),
+        },
+        proto: Proto::from_number(meta.proto)?,
+        node_port: (meta.node_port != 0).then(|| from_map_port(meta.node_port)),
+        backends,
+        affinity_timeout: (meta.affinity_timeout != 0).then_some(meta.affinity_timeout),
+        internal_local: meta.int_policy_local != 0,
+        external_local: meta.ext_policy_local != 0,
+    }))
+}
+
+/// The frontend key a `--frontend` names, to find its service.
+fn identity(fe: &FrontendSpec) -> Frontend {
+    let ip = match fe.ip {
+        Some(ip) => ip,
+        None if fe.ipv6 => LOOPBACK_V6,
+        None => LOOPBACK_ANY_V4,
+    };
+    Frontend {
+        ip,
+        port: fe.port,
+        flags: 0,
+    }
+}
+
+/// Add a service, or with `replace` swap the spec (backends, flags) of an
+/// existing one.
 pub fn add(state: &State, spec: &ServiceSpec, replace: bool) -> Result<()> {
     spec.validate()?;
-    let fe_ip = spec.frontend.ip();
-    let fe_port = spec.frontend.port();
-    let master_key = svc_key(fe_ip, fe_port, spec.proto, 0);
-    let existing: Option<types::svc_value> = lookup(&state.svc, bpf::bytes(&master_key))?;
-    if existing.is_some() && !replace {
+    let cfg = state.config()?;
+    if let Some(np) = spec.node_port()
+        && !(cfg.node_port_min..=cfg.node_port_max).contains(&np)
+    {
         bail!(
-            "--frontend {}/{} exists already; use --replace to swap its backends, or svc del it first",
-            spec.frontend,
-            spec.proto
+            "node port {np} is outside the NodePort range {}-{}; pick one inside it, or attach with --node-port-range",
+            cfg.node_port_min,
+            cfg.node_port_max
         );
     }
+    let node_addrs = state.node_addrs()?;
+    let fes = expand(spec, &node_addrs);
+    let primary = fes
+        .first()
+        .copied()
+        .unwrap_or_else(|| identity(&spec.frontend));
+    let existing = master_of(state, &primary, spec.proto)?;
+    let old = match existing {
+        Some(_) if !replace => bail!(
+            "--frontend {}/{} exists already; use --replace to change it, or svc del it first",
+            spec.frontend.display(),
+            spec.proto
+        ),
+        Some(m) => {
+            let old_spec = spec_from_maps(state, m.svc_id)?;
+            let old_fes = old_spec
+                .map(|s| expand(&s, &node_addrs))
+                .unwrap_or_default();
+            Some((m.svc_id, old_fes))
+        }
+        None => None,
+    };
+    write_service(state, spec, &fes, old)
+}
 
-    let (svc_id, old_count, old_backends) = match existing {
-        Some(m) => (m.svc_id, m.count, backends_of(state, m.svc_id)?),
-        None => (state.alloc_ids(IdKind::Service, 1)?, 0, Vec::new()),
+/// Write a service's entries in the order the datapath needs (see the top of
+/// src/bpf/netnsxl.bpf.c). `old`: the service id and frontends it has now.
+fn write_service(
+    state: &State,
+    spec: &ServiceSpec,
+    fes: &[Frontend],
+    old: Option<(u32, Vec<Frontend>)>,
+) -> Result<()> {
+    let proto = spec.proto;
+    // Refuse frontends another service answers on before writing anything.
+    let own_id = old.as_ref().map(|(id, _)| *id);
+    for f in fes {
+        if let Some(m) = master_of(state, f, proto)?
+            && Some(m.svc_id) != own_id
+        {
+            let other = spec_from_maps(state, m.svc_id)?
+                .map(|s| format!("{} {}", s.svc_type.name(), s.frontend.display()))
+                .unwrap_or_else(|| format!("service {}", m.svc_id));
+            bail!(
+                "frontend {}/{proto} belongs to {other} already; delete that one or choose another address or port",
+                f.display()
+            );
+        }
+    }
+
+    let (svc_id, old_fes, old_backends) = match old {
+        Some((id, old_fes)) => (id, old_fes, backends_of(state, id)?),
+        None => (state.alloc_ids(IdKind::Service, 1)?, Vec::new(), Vec::new()),
     };
 
     // Keep the id of every backend that stays, so affinity to it survives.
@@ -208,9 +515,8 @@ pub fn add(state: &State, spec: &ServiceSpec, replace: bool) -> Result<()> {
         let id = match old_backends.iter().find(|(_, o)| same_backend(o, b)) {
             Some((id, _)) => *id,
             None => {
-                let id = next_id;
                 next_id += 1;
-                id
+                next_id - 1
             }
         };
         let mut flags = 0;
@@ -232,12 +538,20 @@ pub fn add(state: &State, spec: &ServiceSpec, replace: bool) -> Result<()> {
         ));
     }
 
+    let fe_ip = spec.frontend.ip.unwrap_or(if spec.frontend.ipv6 {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    });
     let meta = types::svc_meta {
         name: bpf::to_cstr(&spec.name),
         frontend_addr: to_map_addr(fe_ip),
-        frontend_port: to_map_port(fe_port),
-        proto: spec.proto.number(),
+        frontend_port: to_map_port(spec.frontend.port),
+        proto: proto.number(),
         r#type: spec.svc_type.code(),
+        ext_policy_local: spec.external_local.into(),
+        int_policy_local: spec.internal_local.into(),
+        node_port: spec.node_port.map_or(0, to_map_port),
         affinity_timeout: spec.affinity_timeout.unwrap_or(0),
         ..Default::default()
     };
@@ -256,52 +570,59 @@ pub fn add(state: &State, spec: &ServiceSpec, replace: bool) -> Result<()> {
         )?;
     }
 
-    let (slots, fallback) = usable(&new_backends);
-    let mut flags = 0u8;
-    if spec.affinity_timeout.is_some() {
-        flags |= svc_flags::AFFINITY;
-    }
-    if fallback {
-        flags |= svc_flags::FALLBACK;
-    }
-    if spec.svc_type == SvcType::Externalip && !state.is_node_addr(to_map_addr(fe_ip))? {
-        // The seed's rule: a non-local ExternalIP is not translated from the
-        // host netns; the host reaches the real address.
-        flags |= svc_flags::SKIP_HOST;
-    }
-    for (i, id) in slots.iter().enumerate() {
-        let key = svc_key(fe_ip, fe_port, spec.proto, i as u16 + 1);
-        let val = types::svc_value {
+    for f in fes {
+        let local_only = f.flags & svc_flags::LOCAL_ONLY != 0;
+        let (slots, fallback) = usable(&new_backends, local_only);
+        let mut flags = f.flags;
+        if spec.affinity_timeout.is_some() {
+            flags |= svc_flags::AFFINITY;
+        }
+        if fallback {
+            flags |= svc_flags::FALLBACK;
+        }
+        let old_count = master_of(state, f, proto)?.map_or(0, |m| m.count);
+        for (i, id) in slots.iter().enumerate() {
+            let key = svc_key(f.ip, f.port, proto, i as u16 + 1);
+            let val = types::svc_value {
+                svc_id,
+                backend_id: *id,
+                ..Default::default()
+            };
+            update(
+                &state.svc,
+                "service map",
+                bpf::bytes(&key),
+                bpf::bytes(&val),
+            )?;
+        }
+        let master = types::svc_value {
             svc_id,
-            backend_id: *id,
+            count: slots.len() as u16,
+            flags,
+            affinity_timeout: spec.affinity_timeout.unwrap_or(0),
             ..Default::default()
         };
+        let key = svc_key(f.ip, f.port, proto, 0);
         update(
             &state.svc,
             "service map",
             bpf::bytes(&key),
-            bpf::bytes(&val),
+            bpf::bytes(&master),
         )?;
+        // Only now is the old set unreachable for new lookups.
+        for slot in slots.len() as u16 + 1..=old_count {
+            let _ = state
+                .svc
+                .delete(bpf::bytes(&svc_key(f.ip, f.port, proto, slot)));
+        }
     }
-    let master = types::svc_value {
-        svc_id,
-        count: slots.len() as u16,
-        flags,
-        affinity_timeout: spec.affinity_timeout.unwrap_or(0),
-        ..Default::default()
-    };
-    update(
-        &state.svc,
-        "service map",
-        bpf::bytes(&master_key),
-        bpf::bytes(&master),
-    )?;
+    for f in old_fes
+        .iter()
+        .filter(|o| !fes.iter().any(|n| n.ip == o.ip && n.port == o.port))
+    {
+        delete_frontend(state, f, proto)?;
+    }
 
-    // Only now is the old set unreachable for new lookups: drop its leftovers.
-    for slot in slots.len() as u16 + 1..=old_count {
-        let key = svc_key(fe_ip, fe_port, spec.proto, slot);
-        let _ = state.svc.delete(bpf::bytes(&key));
-    }
     let removed: Vec<u32> = old_backends
         .iter()
         .filter(|(id, _)| !new_backends.iter().any(|(n, _)| n == id))
@@ -311,8 +632,26 @@ pub fn add(state: &State, spec: &ServiceSpec, replace: bool) -> Result<()> {
         let _ = state.backend.delete(&id.to_ne_bytes());
     }
     let affinity_on = spec.affinity_timeout.is_some();
-    if existing.is_some() && (!removed.is_empty() || !affinity_on) {
+    if own_id.is_some() && (!removed.is_empty() || !affinity_on) {
         purge_affinity(state, svc_id, |bid| affinity_on && !removed.contains(&bid))?;
+    }
+    Ok(())
+}
+
+/// Remove one frontend: its master entry first, then its slots.
+fn delete_frontend(state: &State, f: &Frontend, proto: Proto) -> Result<()> {
+    let key = svc_key(f.ip, f.port, proto, 0);
+    let Some(m): Option<types::svc_value> = lookup(&state.svc, bpf::bytes(&key))? else {
+        return Ok(());
+    };
+    state
+        .svc
+        .delete(bpf::bytes(&key))
+        .with_context(|| format!("delete frontend {}", f.display()))?;
+    for slot in 1..=m.count {
+        let _ = state
+            .svc
+            .delete(bpf::bytes(&svc_key(f.ip, f.port, proto, slot)));
     }
     Ok(())
 }
@@ -339,30 +678,62 @@ fn purge_affinity(state: &State, svc_id: u32, keep: impl Fn(u32) -> bool) -> Res
     Ok(())
 }
 
-/// Delete a service: its master entry first, so no new connection finds it.
-pub fn del(state: &State, frontend: SocketAddr, proto: Proto) -> Result<()> {
-    let master_key = svc_key(frontend.ip(), frontend.port(), proto, 0);
-    let Some(master): Option<types::svc_value> = lookup(&state.svc, bpf::bytes(&master_key))?
-    else {
-        bail!("--frontend {frontend}/{proto}: no such service (svc list shows them)");
+/// The service a `--frontend` names, if any.
+pub fn find(state: &State, frontend: &FrontendSpec, proto: Proto) -> Result<Option<u32>> {
+    Ok(master_of(state, &identity(frontend), proto)?.map(|m| m.svc_id))
+}
+
+/// Delete a service: its frontends' master entries first, so no new
+/// connection finds it, then slots, backends, affinity and metadata.
+pub fn del(state: &State, frontend: &FrontendSpec, proto: Proto) -> Result<()> {
+    let Some(svc_id) = find(state, frontend, proto)? else {
+        bail!(
+            "--frontend {}/{proto}: no such service (svc list shows them)",
+            frontend.display()
+        );
     };
-    state
-        .svc
-        .delete(bpf::bytes(&master_key))
-        .context("delete the service's master entry")?;
-    for slot in 1..=master.count {
-        let key = svc_key(frontend.ip(), frontend.port(), proto, slot);
-        let _ = state.svc.delete(bpf::bytes(&key));
+    let node_addrs = state.node_addrs()?;
+    if let Some(spec) = spec_from_maps(state, svc_id)? {
+        for f in expand(&spec, &node_addrs) {
+            delete_frontend(state, &f, proto)?;
+        }
     }
-    for (id, _) in backends_of(state, master.svc_id)? {
+    delete_frontend(state, &identity(frontend), proto)?;
+    for (id, _) in backends_of(state, svc_id)? {
         let _ = state.backend.delete(&id.to_ne_bytes());
     }
-    purge_affinity(state, master.svc_id, |_| false)?;
+    purge_affinity(state, svc_id, |_| false)?;
     state
         .meta
-        .delete(&master.svc_id.to_ne_bytes())
+        .delete(&svc_id.to_ne_bytes())
         .context("delete the service's metadata")?;
     Ok(())
+}
+
+/// Re-read the node addresses and rewrite every service whose frontends
+/// depend on them (NodePort, HostPort, ExternalIP's host rule).
+pub fn refresh_node_addrs(state: &State, new_addrs: &[IpAddr]) -> Result<usize> {
+    let old_addrs = state.node_addrs()?;
+    let mut plans = Vec::new();
+    for k in state.meta.keys() {
+        let Ok(svc_id) = <[u8; 4]>::try_from(k.as_slice()).map(u32::from_ne_bytes) else {
+            continue;
+        };
+        if let Some(spec) = spec_from_maps(state, svc_id)? {
+            let old_fes = expand(&spec, &old_addrs);
+            plans.push((svc_id, spec, old_fes));
+        }
+    }
+    crate::attach::write_node_addrs(state, new_addrs)?;
+    let mut changed = 0;
+    for (svc_id, spec, old_fes) in plans {
+        let fes = expand(&spec, new_addrs);
+        if fes != old_fes {
+            write_service(state, &spec, &fes, Some((svc_id, old_fes)))?;
+            changed += 1;
+        }
+    }
+    Ok(changed)
 }
 
 #[derive(Serialize, Clone)]
@@ -379,56 +750,73 @@ pub struct ServiceView {
     pub name: String,
     #[serde(rename = "type")]
     pub svc_type: String,
+    /// The frontend as given: "198.51.100.1:80", or ":30080" for a NodePort.
     pub frontend: String,
     pub proto: Proto,
+    pub node_port: Option<u16>,
+    /// Every address:port it answers on; "(host netns only)" for loopback.
+    pub frontends: Vec<String>,
     pub backends: Vec<BackendView>,
     pub affinity_timeout: Option<u32>,
+    pub internal_traffic_policy: &'static str,
+    pub external_traffic_policy: &'static str,
     /// "ok", or what an interrupted command left and how to repair it.
     pub state: String,
 }
 
+fn policy(local: bool) -> &'static str {
+    if local { "local" } else { "cluster" }
+}
+
 /// Read every service back from the maps.
 pub fn read_all(state: &State) -> Result<Vec<ServiceView>> {
-    let mut by_svc: HashMap<u32, Vec<(u32, types::backend_value)>> = HashMap::new();
-    for k in state.backend.keys() {
-        let Ok(id) = <[u8; 4]>::try_from(k.as_slice()).map(u32::from_ne_bytes) else {
-            continue;
-        };
-        if let Some(v) = lookup::<types::backend_value>(&state.backend, &k)? {
-            by_svc.entry(v.svc_id).or_default().push((id, v));
-        }
-    }
+    let node_addrs = state.node_addrs()?;
     let mut out = Vec::new();
     for k in state.meta.keys() {
         let Ok(svc_id) = <[u8; 4]>::try_from(k.as_slice()).map(u32::from_ne_bytes) else {
             continue;
         };
-        let Some(meta) = lookup::<types::svc_meta>(&state.meta, &k)? else {
+        let Some(spec) = spec_from_maps(state, svc_id)? else {
             continue;
         };
-        let proto = Proto::from_number(meta.proto)?;
-        let fe_ip = from_map_addr(meta.frontend_addr);
-        let fe_port = from_map_port(meta.frontend_port);
-        let master_key = svc_key(fe_ip, fe_port, proto, 0);
-        let master: Option<types::svc_value> = lookup(&state.svc, bpf::bytes(&master_key))?;
-        let frontend = fmt_endpoint(fe_ip, fe_port);
-        let svc_state = match master {
-            Some(m) if m.svc_id == svc_id => "ok".to_string(),
-            _ => format!(
-                "incomplete: an add or del was interrupted; repair with svc add --replace --frontend {frontend} or svc del --frontend {frontend}"
-            ),
+        let fes = expand(&spec, &node_addrs);
+        let mut missing = Vec::new();
+        for f in &fes {
+            match master_of(state, f, spec.proto)? {
+                Some(m) if m.svc_id == svc_id => {}
+                _ => missing.push(f.display()),
+            }
+        }
+        let shown = spec.frontend.display();
+        let svc_state = if missing.is_empty() {
+            "ok".to_string()
+        } else {
+            format!(
+                "incomplete: frontends {} missing (an add or del was interrupted); repair with svc add --replace --frontend {shown} or svc del --frontend {shown}",
+                missing.join(" ")
+            )
         };
-        let mut backends = by_svc.remove(&svc_id).unwrap_or_default();
-        backends.sort_by_key(|(id, _)| *id);
+        let backends = backends_of(state, svc_id)?;
         out.push(ServiceView {
             svc_id,
-            name: bpf::from_cstr(&meta.name),
-            svc_type: SvcType::from_code(meta.r#type).map_or_else(
-                || format!("unknown({})", meta.r#type),
-                |t| t.name().to_string(),
-            ),
-            frontend,
-            proto,
+            name: spec.name.clone(),
+            svc_type: spec.svc_type.name().to_string(),
+            frontend: shown,
+            proto: spec.proto,
+            node_port: spec.node_port(),
+            frontends: fes
+                .iter()
+                .map(|f| {
+                    let mut t = f.display();
+                    if f.flags & svc_flags::HOST_ONLY != 0 {
+                        t.push_str(" (host netns only)");
+                    }
+                    if f.flags & svc_flags::SKIP_HOST != 0 {
+                        t.push_str(" (pods only)");
+                    }
+                    t
+                })
+                .collect(),
             backends: backends
                 .into_iter()
                 .map(|(id, b)| BackendView {
@@ -438,7 +826,9 @@ pub fn read_all(state: &State) -> Result<Vec<ServiceView>> {
                     local: b.flags & backend_flags::LOCAL != 0,
                 })
                 .collect(),
-            affinity_timeout: (meta.affinity_timeout != 0).then_some(meta.affinity_timeout),
+            affinity_timeout: spec.affinity_timeout,
+            internal_traffic_policy: policy(spec.internal_local),
+            external_traffic_policy: policy(spec.external_local),
             state: svc_state,
         });
     }
@@ -454,6 +844,8 @@ struct SvcRow {
     svc_type: String,
     #[tabled(rename = "FRONTEND")]
     frontend: String,
+    #[tabled(rename = "ANSWERS ON")]
+    frontends: String,
     #[tabled(rename = "PROTO")]
     proto: String,
     #[tabled(rename = "BACKENDS")]
@@ -472,6 +864,7 @@ pub fn list(state: &State, format: Format) -> Result<()> {
             name: s.name.clone(),
             svc_type: s.svc_type.clone(),
             frontend: s.frontend.clone(),
+            frontends: s.frontends.join("\n"),
             proto: s.proto.to_string(),
             backends: s
                 .backends

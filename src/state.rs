@@ -22,6 +22,7 @@ pub const MAPS: &[&str] = &[
     "affinity_map",
     "revnat_map",
     "node_addr_map",
+    "bypass_map",
     "config_map",
 ];
 
@@ -75,6 +76,7 @@ pub struct State {
     pub affinity: MapHandle,
     pub revnat: MapHandle,
     pub node_addr: MapHandle,
+    pub bypass: MapHandle,
     pub config: MapHandle,
 }
 
@@ -123,6 +125,7 @@ impl State {
             affinity: open_map(&pins, "affinity_map")?,
             revnat: open_map(&pins, "revnat_map")?,
             node_addr: open_map(&pins, "node_addr_map")?,
+            bypass: open_map(&pins, "bypass_map")?,
             config: open_map(&pins, "config_map")?,
             pins,
         })

@@ -80,6 +80,14 @@ struct {
 	__uint(max_entries, NXL_DEFAULT_MAX_REVNAT);
 } revnat_map SEC(".maps");
 
+/* Network namespaces whose sockets are never translated: netns cookie -> 1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u64);
+	__type(value, __u32);
+	__uint(max_entries, NXL_MAX_BYPASS);
+} bypass_map SEC(".maps");
+
 /* Node addresses of the host netns: addr -> 1. Read by the control plane. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -117,6 +125,14 @@ static __always_inline __u32 mapped_to_v4(const __u8 *addr)
 	return ip4;
 }
 
+/* An IPv4 address in its v4-mapped form (::ffff:a.b.c.d). */
+static __always_inline bool is_mapped(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
 static __always_inline bool addr_eq(const __u8 *a, const __u8 *b)
 {
 	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
@@ -135,6 +151,22 @@ static __always_inline struct svc_value *lookup_master(struct svc_key *key)
 {
 	key->slot = 0;
 	return bpf_map_lookup_elem(&svc_map, key);
+}
+
+/*
+ * NodePort and HostPort answer on every address of 127.0.0.0/8: the control
+ * plane writes one frontend at 127.0.0.0 (never a real destination) that
+ * stands for the whole range. Only loopback misses pay this second lookup.
+ */
+static __always_inline struct svc_value *lookup_loopback_any(struct svc_key *key)
+{
+	__u32 ip4 = mapped_to_v4(key->addr);
+
+	if (!is_mapped(key->addr) || (bpf_ntohl(ip4) >> 24) != 127 || bpf_ntohl(ip4) == 0x7f000000)
+		return NULL;
+	ip4 = bpf_htonl(0x7f000000);
+	__builtin_memcpy(key->addr + 12, &ip4, 4);
+	return lookup_master(key);
 }
 
 /* A backend is usable for a frontend if it still belongs to the service and
@@ -256,8 +288,11 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 	key.port = dst->port;
 	key.proto = ctx->protocol;
 	master = lookup_master(&key);
-	if (!master)
-		return SYS_PROCEED;
+	if (!master) {
+		master = lookup_loopback_any(&key);
+		if (!master)
+			return SYS_PROCEED;
+	}
 
 	cfg = nxl_cfg();
 	if (!cfg)
@@ -267,6 +302,8 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 	if ((master->flags & NXL_SVC_F_SKIP_HOST) && from_host)
 		return SYS_PROCEED;
 	if ((master->flags & NXL_SVC_F_HOST_ONLY) && !from_host)
+		return SYS_PROCEED;
+	if (bpf_map_lookup_elem(&bypass_map, &netns))
 		return SYS_PROCEED;
 
 	if (master->count == 0)
@@ -362,14 +399,6 @@ static __always_inline void store6(struct bpf_sock_addr *ctx, const struct nxl_d
 	ctx->user_port = (__u32)d->port;
 }
 
-/* An IPv6 socket may only be steered to an IPv6 or v4-mapped backend of the
- * same family as the frontend it asked for; an IPv4 socket only to IPv4. */
-static __always_inline bool is_mapped(const __u8 *a)
-{
-	const __u32 *w = (const __u32 *)a;
-
-	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
-}
 
 static __always_inline int sock4(struct bpf_sock_addr *ctx)
 {

@@ -25,6 +25,7 @@ enum nxl_limits {
 	NXL_DEFAULT_MAX_AFFINITY = 65536,
 	NXL_DEFAULT_MAX_REVNAT = 65536,
 	NXL_MAX_NODE_ADDRS = 1024,
+	NXL_MAX_BYPASS = 4096,
 	/* Reverse-translation pairs remembered per socket (unconnected UDP may
 	 * talk to several services from one socket). */
 	NXL_REV_PER_SOCK = 4,
@@ -96,6 +97,7 @@ struct svc_meta {
 	__u8 type;      /* NXL_TYPE_* */
 	__u8 ext_policy_local;
 	__u8 int_policy_local;
+	__be16 node_port; /* LoadBalancer's NodePort; 0 when none */
 	__u16 pad0;
 	__u32 affinity_timeout; /* seconds; 0 when affinity is off */
 };
@@ -136,7 +138,10 @@ struct nxl_config {
 	__u32 next_svc_id;     /* allocation counters of the control plane */
 	__u32 next_backend_id;
 	__u32 attached;        /* 1 once attach has written everything */
+	__u16 node_port_min;   /* --node-port-range */
+	__u16 node_port_max;
 	char cgroup_path[NXL_PATH_LEN];
+	__u32 pad0;
 };
 
 /* Referenced by one .rodata variable so every enum above is in BTF. */
