@@ -27,10 +27,21 @@ pub struct NetnsInfo {
     pub path: PathBuf,
 }
 
+impl NetnsInfo {
+    fn at(path: &Path) -> NetnsInfo {
+        NetnsInfo {
+            cookie: 0,
+            names: Vec::new(),
+            pids: Vec::new(),
+            path: path.to_path_buf(),
+        }
+    }
+}
+
 /// Every netns with a name under /run/netns or a process in it.
 pub fn discover() -> Vec<NetnsInfo> {
     // (dev, ino) identifies a namespace; enter each once to read its cookie.
-    let mut by_ino: BTreeMap<(u64, u64), (Vec<String>, Vec<u32>, PathBuf)> = BTreeMap::new();
+    let mut by_ino: BTreeMap<(u64, u64), NetnsInfo> = BTreeMap::new();
     if let Ok(dir) = fs::read_dir(NETNS_RUN_DIR) {
         for e in dir.flatten() {
             let path = e.path();
@@ -42,8 +53,8 @@ pub fn discover() -> Vec<NetnsInfo> {
             };
             let entry = by_ino
                 .entry((md.dev(), md.ino()))
-                .or_insert_with(|| (Vec::new(), Vec::new(), path.clone()));
-            entry.0.push(name.to_string());
+                .or_insert_with(|| NetnsInfo::at(&path));
+            entry.names.push(name.to_string());
         }
     }
     if let Ok(dir) = fs::read_dir("/proc") {
@@ -57,22 +68,17 @@ pub fn discover() -> Vec<NetnsInfo> {
             };
             let entry = by_ino
                 .entry((md.dev(), md.ino()))
-                .or_insert_with(|| (Vec::new(), Vec::new(), path.clone()));
-            entry.1.push(pid);
+                .or_insert_with(|| NetnsInfo::at(&path));
+            entry.pids.push(pid);
         }
     }
     let mut out: Vec<NetnsInfo> = by_ino
         .into_values()
-        .filter_map(|(mut names, mut pids, path)| {
-            let cookie = crate::sys::netns_cookie_of(&path).ok()?;
-            names.sort();
-            pids.sort_unstable();
-            Some(NetnsInfo {
-                cookie,
-                names,
-                pids,
-                path,
-            })
+        .filter_map(|mut n| {
+            n.cookie = crate::sys::netns_cookie_of(&n.path).ok()?;
+            n.names.sort();
+            n.pids.sort_unstable();
+            Some(n)
         })
         .collect();
     out.sort_by_key(|n| n.cookie);
