@@ -159,7 +159,17 @@ impl Netns {
 
     /// Put an address on this netns' loopback (a /32 or /128).
     pub fn add_lo_addr(&self, cidr: &str) {
-        self.ip(&["addr", "add", cidr, "dev", "lo"]);
+        self.add_addr(cidr, "lo");
+    }
+
+    /// Add an address; IPv6 ones skip duplicate address detection so they
+    /// are usable at once.
+    pub fn add_addr(&self, cidr: &str, dev: &str) {
+        let mut args = vec!["addr", "add", cidr, "dev", dev];
+        if cidr.contains(':') {
+            args.push("nodad");
+        }
+        self.ip(&args);
     }
 
     pub fn route(&self, dst: &str, via: &str) {
@@ -176,16 +186,17 @@ impl Drop for Netns {
 }
 
 /// A veth pair between two namespaces, with an address (CIDR) on each end.
-/// It goes away with either namespace.
-pub fn veth(a: &Netns, a_cidr: &str, b: &Netns, b_cidr: &str) {
+/// It goes away with either namespace. Returns the two interface names.
+pub fn veth(a: &Netns, a_cidr: &str, b: &Netns, b_cidr: &str) -> (String, String) {
     let (ea, eb) = (unique_ifname(), unique_ifname());
     ip(&[
         "link", "add", &ea, "netns", &a.name, "type", "veth", "peer", "name", &eb, "netns", &b.name,
     ]);
-    a.ip(&["addr", "add", a_cidr, "dev", &ea]);
-    b.ip(&["addr", "add", b_cidr, "dev", &eb]);
+    a.add_addr(a_cidr, &ea);
+    b.add_addr(b_cidr, &eb);
     a.ip(&["link", "set", &ea, "up"]);
     b.ip(&["link", "set", &eb, "up"]);
+    (ea, eb)
 }
 
 /// A netnsxl-probe server, killed by pid on drop.
