@@ -80,6 +80,11 @@ nxl svc add --type clusterip --frontend 203.0.113.80:80 --backend 203.0.113.200:
 	--backend 203.0.113.201:8080 --name default/web --session-affinity client-ip --affinity-timeout 600
 nxl svc add --type externalip --frontend 203.0.113.50:80 --backend 203.0.113.200:8080 --name default/ext
 nxl svc add --type clusterip --proto udp --frontend 203.0.113.53:53 --backend 203.0.113.200:5353 --name kube-system/dns
+nxl svc add --type nodeport --frontend :30080 --backend 203.0.113.201:8080 --name default/np
+nxl svc add --type loadbalancer --frontend 203.0.113.90:80 --node-port 30090 --backend 203.0.113.200:8080 \
+	--backend 203.0.113.201:8080,terminating --name default/lb
+nxl svc add --type hostport --frontend :8081 --backend 203.0.113.201:8080 --name default/hostport
+nxl svc add --type clusterip --frontend 203.0.113.99:80 --name default/no-endpoints
 nxl svc list
 
 say "ClusterIP with ClientIP affinity: each pod (netns cookie) sticks to one backend"
@@ -89,6 +94,27 @@ client "$PODB" --count 3 203.0.113.80:80
 say "ExternalIP 203.0.113.50 (not a node address): pods are translated, the host netns is not"
 client "$PODA" 203.0.113.50:80
 client "$NODE" 203.0.113.50:80
+
+say "NodePort: node addresses from everywhere; 127.0.0.0/8 only from the host netns"
+client "$PODA" 198.51.100.1:30080
+client "$NODE" 127.0.0.1:30080
+client "$PODA" 127.0.0.1:30080 || true
+
+say "LoadBalancer (its terminating backend is not used while an active one exists) and its NodePort"
+client "$PODA" --count 3 203.0.113.90:80
+client "$PODB" 198.51.100.17:30090
+
+say "HostPort on every node address"
+client "$PODB" 198.51.100.17:8081
+
+say "A service without endpoints refuses at once (ECONNREFUSED), as kube-proxy's REJECT"
+client "$PODA" 203.0.113.99:80 || true
+
+say "Bypass pod b: its sockets are left alone"
+nxl netns bypass add "$PODB"
+client "$PODB" --timeout-ms 300 203.0.113.80:80 || true
+nxl netns bypass del "$PODB"
+nxl netns list
 
 say "UDP: unconnected sendto/recvfrom sees the VIP as the source"
 client "$PODA" --proto udp --unconnected 203.0.113.53:53

@@ -611,3 +611,57 @@ fn affinity_flush_by_frontend_and_netns() {
         0
     );
 }
+
+#[test]
+fn node_refresh_moves_nodeport_and_externalip_rules_to_new_addresses() {
+    if !require_root() {
+        return;
+    }
+    let lab = NodeLab::new();
+    lab.svc(&[
+        "--type",
+        "nodeport",
+        "--frontend",
+        ":30082",
+        "--backend",
+        &be4(0),
+    ]);
+    lab.svc(&[
+        "--type",
+        "externalip",
+        "--frontend",
+        "203.0.113.87:80",
+        "--backend",
+        &be4(1),
+    ]);
+    // 203.0.113.87 is not a node address yet: the host is not translated.
+    let a = probe(lab.host_client(), "tcp", false, "203.0.113.87:80", 1).remove(0);
+    assert!(!a.ok, "untranslated from the host (no route there): {a:?}");
+
+    lab.node.add_lo_addr("203.0.113.87/32");
+    lab.node.add_lo_addr("203.0.113.88/32");
+    let host = lab.node.path();
+    let out = lab
+        .cli()
+        .ok(&["node", "refresh", "--host-netns", host.to_str().unwrap()]);
+    assert!(out.contains("2 services rewritten"), "{out}");
+    let status = lab.cli().json(&["status"]);
+    assert!(
+        status["node_addrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "203.0.113.88"),
+        "{status}"
+    );
+    assert_eq!(
+        reply_of(lab.pod_client(), "tcp", "203.0.113.88:30082"),
+        "backend-1",
+        "NodePort on the new address"
+    );
+    assert_eq!(
+        reply_of(lab.host_client(), "tcp", "203.0.113.87:80"),
+        "backend-2",
+        "now a node address: translated from the host"
+    );
+}
