@@ -56,11 +56,18 @@ impl Drop for PinCleanup<'_> {
     }
 }
 
-/// Remove links first (that detaches the programs), then maps, then the dirs.
+/// Detach and unpin the links first, then the maps, then the dirs.
 fn remove_pins(pins: &Pins) -> Result<()> {
     for prog in CGROUP_PROGS {
         let p = pins.link(prog);
         if p.exists() {
+            // The last reference to a link is released asynchronously after
+            // its pin goes; BPF_LINK_DETACH detaches the program right now,
+            // so the command returns only when nothing is attached.
+            if let Ok(link) = Link::open(&p) {
+                link.detach()
+                    .with_context(|| format!("detach link {}", p.display()))?;
+            }
             fs::remove_file(&p).with_context(|| format!("remove link pin {}", p.display()))?;
         }
     }

@@ -142,7 +142,12 @@ pub struct Netns {
 impl Netns {
     pub fn new() -> Netns {
         let name = unique("nxl-");
+        // The first `ip netns add` on a machine makes /run/netns a mount
+        // point; two at once can race on that, so they take turns.
+        static CREATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let guard = CREATE.lock().unwrap_or_else(|e| e.into_inner());
         ip(&["netns", "add", &name]);
+        drop(guard);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
         Netns { name }
     }
