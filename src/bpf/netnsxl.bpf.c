@@ -500,7 +500,10 @@ int nxl_sock_release(struct bpf_sock *sk)
 {
 	__u64 cookie = bpf_get_socket_cookie(sk);
 
-	bpf_map_delete_elem(&revnat_map, &cookie);
+	/* Most sockets never had an entry: a lookup is cheaper than a delete
+	 * (no bucket lock) when there is nothing to delete. */
+	if (bpf_map_lookup_elem(&revnat_map, &cookie))
+		bpf_map_delete_elem(&revnat_map, &cookie);
 	return SYS_PROCEED;
 }
 
