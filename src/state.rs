@@ -158,14 +158,6 @@ impl State {
         Ok(out)
     }
 
-    pub fn is_node_addr(&self, addr: [u8; 16]) -> Result<bool> {
-        Ok(self
-            .node_addr
-            .lookup(&addr, MapFlags::ANY)
-            .context("read node_addr_map")?
-            .is_some())
-    }
-
     /// Allocate `n` consecutive ids from a config counter. The counter is
     /// written before the ids are used, so an interrupted command only leaks
     /// ids; it never hands one out twice.
