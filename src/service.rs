@@ -331,7 +331,7 @@ fn update(map: &libbpf_rs::MapHandle, what: &str, key: &[u8], value: &[u8]) -> R
     map.update(key, value, MapFlags::ANY).map_err(|e| {
         if e.kind() == libbpf_rs::ErrorKind::TooBig {
             anyhow::anyhow!(
-                "{what} full ({} entries); nothing was changed for this entry. The sizes are fixed at build time (NXL_DEFAULT_MAX_* in src/bpf/netnsxl.h) until attach gains --max-* options",
+                "{what} full ({} entries); the service may be left incomplete (svc list shows it, svc del removes it); sizes are fixed at build time (NXL_DEFAULT_MAX_* in src/bpf/netnsxl.h) until attach gains --max-* options",
                 map.max_entries()
             )
         } else {
