@@ -79,14 +79,7 @@ pub fn parse_endpoint(field: &str, s: &str) -> Result<SocketAddr> {
             "{field} {s:?} has no port: write ADDR:PORT, e.g. 198.51.100.1:80 or [2001:db8::1]:80"
         )
     })?;
-    let port: u32 = port.parse().map_err(|_| {
-        anyhow!(
-            "{field} {s:?}: port {port:?} is not a number: write ADDR:PORT with a port in 1-65535"
-        )
-    })?;
-    if port == 0 || port > 65535 {
-        bail!("{field} {s:?}: port {port} is out of range: use a port in 1-65535");
-    }
+    let port = parse_port(field, s, port)?;
     let ip = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         IpAddr::V6(
             Ipv6Addr::from_str(inner)
@@ -107,7 +100,20 @@ pub fn parse_endpoint(field: &str, s: &str) -> Result<SocketAddr> {
     if ip.is_multicast() {
         bail!("{field} {s:?}: {ip} is a multicast address; services need a unicast address");
     }
-    Ok(SocketAddr::new(ip, port as u16))
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// The port of `whole` (as the user wrote it, for the message): 1-65535.
+pub fn parse_port(field: &str, whole: &str, port: &str) -> Result<u16> {
+    let n: u32 = port.parse().map_err(|_| {
+        anyhow!(
+            "{field} {whole:?}: port {port:?} is not a number: write ADDR:PORT with a port in 1-65535"
+        )
+    })?;
+    if n == 0 || n > 65535 {
+        bail!("{field} {whole:?}: port {n} is out of range: use a port in 1-65535");
+    }
+    Ok(n as u16)
 }
 
 /// Parse a node address given with `--node-ip`.

@@ -354,12 +354,15 @@ fn open_for_change(pin_dir: &Path) -> Result<(State, sys::StateLock)> {
 }
 
 fn svc_add(pin_dir: &Path, a: SvcAddArgs) -> Result<()> {
+    let backends = a
+        .backends
+        .iter()
+        .map(|b| BackendSpec::parse(b))
+        .collect::<Result<Vec<_>>>()?;
     let (frontend, node_port) = match (a.svc_type, a.frontend.as_deref(), a.node_port) {
         (SvcType::Nodeport, None, Some(p)) => {
-            let ipv6 = a
-                .backends
-                .first()
-                .is_some_and(|b| b.trim_start().starts_with('['));
+            // No address to take the family from: the backends give it.
+            let ipv6 = backends.first().is_some_and(|b| b.addr.is_ipv6());
             (
                 FrontendSpec {
                     ip: None,
@@ -378,11 +381,6 @@ fn svc_add(pin_dir: &Path, a: SvcAddArgs) -> Result<()> {
     if frontend.port == 0 {
         bail!("--node-port 0 is out of range: use a port in 1-65535");
     }
-    let backends = a
-        .backends
-        .iter()
-        .map(|b| BackendSpec::parse(b))
-        .collect::<Result<Vec<_>>>()?;
     let affinity_timeout = match (a.session_affinity, a.affinity_timeout) {
         (Affinity::ClientIp, t) => Some(t.unwrap_or(AFFINITY_TIMEOUT_DEFAULT)),
         (Affinity::None, None) => None,

@@ -14,8 +14,8 @@ use serde::Serialize;
 use tabled::Tabled;
 
 use crate::addr::{
-    BackendSpec, Proto, fmt_endpoint, from_map_addr, from_map_port, parse_endpoint, to_map_addr,
-    to_map_port,
+    BackendSpec, Proto, fmt_endpoint, from_map_addr, from_map_port, parse_endpoint, parse_port,
+    to_map_addr, to_map_port,
 };
 use crate::bpf::{self, NAME_LEN, backend_flags, svc_flags, types};
 use crate::output::{self, Format};
@@ -89,12 +89,9 @@ impl FrontendSpec {
             .or_else(|| t.strip_prefix("0.0.0.0:").map(|p| (p, false)))
             .or_else(|| t.strip_prefix("[::]:").map(|p| (p, true)));
         if let Some((port, ipv6)) = bare {
-            // Reuse the endpoint parser for the port's checks and messages.
-            let ep = parse_endpoint("--frontend", &format!("192.0.2.1:{port}"))
-                .map_err(|e| anyhow::anyhow!("{}", e.to_string().replace("192.0.2.1", "")))?;
             return Ok(FrontendSpec {
                 ip: None,
-                port: ep.port(),
+                port: parse_port("--frontend", t, port)?,
                 ipv6,
             });
         }

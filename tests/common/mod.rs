@@ -105,17 +105,10 @@ pub struct PinDir {
 
 impl PinDir {
     pub fn new() -> PinDir {
-        let bpffs = Path::new(netnsxl::sys::BPFFS_DEFAULT);
-        if !netnsxl::sys::is_bpffs(bpffs) {
-            // The first use mounts it, as netnsxl attach itself would.
-            let _ = Command::new("mount")
-                .args(["-t", "bpf", "bpf"])
-                .arg(bpffs)
-                .status();
-        }
-        PinDir {
-            path: bpffs.join(unique("netnsxl-test-")),
-        }
+        let path = Path::new(netnsxl::sys::BPFFS_DEFAULT).join(unique("netnsxl-test-"));
+        // Mounts bpffs at /sys/fs/bpf when nothing is there, as attach does.
+        netnsxl::sys::ensure_bpffs(&path).expect("bpffs at /sys/fs/bpf");
+        PinDir { path }
     }
 }
 
