@@ -11,4 +11,5 @@ pub mod netns;
 pub mod output;
 pub mod service;
 pub mod state;
+pub mod store;
 pub mod sys;

@@ -9,7 +9,6 @@
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result, bail};
-use libbpf_rs::{MapCore, MapFlags};
 use serde::Serialize;
 use tabled::Tabled;
 
@@ -19,7 +18,8 @@ use crate::addr::{
 };
 use crate::bpf::{self, NAME_LEN, backend_flags, svc_flags, types};
 use crate::output::{self, Format};
-use crate::state::{IdKind, State};
+use crate::state::State;
+use crate::store::{self, Current, Tx};
 
 pub const AFFINITY_TIMEOUT_DEFAULT: u32 = 10800;
 pub const AFFINITY_TIMEOUT_MAX: u32 = 86400;
@@ -306,97 +306,44 @@ pub fn expand(spec: &ServiceSpec, node_addrs: &[IpAddr]) -> Vec<Frontend> {
     out
 }
 
-fn svc_key(addr: IpAddr, port: u16, proto: Proto, slot: u16) -> types::svc_key {
-    types::svc_key {
-        addr: to_map_addr(addr),
-        port: to_map_port(port),
-        proto: proto.number(),
-        slot,
+/// The metadata element of a service.
+pub fn meta_of(spec: &ServiceSpec) -> types::svc_meta {
+    let fe_ip = spec.frontend.ip.unwrap_or(if spec.frontend.ipv6 {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    });
+    types::svc_meta {
+        name: bpf::to_cstr(&spec.name),
+        frontend_addr: to_map_addr(fe_ip),
+        frontend_port: to_map_port(spec.frontend.port),
+        proto: spec.proto.number(),
+        r#type: spec.svc_type.code(),
+        ext_policy_local: spec.external_local.into(),
+        int_policy_local: spec.internal_local.into(),
+        node_port: spec.node_port.map_or(0, to_map_port),
+        affinity_timeout: spec.affinity_timeout.unwrap_or(0),
         ..Default::default()
     }
 }
 
-fn lookup<T: plain::Plain + Default>(map: &libbpf_rs::MapHandle, key: &[u8]) -> Result<Option<T>> {
-    match map.lookup(key, MapFlags::ANY)? {
-        Some(v) => Ok(Some(bpf::from_bytes(&v)?)),
-        None => Ok(None),
-    }
-}
-
-/// Name "map full" errors after the option that raises the limit.
-fn update(map: &libbpf_rs::MapHandle, what: &str, key: &[u8], value: &[u8]) -> Result<()> {
-    map.update(key, value, MapFlags::ANY).map_err(|e| {
-        if e.kind() == libbpf_rs::ErrorKind::TooBig {
-            anyhow::anyhow!(
-                "{what} full ({} entries); the service may be left incomplete (svc list shows it, svc del removes it); sizes are fixed at build time (NXL_DEFAULT_MAX_* in src/bpf/netnsxl.h) until attach gains --max-* options",
-                map.max_entries()
-            )
-        } else {
-            anyhow::Error::new(e).context(format!("write {what}"))
-        }
-    })
-}
-
-fn master_of(state: &State, f: &Frontend, proto: Proto) -> Result<Option<types::svc_value>> {
-    lookup(&state.svc, bpf::bytes(&svc_key(f.ip, f.port, proto, 0)))
-}
-
-/// Every backend of a service, by id.
-fn backends_of(state: &State, svc_id: u32) -> Result<Vec<(u32, types::backend_value)>> {
-    let mut out = Vec::new();
-    for k in state.backend.keys() {
-        let Ok(id) = <[u8; 4]>::try_from(k.as_slice()).map(u32::from_ne_bytes) else {
-            continue;
-        };
-        if let Some(v) = lookup::<types::backend_value>(&state.backend, &k)?
-            && v.svc_id == svc_id
-        {
-            out.push((id, v));
-        }
-    }
-    out.sort_by_key(|(id, _)| *id);
-    Ok(out)
-}
-
-/// The backends new connections to one frontend may use: active ones, or the
-/// terminating ones when no active one is left (Kubernetes' serving-terminating
-/// fallback); node-local ones only, for internalTrafficPolicy Local.
-fn usable(backends: &[(u32, types::backend_value)], local_only: bool) -> (Vec<u32>, bool) {
-    let eligible: Vec<&(u32, types::backend_value)> = backends
-        .iter()
-        .filter(|(_, b)| !local_only || b.flags & backend_flags::LOCAL != 0)
-        .collect();
-    let active: Vec<u32> = eligible
-        .iter()
-        .filter(|(_, b)| b.flags & backend_flags::TERMINATING == 0)
-        .map(|(id, _)| *id)
-        .collect();
-    if !active.is_empty() {
-        return (active, false);
-    }
-    (
-        eligible.iter().map(|(id, _)| *id).collect(),
-        !eligible.is_empty(),
-    )
-}
-
-/// The spec a service was written with, read back from the maps.
-pub fn spec_from_maps(state: &State, svc_id: u32) -> Result<Option<ServiceSpec>> {
-    let Some(meta): Option<types::svc_meta> = lookup(&state.meta, &svc_id.to_ne_bytes())? else {
-        return Ok(None);
-    };
+/// The spec a service was written with, from its metadata and backends.
+pub fn spec_from(
+    meta: &types::svc_meta,
+    backends: &[(u32, types::backend_value)],
+) -> Result<ServiceSpec> {
     let svc_type = SvcType::from_code(meta.r#type)
-        .with_context(|| format!("service {svc_id} has unknown type {}", meta.r#type))?;
+        .with_context(|| format!("service metadata has unknown type {}", meta.r#type))?;
     let ip = from_map_addr(meta.frontend_addr);
-    let backends = backends_of(state, svc_id)?
-        .into_iter()
+    let backends = backends
+        .iter()
         .map(|(_, b)| BackendSpec {
             addr: SocketAddr::new(from_map_addr(b.addr), from_map_port(b.port)),
             local: b.flags & backend_flags::LOCAL != 0,
             terminating: b.flags & backend_flags::TERMINATING != 0,
         })
         .collect();
-    Ok(Some(ServiceSpec {
+    Ok(ServiceSpec {
         name: bpf::from_cstr(&meta.name),
         svc_type,
         frontend: FrontendSpec {
@@ -410,11 +357,11 @@ pub fn spec_from_maps(state: &State, svc_id: u32) -> Result<Option<ServiceSpec>>
         affinity_timeout: (meta.affinity_timeout != 0).then_some(meta.affinity_timeout),
         internal_local: meta.int_policy_local != 0,
         external_local: meta.ext_policy_local != 0,
-    }))
+    })
 }
 
 /// The frontend key a `--frontend` names, to find its service.
-fn identity(fe: &FrontendSpec) -> Frontend {
+pub fn identity(fe: &FrontendSpec) -> Frontend {
     let ip = match fe.ip {
         Some(ip) => ip,
         None if fe.ipv6 => LOOPBACK_V6,
@@ -427,11 +374,17 @@ fn identity(fe: &FrontendSpec) -> Frontend {
     }
 }
 
-/// Add a service, or with `replace` swap the spec (backends, flags) of an
-/// existing one.
-pub fn add(state: &State, spec: &ServiceSpec, replace: bool) -> Result<()> {
-    spec.validate()?;
-    let cfg = state.config()?;
+/// The key that names a service: its primary frontend and protocol.
+pub fn identity_key(spec: &ServiceSpec, node_addrs: &[IpAddr]) -> (IpAddr, u16, Proto) {
+    let f = expand(spec, node_addrs)
+        .first()
+        .copied()
+        .unwrap_or_else(|| identity(&spec.frontend));
+    (f.ip, f.port, spec.proto)
+}
+
+/// Checks that need the attachment's configuration.
+pub fn check_against_config(spec: &ServiceSpec, cfg: &types::nxl_config) -> Result<()> {
     if let Some(np) = spec.node_port()
         && !(cfg.node_port_min..=cfg.node_port_max).contains(&np)
     {
@@ -441,296 +394,89 @@ pub fn add(state: &State, spec: &ServiceSpec, replace: bool) -> Result<()> {
             cfg.node_port_max
         );
     }
+    Ok(())
+}
+
+/// Add a service, or with `replace` swap the spec (backends, flags) of an
+/// existing one.
+pub fn add(state: &State, spec: &ServiceSpec, replace: bool) -> Result<()> {
+    spec.validate()?;
+    check_against_config(spec, &state.config()?)?;
     let node_addrs = state.node_addrs()?;
-    let fes = expand(spec, &node_addrs);
-    let primary = fes
-        .first()
-        .copied()
-        .unwrap_or_else(|| identity(&spec.frontend));
-    let existing = master_of(state, &primary, spec.proto)?;
-    let old = match existing {
+    let (ip, port, proto) = identity_key(spec, &node_addrs);
+    let primary = Frontend { ip, port, flags: 0 };
+    let mut cur = Current::scoped(state, &primary, proto)?;
+    let existing = cur.master(&primary, proto)?;
+    let svc_id = match existing {
         Some(_) if !replace => bail!(
             "--frontend {}/{} exists already; use --replace to change it, or svc del it first",
             spec.frontend.display(),
             spec.proto
         ),
-        Some(m) => {
-            let old_spec = spec_from_maps(state, m.svc_id)?;
-            let old_fes = old_spec
-                .map(|s| expand(&s, &node_addrs))
-                .unwrap_or_default();
-            Some((m.svc_id, old_fes))
-        }
-        None => None,
+        Some(m) => m.svc_id,
+        None => 0,
     };
-    write_service(state, spec, &fes, old)
-}
-
-/// Write a service's entries in the order the datapath needs (see the top of
-/// src/bpf/netnsxl.bpf.c). `old`: the service id and frontends it has now.
-fn write_service(
-    state: &State,
-    spec: &ServiceSpec,
-    fes: &[Frontend],
-    old: Option<(u32, Vec<Frontend>)>,
-) -> Result<()> {
-    let proto = spec.proto;
-    // Refuse frontends another service answers on before writing anything.
-    let own_id = old.as_ref().map(|(id, _)| *id);
-    for f in fes {
-        if let Some(m) = master_of(state, f, proto)?
-            && Some(m.svc_id) != own_id
-        {
-            let other = spec_from_maps(state, m.svc_id)?
-                .map(|s| format!("{} {}", s.svc_type.name(), s.frontend.display()))
-                .unwrap_or_else(|| format!("service {}", m.svc_id));
-            bail!(
-                "frontend {}/{proto} belongs to {other} already; delete that one or choose another address or port",
-                f.display()
-            );
-        }
-    }
-
-    let (svc_id, old_fes, old_backends) = match old {
-        Some((id, old_fes)) => (id, old_fes, backends_of(state, id)?),
-        None => (state.alloc_ids(IdKind::Service, 1)?, Vec::new(), Vec::new()),
-    };
-
-    // Keep the id of every backend that stays, so affinity to it survives.
-    let fresh = spec
-        .backends
-        .iter()
-        .filter(|b| !old_backends.iter().any(|(_, o)| same_backend(o, b)))
-        .count() as u32;
-    let mut next_id = if fresh > 0 {
-        state.alloc_ids(IdKind::Backend, fresh)?
+    // Refuse a taken frontend before allocating ids.
+    store::check_conflicts(&mut cur, &Tx::default(), spec, svc_id)?;
+    let fresh = store::fresh_backends(spec, cur.backends_of(svc_id));
+    let svc_id = if svc_id == 0 {
+        store::new_svc_id(state)?
     } else {
-        0
+        svc_id
     };
-    let mut new_backends = Vec::with_capacity(spec.backends.len());
-    for b in &spec.backends {
-        let id = match old_backends.iter().find(|(_, o)| same_backend(o, b)) {
-            Some((id, _)) => *id,
-            None => {
-                next_id += 1;
-                next_id - 1
-            }
-        };
-        let mut flags = 0;
-        if b.terminating {
-            flags |= backend_flags::TERMINATING;
-        }
-        if b.local {
-            flags |= backend_flags::LOCAL;
-        }
-        new_backends.push((
-            id,
-            types::backend_value {
-                addr: to_map_addr(b.addr.ip()),
-                port: to_map_port(b.addr.port()),
-                flags,
-                svc_id,
-                ..Default::default()
-            },
-        ));
-    }
-
-    let fe_ip = spec.frontend.ip.unwrap_or(if spec.frontend.ipv6 {
-        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-    });
-    let meta = types::svc_meta {
-        name: bpf::to_cstr(&spec.name),
-        frontend_addr: to_map_addr(fe_ip),
-        frontend_port: to_map_port(spec.frontend.port),
-        proto: proto.number(),
-        r#type: spec.svc_type.code(),
-        ext_policy_local: spec.external_local.into(),
-        int_policy_local: spec.internal_local.into(),
-        node_port: spec.node_port.map_or(0, to_map_port),
-        affinity_timeout: spec.affinity_timeout.unwrap_or(0),
-        ..Default::default()
-    };
-    update(
-        &state.meta,
-        "service metadata map",
-        &svc_id.to_ne_bytes(),
-        bpf::bytes(&meta),
-    )?;
-    for (id, b) in &new_backends {
-        update(
-            &state.backend,
-            "backend map",
-            &id.to_ne_bytes(),
-            bpf::bytes(b),
-        )?;
-    }
-
-    for f in fes {
-        let local_only = f.flags & svc_flags::LOCAL_ONLY != 0;
-        let (slots, fallback) = usable(&new_backends, local_only);
-        let mut flags = f.flags;
-        if spec.affinity_timeout.is_some() {
-            flags |= svc_flags::AFFINITY;
-        }
-        if fallback {
-            flags |= svc_flags::FALLBACK;
-        }
-        let old_count = master_of(state, f, proto)?.map_or(0, |m| m.count);
-        for (i, id) in slots.iter().enumerate() {
-            let key = svc_key(f.ip, f.port, proto, i as u16 + 1);
-            let val = types::svc_value {
-                svc_id,
-                backend_id: *id,
-                ..Default::default()
-            };
-            update(
-                &state.svc,
-                "service map",
-                bpf::bytes(&key),
-                bpf::bytes(&val),
-            )?;
-        }
-        let master = types::svc_value {
-            svc_id,
-            count: slots.len() as u16,
-            flags,
-            affinity_timeout: spec.affinity_timeout.unwrap_or(0),
-            ..Default::default()
-        };
-        let key = svc_key(f.ip, f.port, proto, 0);
-        update(
-            &state.svc,
-            "service map",
-            bpf::bytes(&key),
-            bpf::bytes(&master),
-        )?;
-        // Only now is the old set unreachable for new lookups.
-        for slot in slots.len() as u16 + 1..=old_count {
-            let _ = state
-                .svc
-                .delete(bpf::bytes(&svc_key(f.ip, f.port, proto, slot)));
-        }
-    }
-    for f in old_fes
-        .iter()
-        .filter(|o| !fes.iter().any(|n| n.ip == o.ip && n.port == o.port))
-    {
-        delete_frontend(state, f, proto)?;
-    }
-
-    let removed: Vec<u32> = old_backends
-        .iter()
-        .filter(|(id, _)| !new_backends.iter().any(|(n, _)| n == id))
-        .map(|(id, _)| *id)
-        .collect();
-    for id in &removed {
-        let _ = state.backend.delete(&id.to_ne_bytes());
-    }
-    let affinity_on = spec.affinity_timeout.is_some();
-    if own_id.is_some() && (!removed.is_empty() || !affinity_on) {
-        purge_affinity(state, svc_id, |bid| affinity_on && !removed.contains(&bid))?;
-    }
-    Ok(())
-}
-
-/// Remove one frontend: its master entry first, then its slots.
-fn delete_frontend(state: &State, f: &Frontend, proto: Proto) -> Result<()> {
-    let key = svc_key(f.ip, f.port, proto, 0);
-    let Some(m): Option<types::svc_value> = lookup(&state.svc, bpf::bytes(&key))? else {
-        return Ok(());
-    };
-    state
-        .svc
-        .delete(bpf::bytes(&key))
-        .with_context(|| format!("delete frontend {}", f.display()))?;
-    for slot in 1..=m.count {
-        let _ = state
-            .svc
-            .delete(bpf::bytes(&svc_key(f.ip, f.port, proto, slot)));
-    }
-    Ok(())
-}
-
-fn same_backend(o: &types::backend_value, b: &BackendSpec) -> bool {
-    o.addr == to_map_addr(b.addr.ip()) && o.port == to_map_port(b.addr.port())
-}
-
-/// Drop the affinity entries of a service whose backend fails `keep`.
-fn purge_affinity(state: &State, svc_id: u32, keep: impl Fn(u32) -> bool) -> Result<()> {
-    for k in state.affinity.keys() {
-        let Ok(key) = bpf::from_bytes::<types::affinity_key>(&k) else {
-            continue;
-        };
-        if key.svc_id != svc_id {
-            continue;
-        }
-        if let Some(v) = lookup::<types::affinity_value>(&state.affinity, &k)?
-            && !keep(v.backend_id)
-        {
-            let _ = state.affinity.delete(&k);
-        }
-    }
+    let mut ids = store::Ids::alloc(state, fresh)?;
+    let mut tx = Tx::default();
+    store::plan_write(&mut cur, &mut tx, spec, svc_id, &mut ids)?;
+    store::execute(state, tx)?;
     Ok(())
 }
 
 /// The service a `--frontend` names, if any.
 pub fn find(state: &State, frontend: &FrontendSpec, proto: Proto) -> Result<Option<u32>> {
-    Ok(master_of(state, &identity(frontend), proto)?.map(|m| m.svc_id))
+    let id = identity(frontend);
+    let mut cur = Current::scoped(state, &id, proto)?;
+    Ok(cur.master(&id, proto)?.map(|m| m.svc_id))
 }
 
 /// Delete a service: its frontends' master entries first, so no new
 /// connection finds it, then slots, backends, affinity and metadata.
 pub fn del(state: &State, frontend: &FrontendSpec, proto: Proto) -> Result<()> {
-    let Some(svc_id) = find(state, frontend, proto)? else {
+    let id = identity(frontend);
+    let mut cur = Current::scoped(state, &id, proto)?;
+    let Some(m) = cur.master(&id, proto)? else {
         bail!(
             "--frontend {}/{proto}: no such service (svc list shows them)",
             frontend.display()
         );
     };
-    let node_addrs = state.node_addrs()?;
-    if let Some(spec) = spec_from_maps(state, svc_id)? {
-        for f in expand(&spec, &node_addrs) {
-            delete_frontend(state, &f, proto)?;
-        }
-    }
-    delete_frontend(state, &identity(frontend), proto)?;
-    for (id, _) in backends_of(state, svc_id)? {
-        let _ = state.backend.delete(&id.to_ne_bytes());
-    }
-    purge_affinity(state, svc_id, |_| false)?;
-    state
-        .meta
-        .delete(&svc_id.to_ne_bytes())
-        .context("delete the service's metadata")?;
+    let mut tx = Tx::default();
+    store::plan_delete(&mut cur, &mut tx, m.svc_id)?;
+    store::execute(state, tx)?;
     Ok(())
 }
 
 /// Re-read the node addresses and rewrite every service whose frontends
 /// depend on them (NodePort, HostPort, ExternalIP's host rule).
 pub fn refresh_node_addrs(state: &State, new_addrs: &[IpAddr]) -> Result<usize> {
-    let old_addrs = state.node_addrs()?;
+    let mut cur = Current::full(state)?;
+    let old_addrs = cur.node_addrs.clone();
     let mut plans = Vec::new();
-    for k in state.meta.keys() {
-        let Ok(svc_id) = <[u8; 4]>::try_from(k.as_slice()).map(u32::from_ne_bytes) else {
-            continue;
-        };
-        if let Some(spec) = spec_from_maps(state, svc_id)? {
-            let old_fes = expand(&spec, &old_addrs);
-            plans.push((svc_id, spec, old_fes));
+    for svc_id in cur.metas.keys().copied().collect::<Vec<_>>() {
+        if let Some(spec) = cur.spec(svc_id)?
+            && expand(&spec, &old_addrs) != expand(&spec, new_addrs)
+        {
+            plans.push((svc_id, spec));
         }
     }
     crate::attach::write_node_addrs(state, new_addrs)?;
-    let mut changed = 0;
-    for (svc_id, spec, old_fes) in plans {
-        let fes = expand(&spec, new_addrs);
-        if fes != old_fes {
-            write_service(state, &spec, &fes, Some((svc_id, old_fes)))?;
-            changed += 1;
-        }
+    cur.node_addrs = new_addrs.to_vec();
+    let mut tx = Tx::default();
+    let mut ids = store::Ids::alloc(state, 0)?;
+    for (svc_id, spec) in &plans {
+        store::plan_write(&mut cur, &mut tx, spec, *svc_id, &mut ids)?;
     }
-    Ok(changed)
+    store::execute(state, tx)?;
+    Ok(plans.len())
 }
 
 #[derive(Serialize, Clone)]
@@ -765,21 +511,21 @@ fn policy(local: bool) -> &'static str {
     if local { "local" } else { "cluster" }
 }
 
-/// Read every service back from the maps.
-pub fn read_all(state: &State) -> Result<Vec<ServiceView>> {
-    let node_addrs = state.node_addrs()?;
+/// Read every service back from the maps, with what a killed command left
+/// behind (elements no service owns), if anything.
+pub fn read_all(state: &State) -> Result<(Vec<ServiceView>, usize)> {
+    let mut cur = Current::full(state)?;
+    let node_addrs = cur.node_addrs.clone();
     let mut out = Vec::new();
-    for k in state.meta.keys() {
-        let Ok(svc_id) = <[u8; 4]>::try_from(k.as_slice()).map(u32::from_ne_bytes) else {
-            continue;
-        };
-        let Some(spec) = spec_from_maps(state, svc_id)? else {
+    let ids: Vec<u32> = cur.metas.keys().copied().collect();
+    for svc_id in ids {
+        let Some(spec) = cur.spec(svc_id)? else {
             continue;
         };
         let fes = expand(&spec, &node_addrs);
         let mut missing = Vec::new();
         for f in &fes {
-            match master_of(state, f, spec.proto)? {
+            match cur.master(f, spec.proto)? {
                 Some(m) if m.svc_id == svc_id => {}
                 _ => missing.push(f.display()),
             }
@@ -789,11 +535,11 @@ pub fn read_all(state: &State) -> Result<Vec<ServiceView>> {
             "ok".to_string()
         } else {
             format!(
-                "incomplete: frontends {} missing (an add or del was interrupted); repair with svc add --replace --frontend {shown} or svc del --frontend {shown}",
+                "incomplete: frontends {} missing (a command was interrupted); repair with svc add --replace --frontend {shown}, svc del --frontend {shown}, or apply again",
                 missing.join(" ")
             )
         };
-        let backends = backends_of(state, svc_id)?;
+        let backends = cur.backends_of(svc_id).to_vec();
         out.push(ServiceView {
             svc_id,
             name: spec.name.clone(),
@@ -830,7 +576,8 @@ pub fn read_all(state: &State) -> Result<Vec<ServiceView>> {
         });
     }
     out.sort_by(|a, b| (&a.frontend, a.proto.to_string()).cmp(&(&b.frontend, b.proto.to_string())));
-    Ok(out)
+    let strays = store::plan_strays(&mut cur, &mut Tx::default())?;
+    Ok((out, strays))
 }
 
 #[derive(Tabled)]
@@ -854,7 +601,12 @@ struct SvcRow {
 }
 
 pub fn list(state: &State, format: Format) -> Result<()> {
-    let services = read_all(state)?;
+    let (services, strays) = read_all(state)?;
+    if strays > 0 {
+        eprintln!(
+            "netnsxl: warning: {strays} map elements belong to no service (left by an interrupted command); netnsxl apply removes them"
+        );
+    }
     let rows: Vec<SvcRow> = services
         .iter()
         .map(|s| SvcRow {

@@ -1,0 +1,799 @@
+//! The write engine: how changes to services reach the maps.
+//!
+//! A command reads what the maps hold ([`Current`]), plans every element it
+//! must write or delete into one [`Tx`], and only then touches the maps. The
+//! plan is the same for `svc add`, `svc del`, `node refresh` and `apply`, so
+//! they share one write order (see the top of src/bpf/netnsxl.bpf.c):
+//!
+//! 1. metadata, 2. backends, 3. slots, 4. master entries (the switch),
+//! 5. master entries of frontends that go, 6. stale slots, 7. backends that
+//!    go, 8. metadata of services that go, 9. affinity to what went.
+//!
+//! Phases 1-4 only add or overwrite, and the datapath reaches a service only
+//! through its master entry, so if any of them fails (a full map) every
+//! element written so far is put back as it was: a failed command changes
+//! nothing. Phases 5-9 only delete. An element whose new value equals what
+//! the map holds is not written at all, which is what makes `apply`
+//! idempotent and lets a re-run repair what a killed command left.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+
+use anyhow::{Result, anyhow, bail};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+
+use crate::addr::{BackendSpec, Proto, to_map_addr, to_map_port};
+use crate::bpf::{self, backend_flags, svc_flags, types};
+use crate::service::{self, Frontend, ServiceSpec};
+use crate::state::{IdKind, State};
+
+const BATCH: u32 = 8192;
+
+pub type SvcKeyBytes = [u8; std::mem::size_of::<types::svc_key>()];
+
+pub fn key_bytes(k: &types::svc_key) -> SvcKeyBytes {
+    bpf::bytes(k).try_into().expect("svc_key size")
+}
+
+pub fn svc_key(addr: IpAddr, port: u16, proto: Proto, slot: u16) -> types::svc_key {
+    types::svc_key {
+        addr: to_map_addr(addr),
+        port: to_map_port(port),
+        proto: proto.number(),
+        slot,
+        ..Default::default()
+    }
+}
+
+/// Every element of a map, read with BPF_MAP_LOOKUP_BATCH.
+pub fn read_map<K: plain::Plain + Default, V: plain::Plain + Default>(
+    map: &MapHandle,
+) -> Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    match map.lookup_batch(BATCH, MapFlags::ANY, MapFlags::ANY) {
+        Ok(iter) => {
+            for (k, v) in iter {
+                out.push((bpf::from_bytes(&k)?, bpf::from_bytes(&v)?));
+            }
+        }
+        Err(_) => {
+            for k in map.keys() {
+                if let Some(v) = map.lookup(&k, MapFlags::ANY)? {
+                    out.push((bpf::from_bytes(&k)?, bpf::from_bytes(&v)?));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the maps hold, as far as a command needs to know it: everything
+/// (`full`, for apply, list and refresh), or one service with its svc_map
+/// elements looked up on demand (svc add and del).
+pub struct Current<'a> {
+    pub state: &'a State,
+    full: bool,
+    pub metas: BTreeMap<u32, types::svc_meta>,
+    pub backends: HashMap<u32, Vec<(u32, types::backend_value)>>,
+    svc: HashMap<SvcKeyBytes, Option<types::svc_value>>,
+    pub node_addrs: Vec<IpAddr>,
+}
+
+impl<'a> Current<'a> {
+    pub fn full(state: &'a State) -> Result<Current<'a>> {
+        let mut backends: HashMap<u32, Vec<(u32, types::backend_value)>> = HashMap::new();
+        for (id, b) in read_map::<u32, types::backend_value>(&state.backend)? {
+            backends.entry(b.svc_id).or_default().push((id, b));
+        }
+        for v in backends.values_mut() {
+            v.sort_by_key(|(id, _)| *id);
+        }
+        let svc = read_map::<types::svc_key, types::svc_value>(&state.svc)?
+            .into_iter()
+            .map(|(k, v)| (key_bytes(&k), Some(v)))
+            .collect();
+        Ok(Current {
+            state,
+            full: true,
+            metas: read_map::<u32, types::svc_meta>(&state.meta)?
+                .into_iter()
+                .collect(),
+            backends,
+            svc,
+            node_addrs: state.node_addrs()?,
+        })
+    }
+
+    /// Only the service that owns `identity` (if any) is read.
+    pub fn scoped(state: &'a State, identity: &Frontend, proto: Proto) -> Result<Current<'a>> {
+        let mut cur = Current {
+            state,
+            full: false,
+            metas: BTreeMap::new(),
+            backends: HashMap::new(),
+            svc: HashMap::new(),
+            node_addrs: state.node_addrs()?,
+        };
+        if let Some(m) = cur.svc_get(&svc_key(identity.ip, identity.port, proto, 0))? {
+            cur.load_service(m.svc_id)?;
+        }
+        Ok(cur)
+    }
+
+    /// Read one service's metadata and backends (scoped mode).
+    pub fn load_service(&mut self, svc_id: u32) -> Result<()> {
+        if self.full || self.metas.contains_key(&svc_id) {
+            return Ok(());
+        }
+        if let Some(v) = self
+            .state
+            .meta
+            .lookup(&svc_id.to_ne_bytes(), MapFlags::ANY)?
+        {
+            self.metas.insert(svc_id, bpf::from_bytes(&v)?);
+        }
+        let mut bes = Vec::new();
+        for k in self.state.backend.keys() {
+            let Ok(id) = <[u8; 4]>::try_from(k.as_slice()).map(u32::from_ne_bytes) else {
+                continue;
+            };
+            if let Some(v) = self.state.backend.lookup(&k, MapFlags::ANY)? {
+                let b: types::backend_value = bpf::from_bytes(&v)?;
+                if b.svc_id == svc_id {
+                    bes.push((id, b));
+                }
+            }
+        }
+        bes.sort_by_key(|(id, _)| *id);
+        self.backends.insert(svc_id, bes);
+        Ok(())
+    }
+
+    pub fn svc_get(&mut self, key: &types::svc_key) -> Result<Option<types::svc_value>> {
+        let kb = key_bytes(key);
+        if let Some(v) = self.svc.get(&kb) {
+            return Ok(*v);
+        }
+        if self.full {
+            return Ok(None);
+        }
+        let v = match self.state.svc.lookup(&kb, MapFlags::ANY)? {
+            Some(b) => Some(bpf::from_bytes(&b)?),
+            None => None,
+        };
+        self.svc.insert(kb, v);
+        Ok(v)
+    }
+
+    pub fn master(&mut self, f: &Frontend, proto: Proto) -> Result<Option<types::svc_value>> {
+        self.svc_get(&svc_key(f.ip, f.port, proto, 0))
+    }
+
+    pub fn backends_of(&self, svc_id: u32) -> &[(u32, types::backend_value)] {
+        self.backends.get(&svc_id).map_or(&[], Vec::as_slice)
+    }
+
+    /// The spec a service was written with.
+    pub fn spec(&self, svc_id: u32) -> Result<Option<ServiceSpec>> {
+        match self.metas.get(&svc_id) {
+            Some(m) => service::spec_from(m, self.backends_of(svc_id)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every svc_map element (full mode only).
+    pub fn svc_entries(&self) -> impl Iterator<Item = (types::svc_key, types::svc_value)> + '_ {
+        self.svc.iter().filter_map(|(k, v)| {
+            let key: types::svc_key = bpf::from_bytes(k).ok()?;
+            v.map(|v| (key, v))
+        })
+    }
+}
+
+/// One planned change to the maps. Priors are what the maps held before, so
+/// a failed command can put them back.
+#[derive(Default)]
+pub struct Tx {
+    meta: Vec<(u32, types::svc_meta, Option<types::svc_meta>)>,
+    backends: Vec<(u32, types::backend_value, Option<types::backend_value>)>,
+    slots: Vec<(SvcKeyBytes, types::svc_value, Option<types::svc_value>)>,
+    masters: Vec<(SvcKeyBytes, types::svc_value, Option<types::svc_value>)>,
+    del_masters: Vec<SvcKeyBytes>,
+    del_slots: Vec<SvcKeyBytes>,
+    del_backends: Vec<u32>,
+    del_meta: Vec<u32>,
+    /// Services whose affinity entries all go.
+    drop_affinity_svcs: HashSet<u32>,
+    /// Backends whose affinity entries go.
+    drop_affinity_backends: HashSet<u32>,
+    /// Services deleted by this change: their frontends may be taken over.
+    deleting: HashSet<u32>,
+}
+
+impl Tx {
+    pub fn is_empty(&self) -> bool {
+        self.meta.is_empty()
+            && self.backends.is_empty()
+            && self.slots.is_empty()
+            && self.masters.is_empty()
+            && self.del_masters.is_empty()
+            && self.del_slots.is_empty()
+            && self.del_backends.is_empty()
+            && self.del_meta.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.meta.len()
+            + self.backends.len()
+            + self.slots.len()
+            + self.masters.len()
+            + self.del_masters.len()
+            + self.del_slots.len()
+            + self.del_backends.len()
+            + self.del_meta.len()
+    }
+}
+
+/// A service as the datapath will see it: backend ids and values, and the
+/// frontends with their masters and slots.
+struct Layout {
+    backends: Vec<(u32, types::backend_value)>,
+    fes: Vec<Frontend>,
+}
+
+fn backend_value(b: &BackendSpec, svc_id: u32) -> types::backend_value {
+    let mut flags = 0;
+    if b.terminating {
+        flags |= backend_flags::TERMINATING;
+    }
+    if b.local {
+        flags |= backend_flags::LOCAL;
+    }
+    types::backend_value {
+        addr: to_map_addr(b.addr.ip()),
+        port: to_map_port(b.addr.port()),
+        flags,
+        svc_id,
+        ..Default::default()
+    }
+}
+
+fn same_backend(o: &types::backend_value, b: &BackendSpec) -> bool {
+    o.addr == to_map_addr(b.addr.ip()) && o.port == to_map_port(b.addr.port())
+}
+
+/// How many backend ids a write of `spec` over `old` needs.
+pub fn fresh_backends(spec: &ServiceSpec, old: &[(u32, types::backend_value)]) -> u32 {
+    spec.backends
+        .iter()
+        .filter(|b| !old.iter().any(|(_, o)| same_backend(o, b)))
+        .count() as u32
+}
+
+/// The backends new connections to one frontend may use: active ones, or the
+/// terminating ones when no active one is left (Kubernetes' serving-terminating
+/// fallback); node-local ones only, for internalTrafficPolicy Local.
+fn usable(backends: &[(u32, types::backend_value)], local_only: bool) -> (Vec<u32>, bool) {
+    let eligible: Vec<&(u32, types::backend_value)> = backends
+        .iter()
+        .filter(|(_, b)| !local_only || b.flags & backend_flags::LOCAL != 0)
+        .collect();
+    let active: Vec<u32> = eligible
+        .iter()
+        .filter(|(_, b)| b.flags & backend_flags::TERMINATING == 0)
+        .map(|(id, _)| *id)
+        .collect();
+    if !active.is_empty() {
+        return (active, false);
+    }
+    (
+        eligible.iter().map(|(id, _)| *id).collect(),
+        !eligible.is_empty(),
+    )
+}
+
+/// Ids for backends, handed out in order from a block allocated up front.
+pub struct Ids {
+    next: u32,
+    end: u32,
+}
+
+impl Ids {
+    pub fn alloc(state: &State, n: u32) -> Result<Ids> {
+        if n == 0 {
+            return Ok(Ids { next: 0, end: 0 });
+        }
+        let first = state.alloc_ids(IdKind::Backend, n)?;
+        Ok(Ids {
+            next: first,
+            end: first + n,
+        })
+    }
+    fn take(&mut self) -> Result<u32> {
+        if self.next >= self.end {
+            bail!("internal error: backend id block exhausted");
+        }
+        self.next += 1;
+        Ok(self.next - 1)
+    }
+}
+
+/// Refuse frontends another service answers on (unless this change deletes it).
+pub fn check_conflicts(cur: &mut Current, tx: &Tx, spec: &ServiceSpec, svc_id: u32) -> Result<()> {
+    let proto = spec.proto;
+    for f in service::expand(spec, &cur.node_addrs) {
+        if let Some(m) = cur.master(&f, proto)?
+            && m.svc_id != svc_id
+            && !tx.deleting.contains(&m.svc_id)
+        {
+            cur.load_service(m.svc_id)?;
+            let other = cur
+                .spec(m.svc_id)?
+                .map(|s| format!("{} {}", s.svc_type.name(), s.frontend.display()))
+                .unwrap_or_else(|| format!("service {}", m.svc_id));
+            bail!(
+                "frontend {}/{proto} belongs to {other} already; delete that one or choose another address or port",
+                f.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Plan writing `spec` as service `svc_id`, over what it has now (nothing,
+/// for a new service). Returns whether anything differs from the maps.
+pub fn plan_write(
+    cur: &mut Current,
+    tx: &mut Tx,
+    spec: &ServiceSpec,
+    svc_id: u32,
+    ids: &mut Ids,
+) -> Result<bool> {
+    let before = tx.len();
+    let proto = spec.proto;
+    let fes = service::expand(spec, &cur.node_addrs);
+    let old_spec = cur.spec(svc_id)?;
+    let old_backends = cur.backends_of(svc_id).to_vec();
+
+    check_conflicts(cur, tx, spec, svc_id)?;
+
+    // Keep the id of every backend that stays, so affinity to it survives.
+    let mut layout = Layout {
+        backends: Vec::with_capacity(spec.backends.len()),
+        fes,
+    };
+    for b in &spec.backends {
+        let id = match old_backends.iter().find(|(_, o)| same_backend(o, b)) {
+            Some((id, _)) => *id,
+            None => ids.take()?,
+        };
+        layout.backends.push((id, backend_value(b, svc_id)));
+    }
+
+    let meta = service::meta_of(spec);
+    let prior_meta = cur.metas.get(&svc_id).copied();
+    if prior_meta.map(|m| bpf::bytes(&m) != bpf::bytes(&meta)) != Some(false) {
+        tx.meta.push((svc_id, meta, prior_meta));
+    }
+    for (id, b) in &layout.backends {
+        let prior = old_backends.iter().find(|(o, _)| o == id).map(|(_, v)| *v);
+        if prior.map(|p| bpf::bytes(&p) != bpf::bytes(b)) != Some(false) {
+            tx.backends.push((*id, *b, prior));
+        }
+    }
+
+    for f in &layout.fes {
+        let local_only = f.flags & svc_flags::LOCAL_ONLY != 0;
+        let (slots, fallback) = usable(&layout.backends, local_only);
+        let mut flags = f.flags;
+        if spec.affinity_timeout.is_some() {
+            flags |= svc_flags::AFFINITY;
+        }
+        if fallback {
+            flags |= svc_flags::FALLBACK;
+        }
+        let prior_master = cur.master(f, proto)?;
+        for (i, id) in slots.iter().enumerate() {
+            let key = svc_key(f.ip, f.port, proto, i as u16 + 1);
+            let val = types::svc_value {
+                svc_id,
+                backend_id: *id,
+                ..Default::default()
+            };
+            let prior = cur.svc_get(&key)?;
+            if prior.map(|p| bpf::bytes(&p) != bpf::bytes(&val)) != Some(false) {
+                tx.slots.push((key_bytes(&key), val, prior));
+            }
+        }
+        let master = types::svc_value {
+            svc_id,
+            count: slots.len() as u16,
+            flags,
+            affinity_timeout: spec.affinity_timeout.unwrap_or(0),
+            ..Default::default()
+        };
+        let key = svc_key(f.ip, f.port, proto, 0);
+        if prior_master.map(|p| bpf::bytes(&p) != bpf::bytes(&master)) != Some(false) {
+            tx.masters.push((key_bytes(&key), master, prior_master));
+        }
+        // Slots past the new count: stale once the master is written.
+        let old_count = prior_master.map_or(0, |m| m.count);
+        for slot in slots.len() as u16 + 1..=old_count {
+            let key = svc_key(f.ip, f.port, proto, slot);
+            if cur.svc_get(&key)?.is_some() {
+                tx.del_slots.push(key_bytes(&key));
+            }
+        }
+    }
+
+    // Frontends the service no longer answers on.
+    if let Some(old) = &old_spec {
+        for f in service::expand(old, &cur.node_addrs) {
+            if layout.fes.iter().any(|n| n.ip == f.ip && n.port == f.port) {
+                continue;
+            }
+            plan_frontend_delete(cur, tx, &f, old.proto, svc_id)?;
+        }
+    }
+
+    for (id, _) in &old_backends {
+        if !layout.backends.iter().any(|(n, _)| n == id) {
+            tx.del_backends.push(*id);
+            tx.drop_affinity_backends.insert(*id);
+        }
+    }
+    if spec.affinity_timeout.is_none() && old_spec.is_some_and(|o| o.affinity_timeout.is_some()) {
+        tx.drop_affinity_svcs.insert(svc_id);
+    }
+    Ok(tx.len() != before)
+}
+
+/// Plan removing one frontend of service `svc_id`: master first, then slots.
+fn plan_frontend_delete(
+    cur: &mut Current,
+    tx: &mut Tx,
+    f: &Frontend,
+    proto: Proto,
+    svc_id: u32,
+) -> Result<()> {
+    let key = svc_key(f.ip, f.port, proto, 0);
+    let Some(m) = cur.svc_get(&key)? else {
+        return Ok(());
+    };
+    if m.svc_id != svc_id {
+        return Ok(());
+    }
+    tx.del_masters.push(key_bytes(&key));
+    for slot in 1..=m.count {
+        tx.del_slots
+            .push(key_bytes(&svc_key(f.ip, f.port, proto, slot)));
+    }
+    Ok(())
+}
+
+/// Plan deleting a service: every frontend, backend, affinity entry and its
+/// metadata.
+pub fn plan_delete(cur: &mut Current, tx: &mut Tx, svc_id: u32) -> Result<()> {
+    tx.deleting.insert(svc_id);
+    if let Some(spec) = cur.spec(svc_id)? {
+        for f in service::expand(&spec, &cur.node_addrs) {
+            plan_frontend_delete(cur, tx, &f, spec.proto, svc_id)?;
+        }
+        let id = service::identity(&spec.frontend);
+        plan_frontend_delete(cur, tx, &id, spec.proto, svc_id)?;
+    }
+    for (id, _) in cur.backends_of(svc_id).to_vec() {
+        tx.del_backends.push(id);
+    }
+    tx.drop_affinity_svcs.insert(svc_id);
+    if cur.metas.contains_key(&svc_id) {
+        tx.del_meta.push(svc_id);
+    }
+    Ok(())
+}
+
+/// Plan removing what no service owns (full mode, after every other plan):
+/// elements a killed command left behind. Returns how many.
+pub fn plan_strays(cur: &mut Current, tx: &mut Tx) -> Result<usize> {
+    let before = tx.len();
+    let live: HashSet<u32> = cur
+        .metas
+        .keys()
+        .copied()
+        .chain(tx.meta.iter().map(|(id, _, _)| *id))
+        .filter(|id| !tx.del_meta.contains(id))
+        .collect();
+    let written: HashSet<SvcKeyBytes> = tx
+        .slots
+        .iter()
+        .map(|(k, _, _)| *k)
+        .chain(tx.masters.iter().map(|(k, _, _)| *k))
+        .collect();
+    let gone: HashSet<SvcKeyBytes> = tx
+        .del_masters
+        .iter()
+        .chain(tx.del_slots.iter())
+        .copied()
+        .collect();
+    // The master each frontend will have once the plan has run.
+    let mut masters: HashMap<(IpAddr, u16, u8), types::svc_value> = HashMap::new();
+    let entries: Vec<(types::svc_key, types::svc_value)> = cur.svc_entries().collect();
+    let final_of = |k: &SvcKeyBytes, v: types::svc_value| -> Option<types::svc_value> {
+        if let Some((_, nv, _)) = tx.masters.iter().find(|(wk, _, _)| wk == k) {
+            return Some(*nv);
+        }
+        (!gone.contains(k)).then_some(v)
+    };
+    for (k, v) in &entries {
+        if k.slot == 0
+            && let Some(fv) = final_of(&key_bytes(k), *v)
+        {
+            masters.insert((crate::addr::from_map_addr(k.addr), k.port, k.proto), fv);
+        }
+    }
+    for (k, v, _) in &tx.masters {
+        let key: types::svc_key = bpf::from_bytes(k)?;
+        masters.insert(
+            (crate::addr::from_map_addr(key.addr), key.port, key.proto),
+            *v,
+        );
+    }
+    for (k, v) in entries {
+        let kb = key_bytes(&k);
+        if written.contains(&kb) || gone.contains(&kb) {
+            continue;
+        }
+        let stray = if k.slot == 0 {
+            !live.contains(&v.svc_id)
+        } else {
+            match masters.get(&(crate::addr::from_map_addr(k.addr), k.port, k.proto)) {
+                Some(m) => m.svc_id != v.svc_id || k.slot > m.count || !live.contains(&m.svc_id),
+                None => true,
+            }
+        };
+        if stray {
+            if k.slot == 0 {
+                tx.del_masters.push(kb);
+            } else {
+                tx.del_slots.push(kb);
+            }
+        }
+    }
+    let deleted_backends: HashSet<u32> = tx.del_backends.iter().copied().collect();
+    for (svc_id, bes) in &cur.backends {
+        if !live.contains(svc_id) {
+            for (id, _) in bes {
+                if !deleted_backends.contains(id) {
+                    tx.del_backends.push(*id);
+                }
+            }
+        }
+    }
+    Ok(tx.len() - before)
+}
+
+/// Which `attach` option sizes a map, for the "full" error.
+fn raise_with(map: &MapHandle) -> &'static str {
+    match map.name().to_str().unwrap_or_default() {
+        "backend_map" => "--max-backends",
+        _ => "--max-services",
+    }
+}
+
+fn full_error(map: &MapHandle, what: &str) -> anyhow::Error {
+    anyhow!(
+        "{what} is full ({} entries); nothing was changed; attach with a larger {} (netnsxl detach, netnsxl attach ... {} N, then apply the services again)",
+        map.max_entries(),
+        raise_with(map),
+        raise_with(map)
+    )
+}
+
+/// What a failed command puts back.
+struct Undo<'m> {
+    map: &'m MapHandle,
+    key: Vec<u8>,
+    prior: Option<Vec<u8>>,
+}
+
+/// One element to write: key, new value, the value it replaces.
+type Elem<K> = (K, Vec<u8>, Option<Vec<u8>>);
+
+fn write_phase<'m, K: AsRef<[u8]>>(
+    map: &'m MapHandle,
+    what: &str,
+    elems: &[Elem<K>],
+    undo: &mut Vec<Undo<'m>>,
+) -> Result<()> {
+    if elems.is_empty() {
+        return Ok(());
+    }
+    for (k, _, prior) in elems {
+        undo.push(Undo {
+            map,
+            key: k.as_ref().to_vec(),
+            prior: prior.clone(),
+        });
+    }
+    let res = if elems.len() == 1 {
+        map.update(elems[0].0.as_ref(), &elems[0].1, MapFlags::ANY)
+    } else {
+        let keys: Vec<u8> = elems
+            .iter()
+            .flat_map(|(k, _, _)| k.as_ref().to_vec())
+            .collect();
+        let vals: Vec<u8> = elems.iter().flat_map(|(_, v, _)| v.clone()).collect();
+        map.update_batch(
+            &keys,
+            &vals,
+            elems.len() as u32,
+            MapFlags::ANY,
+            MapFlags::ANY,
+        )
+    };
+    res.map_err(|e| {
+        if e.kind() == libbpf_rs::ErrorKind::TooBig {
+            full_error(map, what)
+        } else {
+            anyhow::Error::new(e).context(format!("write {what}"))
+        }
+    })
+}
+
+fn rollback(undo: Vec<Undo>) {
+    for u in undo.into_iter().rev() {
+        let _ = match &u.prior {
+            Some(v) => u.map.update(&u.key, v, MapFlags::ANY),
+            None => u.map.delete(&u.key),
+        };
+    }
+}
+
+fn delete_all(map: &MapHandle, keys: &[Vec<u8>]) {
+    if keys.is_empty() {
+        return;
+    }
+    if keys.len() > 1 {
+        let flat: Vec<u8> = keys.iter().flatten().copied().collect();
+        if map
+            .delete_batch(&flat, keys.len() as u32, MapFlags::ANY, MapFlags::ANY)
+            .is_ok()
+        {
+            return;
+        }
+    }
+    // One at a time: an element already gone is not an error.
+    for k in keys {
+        let _ = map.delete(k);
+    }
+}
+
+/// Statistics of one executed change.
+#[derive(Debug, Default)]
+pub struct Done {
+    pub written: usize,
+    pub deleted: usize,
+}
+
+/// Run a planned change in the order described at the top of this file.
+pub fn execute(state: &State, tx: Tx) -> Result<Done> {
+    let written: HashSet<SvcKeyBytes> = tx
+        .slots
+        .iter()
+        .map(|(k, _, _)| *k)
+        .chain(tx.masters.iter().map(|(k, _, _)| *k))
+        .collect();
+    let meta: Vec<_> = tx
+        .meta
+        .iter()
+        .map(|(id, v, p)| {
+            (
+                id.to_ne_bytes(),
+                bpf::bytes(v).to_vec(),
+                p.map(|p| bpf::bytes(&p).to_vec()),
+            )
+        })
+        .collect();
+    let backends: Vec<_> = tx
+        .backends
+        .iter()
+        .map(|(id, v, p)| {
+            (
+                id.to_ne_bytes(),
+                bpf::bytes(v).to_vec(),
+                p.map(|p| bpf::bytes(&p).to_vec()),
+            )
+        })
+        .collect();
+    let svc = |elems: &[(SvcKeyBytes, types::svc_value, Option<types::svc_value>)]| {
+        elems
+            .iter()
+            .map(|(k, v, p)| {
+                (
+                    *k,
+                    bpf::bytes(v).to_vec(),
+                    p.map(|p| bpf::bytes(&p).to_vec()),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let slots = svc(&tx.slots);
+    let masters = svc(&tx.masters);
+
+    let mut undo = Vec::new();
+    let res = (|| {
+        write_phase(
+            &state.meta,
+            "the service metadata map (meta_map)",
+            &meta,
+            &mut undo,
+        )?;
+        write_phase(
+            &state.backend,
+            "the backend map (backend_map)",
+            &backends,
+            &mut undo,
+        )?;
+        write_phase(&state.svc, "the service map (svc_map)", &slots, &mut undo)?;
+        write_phase(&state.svc, "the service map (svc_map)", &masters, &mut undo)
+    })();
+    if let Err(e) = res {
+        rollback(undo);
+        return Err(e);
+    }
+
+    // Only now is the old state unreachable for new lookups.
+    let keep = |k: &&SvcKeyBytes| !written.contains(*k);
+    let del_masters: Vec<Vec<u8>> = tx
+        .del_masters
+        .iter()
+        .filter(keep)
+        .map(|k| k.to_vec())
+        .collect();
+    let mut seen = HashSet::new();
+    let del_slots: Vec<Vec<u8>> = tx
+        .del_slots
+        .iter()
+        .filter(keep)
+        .filter(|k| seen.insert(**k))
+        .map(|k| k.to_vec())
+        .collect();
+    delete_all(&state.svc, &del_masters);
+    delete_all(&state.svc, &del_slots);
+    let written_backends: HashSet<u32> = tx.backends.iter().map(|(id, _, _)| *id).collect();
+    let mut seen = HashSet::new();
+    let del_backends: Vec<Vec<u8>> = tx
+        .del_backends
+        .iter()
+        .filter(|id| !written_backends.contains(id) && seen.insert(**id))
+        .map(|id| id.to_ne_bytes().to_vec())
+        .collect();
+    delete_all(&state.backend, &del_backends);
+    let del_meta: Vec<Vec<u8>> = tx
+        .del_meta
+        .iter()
+        .map(|id| id.to_ne_bytes().to_vec())
+        .collect();
+    delete_all(&state.meta, &del_meta);
+
+    if !tx.drop_affinity_svcs.is_empty() || !tx.drop_affinity_backends.is_empty() {
+        let mut drop = Vec::new();
+        for (k, v) in read_map::<types::affinity_key, types::affinity_value>(&state.affinity)? {
+            if tx.drop_affinity_svcs.contains(&k.svc_id)
+                || tx.drop_affinity_backends.contains(&v.backend_id)
+            {
+                drop.push(bpf::bytes(&k).to_vec());
+            }
+        }
+        delete_all(&state.affinity, &drop);
+    }
+    Ok(Done {
+        written: meta.len() + backends.len() + slots.len() + masters.len(),
+        deleted: del_masters.len() + del_slots.len() + del_backends.len() + del_meta.len(),
+    })
+}
+
+/// Allocate a service id (for a service the maps do not have yet).
+pub fn new_svc_id(state: &State) -> Result<u32> {
+    state.alloc_ids(IdKind::Service, 1)
+}
