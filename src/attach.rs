@@ -25,6 +25,50 @@ pub struct AttachOpts {
     pub host_netns: Option<PathBuf>,
     pub node_ips: Vec<IpAddr>,
     pub node_port_range: (u16, u16),
+    pub capacity: Capacity,
+}
+
+/// Map sizes, fixed at attach (`--max-*`).
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    pub services: u32,
+    pub backends: u32,
+    pub affinity: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Capacity {
+        use types::nxl_limits as L;
+        Capacity {
+            services: L::NXL_DEFAULT_MAX_SERVICES.0,
+            backends: L::NXL_DEFAULT_MAX_BACKENDS.0,
+            affinity: L::NXL_DEFAULT_MAX_AFFINITY.0,
+        }
+    }
+}
+
+impl Capacity {
+    /// svc_map holds a master entry per frontend and a slot per (frontend,
+    /// backend): a ClusterIP with 3 backends uses 4.
+    pub fn svc_entries(&self) -> Result<u32> {
+        self.services
+            .checked_add(self.backends)
+            .filter(|n| *n <= 1 << 26)
+            .context("--max-services plus --max-backends may be at most 67108864")
+    }
+
+    pub fn check(&self) -> Result<()> {
+        for (opt, v) in [
+            ("--max-services", self.services),
+            ("--max-backends", self.backends),
+            ("--max-affinity", self.affinity),
+        ] {
+            if !(1..=1 << 24).contains(&v) {
+                bail!("{opt} {v} is out of range: use 1..=16777216");
+            }
+        }
+        self.svc_entries().map(|_| ())
+    }
 }
 
 static LIBBPF_LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -145,9 +189,27 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
 
     libbpf_rs::set_print(Some((PrintLevel::Debug, capture_libbpf_log)));
     let mut obj = MaybeUninit::uninit();
-    let open = NetnsxlSkelBuilder::default()
+    let mut open = NetnsxlSkelBuilder::default()
         .open(&mut obj)
         .context("open the BPF object")?;
+    let cap = opts.capacity;
+    cap.check()?;
+    open.maps
+        .svc_map
+        .set_max_entries(cap.svc_entries()?)
+        .context("size svc_map")?;
+    open.maps
+        .meta_map
+        .set_max_entries(cap.services)
+        .context("size meta_map")?;
+    open.maps
+        .backend_map
+        .set_max_entries(cap.backends)
+        .context("size backend_map")?;
+    open.maps
+        .affinity_map
+        .set_max_entries(cap.affinity)
+        .context("size affinity_map")?;
     let skel = open.load().map_err(|e| {
         anyhow!(
             "load the BPF object: {e}\nlast lines of the libbpf/verifier log:\n{}",

@@ -5,8 +5,10 @@
 
 pub mod addr;
 pub mod affinity;
+pub mod apply;
 pub mod attach;
 pub mod bpf;
+pub mod manifest;
 pub mod netns;
 pub mod output;
 pub mod service;

@@ -16,7 +16,7 @@ use netnsxl::service::{
     AFFINITY_TIMEOUT_DEFAULT, FrontendSpec, NODE_PORT_RANGE_DEFAULT, ServiceSpec, SvcType,
 };
 use netnsxl::state::State;
-use netnsxl::{affinity, attach, netns, service, sys};
+use netnsxl::{affinity, apply, attach, netns, service, sys};
 
 #[derive(Parser)]
 #[command(name = "netnsxl", version, about, long_about = None)]
@@ -54,6 +54,28 @@ enum Cmd {
     /// Node addresses.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Make the services what a file says: netnsxl's format, or Kubernetes
+    /// Services and EndpointSlices as kubectl get -o json prints them.
+    Apply(ApplyArgs),
+}
+
+#[derive(Args)]
+struct ApplyArgs {
+    /// The file, or - for standard input.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    file: String,
+    /// Print what would change (added, changed, removed) and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Delete the services the file does not name.
+    #[arg(long)]
+    prune: bool,
+    /// This node's name: EndpointSlice endpoints with this nodeName are local
+    /// (default: the hostname).
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    format: Format,
 }
 
 #[derive(Args)]
@@ -70,6 +92,17 @@ struct AttachArgs {
     /// Ports NodePorts may use.
     #[arg(long, value_name = "A-B", default_value = "30000-32767")]
     node_port_range: String,
+    /// Services the maps hold (the service map holds max-services +
+    /// max-backends frontend entries: a master per frontend, a slot per backend).
+    #[arg(long, value_name = "N", default_value_t = attach::Capacity::default().services)]
+    max_services: u32,
+    /// Backends the maps hold, over all services.
+    #[arg(long, value_name = "N", default_value_t = attach::Capacity::default().backends)]
+    max_backends: u32,
+    /// Affinity entries (client netns, service) kept before the least
+    /// recently used goes.
+    #[arg(long, value_name = "N", default_value_t = attach::Capacity::default().affinity)]
+    max_affinity: u32,
 }
 
 #[derive(Args)]
@@ -275,6 +308,11 @@ fn run(cli: Cli) -> Result<()> {
                 node_port_range: parse_port_range(&a.node_port_range)?,
                 cgroup: a.cgroup,
                 host_netns: a.host_netns,
+                capacity: attach::Capacity {
+                    services: a.max_services,
+                    backends: a.max_backends,
+                    affinity: a.max_affinity,
+                },
             };
             attach::attach(pin_dir, &opts)
         }
@@ -331,6 +369,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Apply(a) => apply_cmd(pin_dir, a),
         Cmd::Node(NodeCmd::Refresh {
             node_ips,
             host_netns,
@@ -343,6 +382,50 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn apply_cmd(pin_dir: &Path, a: ApplyArgs) -> Result<()> {
+    use std::io::Read;
+    let text = if a.file == "-" {
+        let mut t = String::new();
+        std::io::stdin()
+            .read_to_string(&mut t)
+            .map_err(|e| anyhow::anyhow!("-f -: cannot read standard input: {e}"))?;
+        t
+    } else {
+        std::fs::read_to_string(&a.file).map_err(|e| anyhow::anyhow!("-f {}: {e}", a.file))?
+    };
+    let node_name = match a.node_name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .map_err(|e| anyhow::anyhow!("read the hostname for --node-name: {e}"))?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let opts = apply::ApplyOpts {
+        dry_run: a.dry_run,
+        prune: a.prune,
+        node_name,
+    };
+    let (state, _lock) = if a.dry_run {
+        (State::open(pin_dir)?, None)
+    } else {
+        let (s, l) = open_for_change(pin_dir)?;
+        (s, Some(l))
+    };
+    let report = apply::apply(&state, &text, &opts).map_err(|e| {
+        let shown = if a.file == "-" {
+            "standard input"
+        } else {
+            &a.file
+        };
+        anyhow::anyhow!("{shown}: {e:#}")
+    })?;
+    match a.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Table => report.print(),
+    }
+    Ok(())
 }
 
 /// Open the state for a command that changes it, holding the state lock.

@@ -211,6 +211,12 @@ pub struct Tx {
 }
 
 impl Tx {
+    /// Let other services of this change take over `svc_id`'s frontends
+    /// (apply rewrites it too, so it lets go of them in the same change).
+    pub fn release(&mut self, svc_id: u32) {
+        self.deleting.insert(svc_id);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.meta.is_empty()
             && self.backends.is_empty()
@@ -309,6 +315,15 @@ impl Ids {
             end: first + n,
         })
     }
+    /// Ids as `alloc` would hand them out, without taking them (dry run).
+    pub fn dry(next: u32, n: u32) -> Ids {
+        let next = next.max(1);
+        Ids {
+            next,
+            end: next.saturating_add(n),
+        }
+    }
+
     fn take(&mut self) -> Result<u32> {
         if self.next >= self.end {
             bail!("internal error: backend id block exhausted");

@@ -49,7 +49,9 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct svc_key);
 	__type(value, struct svc_value);
-	__uint(max_entries, NXL_DEFAULT_MAX_SERVICES);
+	/* attach sizes it: --max-services + --max-backends */
+	__uint(max_entries, NXL_DEFAULT_MAX_SERVICES + NXL_DEFAULT_MAX_BACKENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 } svc_map SEC(".maps");
 
 struct {
@@ -57,6 +59,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct backend_value);
 	__uint(max_entries, NXL_DEFAULT_MAX_BACKENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 } backend_map SEC(".maps");
 
 struct {
@@ -64,6 +67,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct svc_meta);
 	__uint(max_entries, NXL_DEFAULT_MAX_SERVICES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 } meta_map SEC(".maps");
 
 struct {

@@ -2,7 +2,9 @@
 /*
  * Every structure shared by the BPF datapath and the Rust control plane.
  * Written once, here: the skeleton's generated `types` module gives Rust its
- * #[repr(C)] twins. Keys have explicit padding and are zero-initialised;
+ * #[repr(C)] twins. Every hole is an explicit pad field (Rust sends each
+ * struct's bytes as they are; an implicit hole would carry garbage, and
+ * `apply` compares values byte for byte), and keys are zero-initialised;
  * addresses and ports are in network byte order.
  *
  * Addresses are 16 bytes. An IPv4 address is stored in its IPv4-mapped IPv6
@@ -99,6 +101,7 @@ struct svc_meta {
 	__u8 int_policy_local;
 	__be16 node_port; /* LoadBalancer's NodePort; 0 when none */
 	__u16 pad0;
+	__u16 pad1; /* no implicit hole: Rust writes every byte as it is */
 	__u32 affinity_timeout; /* seconds; 0 when affinity is off */
 };
 

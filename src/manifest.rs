@@ -1,0 +1,739 @@
+//! Files `netnsxl apply` reads: netnsxl's own format and Kubernetes objects.
+//!
+//! netnsxl's format (YAML or JSON) is a list of services, with the fields of
+//! `svc add` (see the README); the array `svc list -o json` prints is valid
+//! input, so a dump can be applied again. Kubernetes input is what
+//! `kubectl get services,endpointslices -A -o json` prints: v1 Services and
+//! discovery.k8s.io/v1 EndpointSlices, joined by the
+//! `kubernetes.io/service-name` label. One Kubernetes port becomes one
+//! netnsxl service per frontend kind (each cluster IP, the NodePort, each
+//! external IP, each load-balancer ingress IP).
+//!
+//! Every error names where in the file it is (`items[3] (Service web/api)
+//! spec.ports[0].port`) and what to write instead.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Map, Value};
+
+use crate::addr::{BackendSpec, Proto, parse_endpoint};
+use crate::bpf::NAME_LEN;
+use crate::service::{AFFINITY_TIMEOUT_DEFAULT, FrontendSpec, ServiceSpec, SvcType};
+
+/// A service from a file, with where it came from (for errors).
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub source: String,
+    pub spec: ServiceSpec,
+}
+
+/// What a file holds, for the report.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub entries: Vec<Entry>,
+    pub kubernetes: bool,
+    /// Things left out on purpose (ExternalName, SCTP, headless...).
+    pub skipped: Vec<String>,
+}
+
+/// Parse a file's text. `node_name` decides which endpoints are local.
+pub fn parse(text: &str, node_name: &str) -> Result<Parsed> {
+    let value = parse_value(text)?;
+    if is_kubernetes(&value) {
+        return kubernetes(&value, node_name);
+    }
+    native(&value)
+}
+
+/// JSON when it looks like JSON (its errors have line and column), else YAML.
+fn parse_value(text: &str) -> Result<Value> {
+    let t = text.trim_start();
+    if t.is_empty() {
+        bail!(
+            "the file is empty: give a list of services, or Kubernetes objects as kubectl get -o json prints them"
+        );
+    }
+    if t.starts_with('{') || t.starts_with('[') {
+        serde_json::from_str(text).map_err(|e| anyhow!("not valid JSON: {e}"))
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| anyhow!("not valid YAML: {e}"))
+    }
+}
+
+fn is_kubernetes(v: &Value) -> bool {
+    let has_kind = |o: &Value| o.get("kind").is_some() && o.get("apiVersion").is_some();
+    match v {
+        Value::Object(_) if has_kind(v) => true,
+        Value::Array(a) => a.first().is_some_and(has_kind),
+        _ => false,
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+fn obj<'a>(v: &'a Value, at: &str) -> Result<&'a Map<String, Value>> {
+    v.as_object()
+        .ok_or_else(|| anyhow!("{at} is {}, expected a mapping", type_name(v)))
+}
+
+fn opt_str<'a>(o: &'a Map<String, Value>, field: &str, at: &str) -> Result<Option<&'a str>> {
+    match o.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => bail!("{at}.{field} is {}, expected a string", type_name(v)),
+    }
+}
+
+fn req_str<'a>(o: &'a Map<String, Value>, field: &str, at: &str) -> Result<&'a str> {
+    opt_str(o, field, at)?.ok_or_else(|| anyhow!("{at}.{field} is missing"))
+}
+
+fn opt_u64(o: &Map<String, Value>, field: &str, at: &str) -> Result<Option<u64>> {
+    match o.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| anyhow!("{at}.{field} is {n}, expected a whole number >= 0")),
+        Some(v) => bail!("{at}.{field} is {}, expected a number", type_name(v)),
+    }
+}
+
+fn opt_bool(o: &Map<String, Value>, field: &str, at: &str) -> Result<Option<bool>> {
+    match o.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => bail!("{at}.{field} is {}, expected true or false", type_name(v)),
+    }
+}
+
+fn opt_list<'a>(o: &'a Map<String, Value>, field: &str, at: &str) -> Result<&'a [Value]> {
+    match o.get(field) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(a)) => Ok(a),
+        Some(v) => bail!("{at}.{field} is {}, expected a list", type_name(v)),
+    }
+}
+
+fn port(o: &Map<String, Value>, field: &str, at: &str) -> Result<Option<u16>> {
+    match opt_u64(o, field, at)? {
+        None => Ok(None),
+        Some(p) if (1..=65535).contains(&p) => Ok(Some(p as u16)),
+        Some(p) => bail!("{at}.{field} {p} is out of range: use 1-65535"),
+    }
+}
+
+/// Fit a name into the metadata field (it is informational only).
+fn fit_name(s: &str) -> String {
+    let mut n = s.to_string();
+    while n.len() >= NAME_LEN {
+        n.pop();
+    }
+    n
+}
+
+// ---------------------------------------------------------------------------
+// netnsxl's own format
+
+const NATIVE_FIELDS: &[&str] = &[
+    "name",
+    "type",
+    "frontend",
+    "proto",
+    "node_port",
+    "backends",
+    "session_affinity",
+    "affinity_timeout",
+    "internal_traffic_policy",
+    "external_traffic_policy",
+    // Printed by `svc list -o json`, ignored on input.
+    "svc_id",
+    "frontends",
+    "state",
+];
+
+fn native(v: &Value) -> Result<Parsed> {
+    let (items, prefix): (&[Value], &str) = match v {
+        Value::Array(a) => (a, ""),
+        Value::Object(o) => {
+            for k in o.keys() {
+                if k != "services" {
+                    bail!(
+                        "unknown top-level field {k:?}: a netnsxl file has one field, services (a list); Kubernetes objects need apiVersion and kind"
+                    );
+                }
+            }
+            match o.get("services") {
+                Some(Value::Array(a)) => (a, "services"),
+                Some(Value::Null) | None => (&[], "services"),
+                Some(other) => bail!("services is {}, expected a list", type_name(other)),
+            }
+        }
+        other => bail!(
+            "the file is {}, expected a list of services (or a mapping with services:)",
+            type_name(other)
+        ),
+    };
+    let mut out = Parsed::default();
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("{prefix}[{i}]");
+        let spec = native_service(item, &at)?;
+        out.entries.push(Entry {
+            source: format!(
+                "{at} ({} {}/{})",
+                spec.svc_type.name(),
+                spec.frontend.display(),
+                spec.proto
+            ),
+            spec,
+        });
+    }
+    Ok(out)
+}
+
+fn enum_field<T: clap::ValueEnum>(
+    o: &Map<String, Value>,
+    field: &str,
+    at: &str,
+) -> Result<Option<T>> {
+    let Some(s) = opt_str(o, field, at)? else {
+        return Ok(None);
+    };
+    T::from_str(s, true).map(Some).map_err(|_| {
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
+            .collect();
+        anyhow!("{at}.{field} {s:?} is not one of {}", names.join(", "))
+    })
+}
+
+fn policy(o: &Map<String, Value>, field: &str, at: &str) -> Result<bool> {
+    match opt_str(o, field, at)?
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("cluster") => Ok(false),
+        Some("local") => Ok(true),
+        Some(other) => bail!("{at}.{field} {other:?} is not one of cluster, local"),
+    }
+}
+
+fn native_service(v: &Value, at: &str) -> Result<ServiceSpec> {
+    let o = obj(v, at)?;
+    for k in o.keys() {
+        if !NATIVE_FIELDS.contains(&k.as_str()) {
+            bail!(
+                "{at}: unknown field {k:?}; the fields are {}",
+                NATIVE_FIELDS[..10].join(", ")
+            );
+        }
+    }
+    let svc_type: SvcType = enum_field(o, "type", at)?.ok_or_else(|| {
+        anyhow!(
+            "{at}.type is missing: one of clusterip, nodeport, externalip, loadbalancer, hostport"
+        )
+    })?;
+    let proto: Proto = enum_field(o, "proto", at)?.unwrap_or(Proto::Tcp);
+    let node_port = port(o, "node_port", at)?;
+    let mut backends = Vec::new();
+    for (j, b) in opt_list(o, "backends", at)?.iter().enumerate() {
+        let bat = format!("{at}.backends[{j}]");
+        let spec = match b {
+            Value::String(s) => {
+                BackendSpec::parse(s).map_err(|e| anyhow!("{bat}: {}", file_terms(&e)))?
+            }
+            Value::Object(bo) => {
+                for k in bo.keys() {
+                    if !["addr", "local", "terminating", "id"].contains(&k.as_str()) {
+                        bail!(
+                            "{bat}: unknown field {k:?}; the fields are addr, local, terminating"
+                        );
+                    }
+                }
+                let addr = req_str(bo, "addr", &bat)?;
+                BackendSpec {
+                    addr: parse_endpoint(&format!("{bat}.addr"), addr)?,
+                    local: opt_bool(bo, "local", &bat)?.unwrap_or(false),
+                    terminating: opt_bool(bo, "terminating", &bat)?.unwrap_or(false),
+                }
+            }
+            other => bail!(
+                "{bat} is {}, expected \"ADDR:PORT[,local][,terminating]\" or {{addr: ADDR:PORT}}",
+                type_name(other)
+            ),
+        };
+        backends.push(spec);
+    }
+    let frontend = match (svc_type, opt_str(o, "frontend", at)?, node_port) {
+        (SvcType::Nodeport, None, Some(p)) => FrontendSpec {
+            ip: None,
+            port: p,
+            ipv6: backends.first().is_some_and(|b| b.addr.is_ipv6()),
+        },
+        (_, Some(f), _) => {
+            FrontendSpec::parse(f).map_err(|e| anyhow!("{at}.frontend: {}", file_terms(&e)))?
+        }
+        (_, None, _) => bail!("{at}.frontend is missing: ADDR:PORT (or :PORT for a nodeport)"),
+    };
+    let node_port = if svc_type == SvcType::Nodeport {
+        if node_port.is_some_and(|p| p != frontend.port) {
+            bail!(
+                "{at}.node_port differs from the frontend's port: a nodeport's frontend is :PORT"
+            );
+        }
+        None
+    } else {
+        node_port
+    };
+    let affinity_on = match opt_str(o, "session_affinity", at)?
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("none") => None,
+        Some("client-ip") | Some("clientip") => Some(true),
+        Some(other) => bail!("{at}.session_affinity {other:?} is not one of none, client-ip"),
+    };
+    let timeout = match opt_u64(o, "affinity_timeout", at)? {
+        Some(t) if t > u32::MAX as u64 => {
+            bail!("{at}.affinity_timeout {t} is out of range: 1..=86400 seconds")
+        }
+        t => t.map(|t| t as u32),
+    };
+    let affinity_timeout = match (affinity_on, timeout) {
+        (Some(true), t) => Some(t.unwrap_or(AFFINITY_TIMEOUT_DEFAULT)),
+        (_, Some(t)) => Some(t),
+        _ => None,
+    };
+    let spec = ServiceSpec {
+        name: opt_str(o, "name", at)?.unwrap_or_default().to_string(),
+        svc_type,
+        frontend,
+        proto,
+        node_port,
+        backends,
+        affinity_timeout,
+        internal_local: policy(o, "internal_traffic_policy", at)?,
+        external_local: policy(o, "external_traffic_policy", at)?,
+    };
+    spec.validate()
+        .map_err(|e| anyhow!("{at}: {}", file_terms(&e)))?;
+    Ok(spec)
+}
+
+/// Errors written for the command line, in the file's field names.
+pub fn file_terms(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+        .replace("--frontend", "frontend")
+        .replace("--backend", "backend")
+        .replace("--affinity-timeout", "affinity_timeout")
+        .replace("--node-port", "node_port")
+        .replace("--name", "name")
+        .replace("--type loadbalancer", "type: loadbalancer")
+}
+
+// ---------------------------------------------------------------------------
+// Kubernetes objects
+
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+struct Slice<'a> {
+    at: String,
+    namespace: String,
+    service: String,
+    ipv6: bool,
+    obj: &'a Map<String, Value>,
+}
+
+fn k8s_items(v: &Value) -> Result<Vec<(String, &Value)>> {
+    let (items, prefix): (&[Value], &str) = match v {
+        Value::Array(a) => (a, ""),
+        Value::Object(o) if o.get("kind").and_then(Value::as_str) == Some("List") => {
+            (opt_list(o, "items", "the List")?, "items")
+        }
+        Value::Object(_) => return Ok(vec![("the object".to_string(), v)]),
+        _ => (&[], ""),
+    };
+    Ok(items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (format!("{prefix}[{i}]"), it))
+        .collect())
+}
+
+fn kubernetes(v: &Value, node_name: &str) -> Result<Parsed> {
+    let mut out = Parsed {
+        kubernetes: true,
+        ..Default::default()
+    };
+    let items = k8s_items(v)?;
+    let mut services = Vec::new();
+    let mut slices = Vec::new();
+    for (at, item) in &items {
+        let o = obj(item, at)?;
+        let kind = req_str(o, "kind", at)?;
+        let api = req_str(o, "apiVersion", at)?;
+        let meta = obj(
+            o.get("metadata")
+                .ok_or_else(|| anyhow!("{at}.metadata is missing"))?,
+            &format!("{at}.metadata"),
+        )?;
+        let name = req_str(meta, "name", &format!("{at}.metadata"))?;
+        let namespace = opt_str(meta, "namespace", &format!("{at}.metadata"))?
+            .unwrap_or("default")
+            .to_string();
+        match (kind, api) {
+            ("Service", "v1") => services.push((
+                format!("{at} (Service {namespace}/{name})"),
+                namespace,
+                name,
+                o,
+            )),
+            ("EndpointSlice", "discovery.k8s.io/v1") => {
+                let sat = format!("{at} (EndpointSlice {namespace}/{name})");
+                let labels = match meta.get("labels") {
+                    Some(l) => obj(l, &format!("{sat}.metadata.labels"))?.clone(),
+                    None => Map::new(),
+                };
+                let Some(service) = labels.get(SERVICE_NAME_LABEL).and_then(Value::as_str) else {
+                    out.skipped
+                        .push(format!("{sat}: no {SERVICE_NAME_LABEL} label"));
+                    continue;
+                };
+                let ipv6 = match req_str(o, "addressType", &sat)? {
+                    "IPv4" => false,
+                    "IPv6" => true,
+                    "FQDN" => {
+                        out.skipped.push(format!("{sat}: FQDN endpoints"));
+                        continue;
+                    }
+                    other => bail!("{sat}.addressType {other:?} is not one of IPv4, IPv6, FQDN"),
+                };
+                slices.push(Slice {
+                    at: sat,
+                    namespace: namespace.clone(),
+                    service: service.to_string(),
+                    ipv6,
+                    obj: o,
+                });
+            }
+            ("Endpoints", _) => out.skipped.push(format!(
+                "{at}: v1 Endpoints (EndpointSlices are read instead)"
+            )),
+            _ => out.skipped.push(format!("{at}: {api} {kind}")),
+        }
+    }
+    for (at, namespace, name, o) in services {
+        let slices: Vec<&Slice> = slices
+            .iter()
+            .filter(|s| s.namespace == namespace && s.service == name)
+            .collect();
+        k8s_service(&mut out, &at, &namespace, name, o, &slices, node_name)?;
+    }
+    Ok(out)
+}
+
+fn k8s_proto(o: &Map<String, Value>, at: &str) -> Result<Option<Proto>> {
+    match opt_str(o, "protocol", at)?.unwrap_or("TCP") {
+        "TCP" => Ok(Some(Proto::Tcp)),
+        "UDP" => Ok(Some(Proto::Udp)),
+        "SCTP" => Ok(None),
+        other => bail!("{at}.protocol {other:?} is not one of TCP, UDP, SCTP"),
+    }
+}
+
+/// The backends of one Service port in one family, from its EndpointSlices:
+/// ready endpoints, and serving-terminating ones (marked terminating, used
+/// only when no ready one is left).
+fn k8s_backends(
+    slices: &[&Slice],
+    port_name: &str,
+    proto: Proto,
+    ipv6: bool,
+    node_name: &str,
+) -> Result<Vec<BackendSpec>> {
+    let mut out: BTreeMap<SocketAddr, BackendSpec> = BTreeMap::new();
+    for s in slices.iter().filter(|s| s.ipv6 == ipv6) {
+        let mut number = None;
+        for (j, p) in opt_list(s.obj, "ports", &s.at)?.iter().enumerate() {
+            let pat = format!("{}.ports[{j}]", s.at);
+            let po = obj(p, &pat)?;
+            if opt_str(po, "name", &pat)?.unwrap_or("") == port_name
+                && k8s_proto(po, &pat)? == Some(proto)
+            {
+                number =
+                    Some(port(po, "port", &pat)?.ok_or_else(|| anyhow!("{pat}.port is missing"))?);
+            }
+        }
+        let Some(number) = number else {
+            continue;
+        };
+        for (j, e) in opt_list(s.obj, "endpoints", &s.at)?.iter().enumerate() {
+            let eat = format!("{}.endpoints[{j}]", s.at);
+            let eo = obj(e, &eat)?;
+            let cond = match eo.get("conditions") {
+                Some(c) => obj(c, &format!("{eat}.conditions"))?.clone(),
+                None => Map::new(),
+            };
+            let cat = format!("{eat}.conditions");
+            // Kubernetes: an unset ready means ready; unset serving follows
+            // ready; unset terminating means not terminating.
+            let ready = opt_bool(&cond, "ready", &cat)?.unwrap_or(true);
+            let serving = opt_bool(&cond, "serving", &cat)?.unwrap_or(ready);
+            let terminating = opt_bool(&cond, "terminating", &cat)?.unwrap_or(false);
+            let usable_terminating = !ready && serving && terminating;
+            if !(ready || usable_terminating) {
+                continue;
+            }
+            let local = opt_str(eo, "nodeName", &eat)? == Some(node_name);
+            let addrs = opt_list(eo, "addresses", &eat)?;
+            if addrs.is_empty() {
+                bail!("{eat}.addresses is missing or empty");
+            }
+            for (k, a) in addrs.iter().enumerate() {
+                let aat = format!("{eat}.addresses[{k}]");
+                let a = a
+                    .as_str()
+                    .ok_or_else(|| anyhow!("{aat} is {}, expected an IP address", type_name(a)))?;
+                let ip: IpAddr = a
+                    .parse()
+                    .map_err(|_| anyhow!("{aat} {a:?} is not an IP address"))?;
+                if ip.is_ipv6() != ipv6 {
+                    bail!("{aat} {a} is not of the slice's addressType");
+                }
+                let addr = SocketAddr::new(ip, number);
+                let b = BackendSpec {
+                    addr,
+                    local,
+                    terminating: !ready,
+                };
+                // The same endpoint in two slices: ready wins.
+                out.entry(addr)
+                    .and_modify(|o| o.terminating &= b.terminating)
+                    .or_insert(b);
+            }
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+fn k8s_service(
+    out: &mut Parsed,
+    at: &str,
+    namespace: &str,
+    name: &str,
+    o: &Map<String, Value>,
+    slices: &[&Slice],
+    node_name: &str,
+) -> Result<()> {
+    let spec = obj(
+        o.get("spec")
+            .ok_or_else(|| anyhow!("{at}.spec is missing"))?,
+        &format!("{at}.spec"),
+    )?;
+    let sat = format!("{at}.spec");
+    let ty = opt_str(spec, "type", &sat)?.unwrap_or("ClusterIP");
+    match ty {
+        "ClusterIP" | "NodePort" | "LoadBalancer" => {}
+        "ExternalName" => {
+            out.skipped.push(format!("{at}: ExternalName (DNS only)"));
+            return Ok(());
+        }
+        other => bail!(
+            "{sat}.type {other:?} is not one of ClusterIP, NodePort, LoadBalancer, ExternalName"
+        ),
+    }
+    let mut cluster_ips: Vec<String> = opt_list(spec, "clusterIPs", &sat)?
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    if cluster_ips.is_empty()
+        && let Some(ip) = opt_str(spec, "clusterIP", &sat)?
+    {
+        cluster_ips.push(ip.to_string());
+    }
+    let mut cips = Vec::new();
+    for (i, c) in cluster_ips.iter().enumerate() {
+        if c == "None" || c.is_empty() {
+            continue;
+        }
+        cips.push(
+            c.parse::<IpAddr>()
+                .map_err(|_| anyhow!("{sat}.clusterIPs[{i}] {c:?} is not an IP address"))?,
+        );
+    }
+    if cips.is_empty() && !cluster_ips.is_empty() {
+        out.skipped.push(format!("{at}: headless (clusterIP None)"));
+        return Ok(());
+    }
+    let mut families: Vec<bool> = cips.iter().map(|ip| ip.is_ipv6()).collect();
+    if families.is_empty() {
+        for f in opt_list(spec, "ipFamilies", &sat)? {
+            families.push(f.as_str() == Some("IPv6"));
+        }
+    }
+    if families.is_empty() {
+        families.push(false);
+    }
+    families.dedup();
+    let mut external = Vec::new();
+    for (i, e) in opt_list(spec, "externalIPs", &sat)?.iter().enumerate() {
+        let s = e.as_str().unwrap_or_default();
+        external.push(
+            s.parse::<IpAddr>()
+                .map_err(|_| anyhow!("{sat}.externalIPs[{i}] {e} is not an IP address"))?,
+        );
+    }
+    let mut ingress = Vec::new();
+    if ty == "LoadBalancer"
+        && let Some(status) = o.get("status")
+        && let Some(lb) = obj(status, &format!("{at}.status"))?.get("loadBalancer")
+    {
+        let lat = format!("{at}.status.loadBalancer");
+        for (i, g) in opt_list(obj(lb, &lat)?, "ingress", &lat)?
+            .iter()
+            .enumerate()
+        {
+            let gat = format!("{lat}.ingress[{i}]");
+            if let Some(ip) = opt_str(obj(g, &gat)?, "ip", &gat)? {
+                ingress.push(
+                    ip.parse::<IpAddr>()
+                        .map_err(|_| anyhow!("{gat}.ip {ip:?} is not an IP address"))?,
+                );
+            }
+        }
+    }
+    let affinity_timeout = match opt_str(spec, "sessionAffinity", &sat)?.unwrap_or("None") {
+        "None" => None,
+        "ClientIP" => {
+            let t = spec
+                .get("sessionAffinityConfig")
+                .and_then(|c| c.get("clientIP"))
+                .and_then(|c| c.get("timeoutSeconds"));
+            match t {
+                None | Some(Value::Null) => Some(AFFINITY_TIMEOUT_DEFAULT),
+                Some(v) => Some(
+                    v.as_u64()
+                        .filter(|t| (1..=86400).contains(t))
+                        .ok_or_else(|| anyhow!("{sat}.sessionAffinityConfig.clientIP.timeoutSeconds {v} is out of range: 1..=86400"))?
+                        as u32,
+                ),
+            }
+        }
+        other => bail!("{sat}.sessionAffinity {other:?} is not one of None, ClientIP"),
+    };
+    let local = |field: &str| -> Result<bool> { Ok(opt_str(spec, field, &sat)? == Some("Local")) };
+    let internal_local = local("internalTrafficPolicy")?;
+    let external_local = local("externalTrafficPolicy")?;
+
+    let ports = opt_list(spec, "ports", &sat)?;
+    if ports.is_empty() {
+        out.skipped.push(format!("{at}: no ports"));
+    }
+    for (j, p) in ports.iter().enumerate() {
+        let pat = format!("{sat}.ports[{j}]");
+        let po = obj(p, &pat)?;
+        let number = port(po, "port", &pat)?.ok_or_else(|| anyhow!("{pat}.port is missing"))?;
+        let Some(proto) = k8s_proto(po, &pat)? else {
+            out.skipped.push(format!("{pat}: SCTP"));
+            continue;
+        };
+        let port_name = opt_str(po, "name", &pat)?.unwrap_or("");
+        let node_port = if ty == "ClusterIP" {
+            None
+        } else {
+            port(po, "nodePort", &pat)?
+        };
+        let label = if port_name.is_empty() {
+            format!("{namespace}/{name}:{number}")
+        } else {
+            format!("{namespace}/{name}:{port_name}")
+        };
+        let mut backends_by_family = Vec::new();
+        for &v6 in &families {
+            backends_by_family.push((v6, k8s_backends(slices, port_name, proto, v6, node_name)?));
+        }
+        let backends_of = |v6: bool| -> Vec<BackendSpec> {
+            backends_by_family
+                .iter()
+                .find(|(f, _)| *f == v6)
+                .map(|(_, b)| b.clone())
+                .unwrap_or_default()
+        };
+        let mut push = |svc_type: SvcType, ip: Option<IpAddr>, fport: u16, v6: bool, what: &str| {
+            let spec = ServiceSpec {
+                name: fit_name(&label),
+                svc_type,
+                frontend: FrontendSpec {
+                    ip,
+                    port: fport,
+                    ipv6: v6,
+                },
+                proto,
+                node_port: None,
+                backends: backends_of(v6),
+                affinity_timeout,
+                internal_local,
+                external_local,
+            };
+            out.entries.push(Entry {
+                source: format!("{pat} ({what} {}/{proto})", spec.frontend.display()),
+                spec,
+            });
+        };
+        for ip in &cips {
+            push(
+                SvcType::Clusterip,
+                Some(*ip),
+                number,
+                ip.is_ipv6(),
+                "cluster IP",
+            );
+        }
+        if let Some(np) = node_port {
+            for &v6 in &families {
+                push(SvcType::Nodeport, None, np, v6, "node port");
+            }
+        }
+        for ip in &external {
+            if families.contains(&ip.is_ipv6()) {
+                push(
+                    SvcType::Externalip,
+                    Some(*ip),
+                    number,
+                    ip.is_ipv6(),
+                    "external IP",
+                );
+            }
+        }
+        for ip in &ingress {
+            if families.contains(&ip.is_ipv6()) {
+                push(
+                    SvcType::Loadbalancer,
+                    Some(*ip),
+                    number,
+                    ip.is_ipv6(),
+                    "load-balancer ingress",
+                );
+            }
+        }
+    }
+    for e in out.entries.iter().filter(|e| e.source.starts_with(&sat)) {
+        e.spec
+            .validate()
+            .with_context(|| e.source.clone())
+            .map_err(|err| anyhow!("{}", file_terms(&err)))?;
+    }
+    Ok(())
+}
