@@ -24,6 +24,7 @@ pub struct ApplyOpts {
     pub dry_run: bool,
     pub prune: bool,
     pub node_name: String,
+    pub destroy_tcp: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -35,6 +36,8 @@ pub struct Report {
     /// Map elements that belonged to no service (left by a killed command).
     pub strays_removed: usize,
     pub skipped: Vec<String>,
+    /// Sockets connected to removed backends, destroyed.
+    pub sockets_destroyed: usize,
     pub dry_run: bool,
 }
 
@@ -64,6 +67,12 @@ impl Report {
             line.push_str(&format!(
                 "; {} leftover map elements {verb}removed",
                 self.strays_removed
+            ));
+        }
+        if self.sockets_destroyed > 0 {
+            line.push_str(&format!(
+                "; {} sockets connected to removed backends destroyed",
+                self.sockets_destroyed
             ));
         }
         if self.dry_run {
@@ -277,7 +286,8 @@ pub fn apply(state: &State, text: &str, opts: &ApplyOpts) -> Result<Report> {
     }
     report.strays_removed = store::plan_strays(&mut cur, &mut tx)?;
     if !opts.dry_run {
-        store::execute(state, tx)?;
+        let done = store::execute(state, tx)?;
+        report.sockets_destroyed = crate::stale::after_change(state, &done, opts.destroy_tcp)?;
     }
     Ok(report)
 }

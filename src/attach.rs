@@ -17,7 +17,7 @@ use tabled::Tabled;
 use crate::addr::to_map_addr;
 use crate::bpf::{self, LAYOUT_VERSION, NetnsxlSkelBuilder, types};
 use crate::output::{self, Format};
-use crate::state::{CGROUP_PROGS, MAPS, Pins, State};
+use crate::state::{CGROUP_PROGS, ITER_PROGS, MAPS, Pins, State};
 use crate::sys;
 
 pub struct AttachOpts {
@@ -102,13 +102,16 @@ impl Drop for PinCleanup<'_> {
 
 /// Detach and unpin the links first, then the maps, then the dirs.
 fn remove_pins(pins: &Pins) -> Result<()> {
-    for prog in CGROUP_PROGS {
+    for prog in CGROUP_PROGS.iter().chain(ITER_PROGS) {
         let p = pins.link(prog);
         if p.exists() {
             // The last reference to a link is released asynchronously after
             // its pin goes; BPF_LINK_DETACH detaches the program right now,
             // so the command returns only when nothing is attached.
-            if let Ok(link) = Link::open(&p) {
+            // (Iterator links are attached to nothing: unpinning is enough.)
+            if CGROUP_PROGS.contains(prog)
+                && let Ok(link) = Link::open(&p)
+            {
                 link.detach()
                     .with_context(|| format!("detach link {}", p.display()))?;
             }
@@ -243,6 +246,7 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         ("revnat_map", &maps.revnat_map),
         ("node_addr_map", &maps.node_addr_map),
         ("bypass_map", &maps.bypass_map),
+        ("doomed_map", &maps.doomed_map),
         ("config_map", &maps.config_map),
     ] {
         let path = pins.map(name);
@@ -286,6 +290,18 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         let mut link: Link = prog
             .attach_cgroup(cg.as_raw_fd())
             .with_context(|| format!("attach {name} to {}", cgroup.display()))?;
+        let path = pins.link(name);
+        link.pin(&path)
+            .with_context(|| format!("pin link {}", path.display()))?;
+    }
+
+    for (name, prog) in [
+        ("nxl_destroy_udp", &progs.nxl_destroy_udp),
+        ("nxl_destroy_tcp", &progs.nxl_destroy_tcp),
+    ] {
+        let mut link: Link = prog
+            .attach()
+            .with_context(|| format!("create the socket iterator {name}"))?;
         let path = pins.link(name);
         link.pin(&path)
             .with_context(|| format!("pin link {}", path.display()))?;

@@ -34,9 +34,11 @@ plain_types!(
     affinity_value,
     revnat_value,
     nxl_config,
+    doomed_key,
 );
 
 pub const LAYOUT_VERSION: u32 = types::nxl_limits::NXL_LAYOUT_VERSION.0;
+pub const MAX_DOOMED: usize = types::nxl_limits::NXL_MAX_DOOMED.0 as usize;
 pub const NAME_LEN: usize = types::nxl_limits::NXL_NAME_LEN.0 as usize;
 
 pub mod svc_flags {

@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod netns;
 pub mod output;
 pub mod service;
+pub mod stale;
 pub mod state;
 pub mod store;
 pub mod sys;

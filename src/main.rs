@@ -70,6 +70,10 @@ struct ApplyArgs {
     /// Delete the services the file does not name.
     #[arg(long)]
     prune: bool,
+    /// Also destroy TCP sockets connected to removed backends (UDP ones
+    /// always are).
+    #[arg(long)]
+    destroy_tcp: bool,
     /// This node's name: EndpointSlice endpoints with this nodeName are local
     /// (default: the hostname).
     #[arg(long, value_name = "NAME")]
@@ -167,6 +171,10 @@ struct SvcAddArgs {
     /// Replace an existing service on this frontend.
     #[arg(long)]
     replace: bool,
+    /// Also destroy TCP sockets connected to backends --replace removes
+    /// (UDP ones always are).
+    #[arg(long)]
+    destroy_tcp: bool,
 }
 
 #[derive(Args)]
@@ -176,6 +184,10 @@ struct FrontendArgs {
     frontend: String,
     #[arg(long, value_enum, default_value_t = Proto::Tcp)]
     proto: Proto,
+    /// Also destroy TCP sockets connected to the service's backends (UDP
+    /// ones always are).
+    #[arg(long)]
+    destroy_tcp: bool,
 }
 
 #[derive(Subcommand)]
@@ -322,8 +334,9 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Svc(SvcCmd::Del(f)) => {
             let frontend = FrontendSpec::parse(&f.frontend)?;
             let (state, _lock) = open_for_change(pin_dir)?;
-            service::del(&state, &frontend, f.proto)?;
+            let done = service::del(&state, &frontend, f.proto)?;
             println!("deleted {}/{}", frontend.display(), f.proto);
+            report_destroyed(netnsxl::stale::after_change(&state, &done, f.destroy_tcp)?);
             Ok(())
         }
         Cmd::Svc(SvcCmd::List(o)) => service::list(&State::open(pin_dir)?, o.format),
@@ -406,6 +419,7 @@ fn apply_cmd(pin_dir: &Path, a: ApplyArgs) -> Result<()> {
         dry_run: a.dry_run,
         prune: a.prune,
         node_name,
+        destroy_tcp: a.destroy_tcp,
     };
     let (state, _lock) = if a.dry_run {
         (State::open(pin_dir)?, None)
@@ -484,7 +498,7 @@ fn svc_add(pin_dir: &Path, a: SvcAddArgs) -> Result<()> {
     };
     spec.validate()?;
     let (state, _lock) = open_for_change(pin_dir)?;
-    service::add(&state, &spec, a.replace)?;
+    let done = service::add(&state, &spec, a.replace)?;
     println!(
         "{} {} {}/{} -> {} backends",
         if a.replace { "set" } else { "added" },
@@ -493,5 +507,12 @@ fn svc_add(pin_dir: &Path, a: SvcAddArgs) -> Result<()> {
         spec.proto,
         spec.backends.len()
     );
+    report_destroyed(netnsxl::stale::after_change(&state, &done, a.destroy_tcp)?);
     Ok(())
+}
+
+fn report_destroyed(n: usize) {
+    if n > 0 {
+        println!("destroyed {n} sockets connected to removed backends");
+    }
 }

@@ -399,7 +399,7 @@ pub fn check_against_config(spec: &ServiceSpec, cfg: &types::nxl_config) -> Resu
 
 /// Add a service, or with `replace` swap the spec (backends, flags) of an
 /// existing one.
-pub fn add(state: &State, spec: &ServiceSpec, replace: bool) -> Result<()> {
+pub fn add(state: &State, spec: &ServiceSpec, replace: bool) -> Result<store::Done> {
     spec.validate()?;
     check_against_config(spec, &state.config()?)?;
     let node_addrs = state.node_addrs()?;
@@ -427,8 +427,7 @@ pub fn add(state: &State, spec: &ServiceSpec, replace: bool) -> Result<()> {
     let mut ids = store::Ids::alloc(state, fresh)?;
     let mut tx = Tx::default();
     store::plan_write(&mut cur, &mut tx, spec, svc_id, &mut ids)?;
-    store::execute(state, tx)?;
-    Ok(())
+    store::execute(state, tx)
 }
 
 /// The service a `--frontend` names, if any.
@@ -440,7 +439,7 @@ pub fn find(state: &State, frontend: &FrontendSpec, proto: Proto) -> Result<Opti
 
 /// Delete a service: its frontends' master entries first, so no new
 /// connection finds it, then slots, backends, affinity and metadata.
-pub fn del(state: &State, frontend: &FrontendSpec, proto: Proto) -> Result<()> {
+pub fn del(state: &State, frontend: &FrontendSpec, proto: Proto) -> Result<store::Done> {
     let id = identity(frontend);
     let mut cur = Current::scoped(state, &id, proto)?;
     let Some(m) = cur.master(&id, proto)? else {
@@ -451,8 +450,7 @@ pub fn del(state: &State, frontend: &FrontendSpec, proto: Proto) -> Result<()> {
     };
     let mut tx = Tx::default();
     store::plan_delete(&mut cur, &mut tx, m.svc_id)?;
-    store::execute(state, tx)?;
-    Ok(())
+    store::execute(state, tx)
 }
 
 /// Re-read the node addresses and rewrite every service whose frontends

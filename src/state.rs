@@ -23,6 +23,7 @@ pub const MAPS: &[&str] = &[
     "revnat_map",
     "node_addr_map",
     "bypass_map",
+    "doomed_map",
     "config_map",
 ];
 
@@ -38,6 +39,10 @@ pub const CGROUP_PROGS: &[&str] = &[
     "nxl_getpeername6",
     "nxl_sock_release",
 ];
+
+/// Socket iterators that destroy sockets of removed backends (src/stale.rs);
+/// their links are pinned next to the cgroup links.
+pub const ITER_PROGS: &[&str] = &["nxl_destroy_udp", "nxl_destroy_tcp"];
 
 #[derive(Clone, Debug)]
 pub struct Pins {
@@ -77,6 +82,7 @@ pub struct State {
     pub revnat: MapHandle,
     pub node_addr: MapHandle,
     pub bypass: MapHandle,
+    pub doomed: MapHandle,
     pub config: MapHandle,
 }
 
@@ -126,6 +132,7 @@ impl State {
             revnat: open_map(&pins, "revnat_map")?,
             node_addr: open_map(&pins, "node_addr_map")?,
             bypass: open_map(&pins, "bypass_map")?,
+            doomed: open_map(&pins, "doomed_map")?,
             config: open_map(&pins, "config_map")?,
             pins,
         })

@@ -25,6 +25,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use crate::addr::{BackendSpec, Proto, to_map_addr, to_map_port};
 use crate::bpf::{self, backend_flags, svc_flags, types};
 use crate::service::{self, Frontend, ServiceSpec};
+use crate::stale::Doomed;
 use crate::state::{IdKind, State};
 
 const BATCH: u32 = 8192;
@@ -208,6 +209,8 @@ pub struct Tx {
     drop_affinity_backends: HashSet<u32>,
     /// Services deleted by this change: their frontends may be taken over.
     deleting: HashSet<u32>,
+    /// Backends this change removes, for the stale-socket pass.
+    doomed: Vec<Doomed>,
 }
 
 impl Tx {
@@ -451,16 +454,27 @@ pub fn plan_write(
         }
     }
 
-    for (id, _) in &old_backends {
+    for (id, b) in &old_backends {
         if !layout.backends.iter().any(|(n, _)| n == id) {
             tx.del_backends.push(*id);
             tx.drop_affinity_backends.insert(*id);
+            tx.doomed.push(doomed(b, proto));
         }
     }
     if spec.affinity_timeout.is_none() && old_spec.is_some_and(|o| o.affinity_timeout.is_some()) {
         tx.drop_affinity_svcs.insert(svc_id);
     }
     Ok(tx.len() != before)
+}
+
+fn doomed(b: &types::backend_value, proto: Proto) -> Doomed {
+    Doomed {
+        addr: std::net::SocketAddr::new(
+            crate::addr::from_map_addr(b.addr),
+            crate::addr::from_map_port(b.port),
+        ),
+        proto,
+    }
 }
 
 /// Plan removing one frontend of service `svc_id`: master first, then slots.
@@ -497,8 +511,12 @@ pub fn plan_delete(cur: &mut Current, tx: &mut Tx, svc_id: u32) -> Result<()> {
         let id = service::identity(&spec.frontend);
         plan_frontend_delete(cur, tx, &id, spec.proto, svc_id)?;
     }
-    for (id, _) in cur.backends_of(svc_id).to_vec() {
+    let proto = cur.spec(svc_id)?.map(|s| s.proto);
+    for (id, b) in cur.backends_of(svc_id).to_vec() {
         tx.del_backends.push(id);
+        if let Some(p) = proto {
+            tx.doomed.push(doomed(&b, p));
+        }
     }
     tx.drop_affinity_svcs.insert(svc_id);
     if cur.metas.contains_key(&svc_id) {
@@ -688,6 +706,8 @@ fn delete_all(map: &MapHandle, keys: &[Vec<u8>]) {
 pub struct Done {
     pub written: usize,
     pub deleted: usize,
+    /// Backends that went (sockets connected to them may be stale).
+    pub doomed: Vec<Doomed>,
 }
 
 /// Run a planned change in the order described at the top of this file.
@@ -805,6 +825,7 @@ pub fn execute(state: &State, tx: Tx) -> Result<Done> {
     Ok(Done {
         written: meta.len() + backends.len() + slots.len() + masters.len(),
         deleted: del_masters.len() + del_slots.len() + del_backends.len() + del_meta.len(),
+        doomed: tx.doomed,
     })
 }
 

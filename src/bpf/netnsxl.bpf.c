@@ -100,6 +100,14 @@ struct {
 	__uint(max_entries, NXL_MAX_NODE_ADDRS);
 } node_addr_map SEC(".maps");
 
+/* Filled by the control plane for one destroy pass, then emptied. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct doomed_key);
+	__type(value, __u32);
+	__uint(max_entries, NXL_MAX_DOOMED);
+} doomed_map SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
@@ -509,6 +517,76 @@ int nxl_sock_release(struct bpf_sock *sk)
 	if (bpf_map_lookup_elem(&revnat_map, &cookie))
 		bpf_map_delete_elem(&revnat_map, &cookie);
 	return SYS_PROCEED;
+}
+
+/*
+ * Stale sockets. When a backend goes, the control plane puts it in
+ * doomed_map and reads these iterators once in every netns (an iterator
+ * walks the sockets of the netns it is created in). A socket is destroyed
+ * (ECONNABORTED for its owner) only if it is connected to a doomed backend
+ * and netnsxl translated it there, i.e. its reverse-translation entry names
+ * that backend; one byte is written per destroyed socket, so the reader
+ * counts them.
+ */
+int bpf_sock_destroy(struct sock_common *sk) __ksym;
+
+static __always_inline int destroy_if_doomed(struct seq_file *seq, struct sock_common *skc,
+					     __u8 proto)
+{
+	struct doomed_key key = {};
+	struct revnat_value *rv;
+	__u64 cookie;
+	bool ours = false;
+	char mark = 'x';
+
+	if (skc->skc_family == AF_INET)
+		v4_to_mapped(key.addr, skc->skc_daddr);
+	else if (skc->skc_family == AF_INET6)
+		__builtin_memcpy(key.addr, skc->skc_v6_daddr.in6_u.u6_addr8, 16);
+	else
+		return 0;
+	key.port = skc->skc_dport;
+	key.proto = proto;
+	if (!key.port || !bpf_map_lookup_elem(&doomed_map, &key))
+		return 0;
+
+	cookie = bpf_get_socket_cookie(skc);
+	rv = bpf_map_lookup_elem(&revnat_map, &cookie);
+	if (!rv)
+		return 0;
+	for (int i = 0; i < NXL_REV_PER_SOCK; i++) {
+		struct revnat_entry *e = &rv->e[i];
+
+		if (e->backend_port == key.port && addr_eq(e->backend_addr, key.addr))
+			ours = true;
+	}
+	if (ours && bpf_sock_destroy(skc) == 0)
+		bpf_seq_write(seq, &mark, 1);
+	return 0;
+}
+
+SEC("iter/udp")
+int nxl_destroy_udp(struct bpf_iter__udp *ctx)
+{
+	struct udp_sock *udp = ctx->udp_sk;
+
+	if (!udp)
+		return 0;
+	return destroy_if_doomed(ctx->meta->seq, (struct sock_common *)udp, IPPROTO_UDP);
+}
+
+SEC("iter/tcp")
+int nxl_destroy_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+
+	if (!skc)
+		return 0;
+	/* Full sockets only: not request or time-wait sockets. The kfunc wants
+	 * the iterator's own (trusted) pointer, not the cast one. */
+	if (!bpf_skc_to_tcp_sock(skc))
+		return 0;
+	return destroy_if_doomed(ctx->meta->seq, skc, IPPROTO_TCP);
 }
 
 /*

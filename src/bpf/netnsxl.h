@@ -28,6 +28,8 @@ enum nxl_limits {
 	NXL_DEFAULT_MAX_REVNAT = 65536,
 	NXL_MAX_NODE_ADDRS = 1024,
 	NXL_MAX_BYPASS = 4096,
+	/* Backends whose sockets one destroy pass handles (more go in rounds). */
+	NXL_MAX_DOOMED = 4096,
 	/* Reverse-translation pairs remembered per socket (unconnected UDP may
 	 * talk to several services from one socket). */
 	NXL_REV_PER_SOCK = 4,
@@ -130,6 +132,17 @@ struct revnat_value {
 	struct revnat_entry e[NXL_REV_PER_SOCK];
 	__u32 next; /* the entry to overwrite when all are in use */
 	__u32 pad0;
+};
+
+/*
+ * A backend that is gone: sockets netnsxl connected to it are destroyed by
+ * the socket iterators (bpf_sock_destroy), so their owners reconnect.
+ */
+struct doomed_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto;
+	__u8 pad0;
 };
 
 /* Single-entry configuration array, written by `attach`. */

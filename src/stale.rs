@@ -1,0 +1,151 @@
+//! Stale sockets: when a backend goes, sockets netnsxl connected to it are
+//! destroyed with `bpf_sock_destroy` (kernel 6.5+), so their owners see
+//! ECONNABORTED and reconnect to a live backend (Cilium does the same for
+//! UDP: a connected UDP socket otherwise keeps sending to a dead address).
+//!
+//! A socket iterator walks the sockets of the netns it is created in, so the
+//! pinned iterator is read once in every netns that can be found (the
+//! initial one, names under /run/netns, and /proc/*/ns/net). The BPF side
+//! only destroys a socket connected to a doomed backend whose
+//! reverse-translation entry says netnsxl sent it there.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use libbpf_rs::{Iter, Link, MapCore, MapFlags};
+
+use crate::addr::{Proto, to_map_addr, to_map_port};
+use crate::bpf::{self, MAX_DOOMED, types};
+use crate::netns;
+use crate::state::State;
+
+/// A backend that is gone, with the protocol of the service it served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Doomed {
+    pub addr: SocketAddr,
+    pub proto: Proto,
+}
+
+fn key(d: &Doomed) -> types::doomed_key {
+    types::doomed_key {
+        addr: to_map_addr(d.addr.ip()),
+        port: to_map_port(d.addr.port()),
+        proto: d.proto.number(),
+        ..Default::default()
+    }
+}
+
+/// Every netns to walk, each once (by inode).
+fn netns_paths() -> Vec<PathBuf> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut push = |p: PathBuf| {
+        if let Ok(m) = std::fs::metadata(&p) {
+            use std::os::unix::fs::MetadataExt;
+            if seen.insert((m.dev(), m.ino())) {
+                out.push(p);
+            }
+        }
+    };
+    push(PathBuf::from("/proc/self/ns/net"));
+    for ns in netns::discover() {
+        push(ns.path);
+    }
+    out
+}
+
+/// Read one pinned iterator in the netns at `path`; returns the number of
+/// sockets it destroyed.
+fn run_iter(link_pin: PathBuf, path: PathBuf) -> Result<usize> {
+    let read = move || -> Result<usize> {
+        let link = Link::open(&link_pin)
+            .with_context(|| format!("open the iterator link {}", link_pin.display()))?;
+        let mut it = Iter::new(&link).context("create a socket iterator")?;
+        let mut buf = Vec::new();
+        it.read_to_end(&mut buf).context("read the socket iterator")?;
+        Ok(buf.len())
+    };
+    if path == std::path::Path::new("/proc/self/ns/net") {
+        read()
+    } else {
+        crate::sys::in_netns(&path, read)
+    }
+}
+
+/// The doomed backends no service uses any more (a backend address another
+/// service still has is alive: its sockets stay).
+pub fn unused(state: &State, doomed: &[Doomed]) -> Result<Vec<Doomed>> {
+    if doomed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let alive: HashSet<([u8; 16], u16)> =
+        crate::store::read_map::<u32, types::backend_value>(&state.backend)?
+            .into_iter()
+            .map(|(_, b)| (b.addr, b.port))
+            .collect();
+    let mut seen = HashSet::new();
+    Ok(doomed
+        .iter()
+        .filter(|d| !alive.contains(&(to_map_addr(d.addr.ip()), to_map_port(d.addr.port()))))
+        .filter(|d| seen.insert(**d))
+        .copied()
+        .collect())
+}
+
+/// Destroy the sockets connected to `doomed` backends: UDP always, TCP when
+/// `tcp`. Returns how many sockets were destroyed.
+pub fn destroy(state: &State, doomed: &[Doomed], tcp: bool) -> Result<usize> {
+    let doomed: Vec<&Doomed> = doomed
+        .iter()
+        .filter(|d| tcp || d.proto == Proto::Udp)
+        .collect();
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    let spaces = netns_paths();
+    let mut destroyed = 0;
+    for chunk in doomed.chunks(MAX_DOOMED) {
+        for d in chunk {
+            state
+                .doomed
+                .update(bpf::bytes(&key(d)), &1u32.to_ne_bytes(), MapFlags::ANY)
+                .context("write doomed_map")?;
+        }
+        let mut progs = Vec::new();
+        if chunk.iter().any(|d| d.proto == Proto::Udp) {
+            progs.push("nxl_destroy_udp");
+        }
+        if chunk.iter().any(|d| d.proto == Proto::Tcp) {
+            progs.push("nxl_destroy_tcp");
+        }
+        let mut res = Ok(());
+        'walk: for prog in progs {
+            for ns in &spaces {
+                match run_iter(state.pins.link(prog), ns.clone()) {
+                    Ok(n) => destroyed += n,
+                    // A netns that went away meanwhile has no sockets left.
+                    Err(_) if !ns.exists() => {}
+                    Err(e) => {
+                        res = Err(e.context(format!("in netns {}", ns.display())));
+                        break 'walk;
+                    }
+                }
+            }
+        }
+        for d in chunk {
+            let _ = state.doomed.delete(bpf::bytes(&key(d)));
+        }
+        res?;
+    }
+    Ok(destroyed)
+}
+
+/// After a change: destroy the sockets of the backends it removed that no
+/// service uses any more.
+pub fn after_change(state: &State, done: &crate::store::Done, tcp: bool) -> Result<usize> {
+    let gone = unused(state, &done.doomed)?;
+    destroy(state, &gone, tcp)
+}
