@@ -529,13 +529,27 @@ pub fn read_all(state: &State) -> Result<(Vec<ServiceView>, usize)> {
             }
         }
         let shown = spec.frontend.display();
-        let svc_state = if missing.is_empty() {
-            "ok".to_string()
-        } else {
+        // What a rewrite of this very spec would change is what an
+        // interrupted command left half done.
+        let mut scratch = Tx::default();
+        let pending = store::plan_write(
+            &mut cur,
+            &mut scratch,
+            &spec,
+            svc_id,
+            &mut store::Ids::dry(0, 0),
+        );
+        let svc_state = if !missing.is_empty() {
             format!(
                 "incomplete: frontends {} missing (a command was interrupted); repair with svc add --replace --frontend {shown}, svc del --frontend {shown}, or apply again",
                 missing.join(" ")
             )
+        } else if !matches!(pending, Ok(false)) {
+            format!(
+                "incomplete: its backend slots do not match its backends yet (a command was interrupted; connections use the previous set); repair with svc add --replace --frontend {shown} or apply again"
+            )
+        } else {
+            "ok".to_string()
         };
         let backends = cur.backends_of(svc_id).to_vec();
         out.push(ServiceView {
@@ -574,7 +588,18 @@ pub fn read_all(state: &State) -> Result<(Vec<ServiceView>, usize)> {
         });
     }
     out.sort_by(|a, b| (&a.frontend, a.proto.to_string()).cmp(&(&b.frontend, b.proto.to_string())));
-    let strays = store::plan_strays(&mut cur, &mut Tx::default())?;
+    // Elements of services that have no metadata: a killed command's
+    // leftovers, invisible to the datapath until apply removes them.
+    let strays = cur
+        .svc_entries()
+        .filter(|(_, v)| !cur.metas.contains_key(&v.svc_id))
+        .count()
+        + cur
+            .backends
+            .iter()
+            .filter(|(id, _)| !cur.metas.contains_key(id))
+            .map(|(_, b)| b.len())
+            .sum::<usize>();
     Ok((out, strays))
 }
 

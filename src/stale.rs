@@ -65,7 +65,8 @@ fn run_iter(link_pin: PathBuf, path: PathBuf) -> Result<usize> {
             .with_context(|| format!("open the iterator link {}", link_pin.display()))?;
         let mut it = Iter::new(&link).context("create a socket iterator")?;
         let mut buf = Vec::new();
-        it.read_to_end(&mut buf).context("read the socket iterator")?;
+        it.read_to_end(&mut buf)
+            .context("read the socket iterator")?;
         Ok(buf.len())
     };
     if path == std::path::Path::new("/proc/self/ns/net") {

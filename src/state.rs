@@ -96,6 +96,7 @@ impl State {
     /// Open the state of an attachment, refusing one that is missing,
     /// incomplete, or written by another layout version.
     pub fn open(pin_dir: &Path) -> Result<State> {
+        crate::sys::require_privileges()?;
         let pins = Pins::new(pin_dir);
         if !pins.exists() {
             bail!(

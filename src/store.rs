@@ -387,6 +387,9 @@ pub fn plan_write(
         };
         layout.backends.push((id, backend_value(b, svc_id)));
     }
+    // Slots in backend-id order: one layout for one set, however the set was
+    // written down, so a plan from the maps matches a plan from a file.
+    layout.backends.sort_by_key(|(id, _)| *id);
 
     let meta = service::meta_of(spec);
     let prior_meta = cur.metas.get(&svc_id).copied();

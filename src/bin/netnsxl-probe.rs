@@ -67,6 +67,13 @@ struct ConnectArgs {
     send: String,
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
+    /// Connected UDP: keep the one socket; after the first exchange, read
+    /// commands from stdin: `send` (send and receive again), `recv` (only
+    /// receive: a socket aborted meanwhile reports its error) or
+    /// `reconnect` (connect() the same socket again, then send and
+    /// receive). One JSON line each; ends at EOF.
+    #[arg(long)]
+    hold: bool,
     /// Where to connect: ADDR:PORT or [ADDR]:PORT.
     target: String,
 }
@@ -93,6 +100,95 @@ struct Attempt {
     error: Option<String>,
     netns_cookie: u64,
     elapsed_us: u128,
+    /// When the attempt started, in microseconds since the Unix epoch.
+    start_unix_us: u128,
+}
+
+fn unix_us() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
+}
+
+fn attempt_of(
+    res: std::io::Result<(String, SocketAddr)>,
+    cookie: u64,
+    start: Instant,
+    start_unix_us: u128,
+) -> Attempt {
+    let elapsed_us = start.elapsed().as_micros();
+    match res {
+        Ok((reply, peer)) => Attempt {
+            ok: true,
+            reply: Some(reply),
+            peer: Some(peer.to_string()),
+            errno: None,
+            error: None,
+            netns_cookie: cookie,
+            elapsed_us,
+            start_unix_us,
+        },
+        Err(e) => Attempt {
+            ok: false,
+            reply: None,
+            peer: None,
+            errno: e.raw_os_error(),
+            error: Some(e.to_string()),
+            netns_cookie: cookie,
+            elapsed_us,
+            start_unix_us,
+        },
+    }
+}
+
+/// One connected UDP socket, driven by commands on stdin (--hold).
+fn hold(a: &ConnectArgs, target: SocketAddr, cookie: u64) -> Result<()> {
+    use std::io::BufRead;
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    let s = UdpSocket::bind(bind)?;
+    s.set_read_timeout(Some(Duration::from_millis(a.timeout_ms)))?;
+    #[derive(Clone, Copy)]
+    enum Step {
+        Send,
+        Recv,
+        Reconnect,
+    }
+    let exchange = |s: &UdpSocket, step: Step| -> std::io::Result<(String, SocketAddr)> {
+        if let Step::Reconnect = step {
+            s.connect(target)?;
+        }
+        if !matches!(step, Step::Recv) {
+            s.send(a.send.as_bytes())?;
+        }
+        let mut buf = [0u8; 2048];
+        let n = s.recv(&mut buf)?;
+        Ok((
+            String::from_utf8_lossy(&buf[..n]).into_owned(),
+            s.peer_addr()?,
+        ))
+    };
+    let mut out = std::io::stdout().lock();
+    let step = |st: Step, out: &mut std::io::StdoutLock| -> Result<()> {
+        let (start, t) = (Instant::now(), unix_us());
+        let r = attempt_of(exchange(&s, st), cookie, start, t);
+        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+        out.flush()?;
+        Ok(())
+    };
+    step(Step::Reconnect, &mut out)?;
+    for line in std::io::stdin().lock().lines() {
+        match line?.trim() {
+            "send" => step(Step::Send, &mut out)?,
+            "recv" => step(Step::Recv, &mut out)?,
+            "reconnect" => step(Step::Reconnect, &mut out)?,
+            other => anyhow::bail!("--hold: unknown command {other:?}: send, recv or reconnect"),
+        }
+    }
+    Ok(())
 }
 
 fn enter(place: &Place) -> Result<()> {
@@ -116,6 +212,7 @@ fn enter(place: &Place) -> Result<()> {
 
 fn attempt(a: &ConnectArgs, target: SocketAddr, cookie: u64) -> Attempt {
     let start = Instant::now();
+    let start_unix_us = unix_us();
     let timeout = Duration::from_millis(a.timeout_ms);
     let res: std::io::Result<(String, SocketAddr)> = match (a.proto, a.unconnected) {
         (Proto::Tcp, _) => (|| {
@@ -151,33 +248,19 @@ fn attempt(a: &ConnectArgs, target: SocketAddr, cookie: u64) -> Attempt {
             }
         })(),
     };
-    let elapsed_us = start.elapsed().as_micros();
-    match res {
-        Ok((reply, peer)) => Attempt {
-            ok: true,
-            reply: Some(reply),
-            peer: Some(peer.to_string()),
-            errno: None,
-            error: None,
-            netns_cookie: cookie,
-            elapsed_us,
-        },
-        Err(e) => Attempt {
-            ok: false,
-            reply: None,
-            peer: None,
-            errno: e.raw_os_error(),
-            error: Some(e.to_string()),
-            netns_cookie: cookie,
-            elapsed_us,
-        },
-    }
+    attempt_of(res, cookie, start, start_unix_us)
 }
 
 fn connect(a: ConnectArgs) -> Result<()> {
     let target = parse_endpoint("target", &a.target)?;
     enter(&a.place)?;
     let cookie = netnsxl::sys::current_netns_cookie()?;
+    if a.hold {
+        if a.proto != Proto::Udp || a.unconnected {
+            anyhow::bail!("--hold is for connected UDP: --proto udp without --unconnected");
+        }
+        return hold(&a, target, cookie);
+    }
     let mut out = std::io::stdout().lock();
     for _ in 0..a.count {
         let r = attempt(&a, target, cookie);

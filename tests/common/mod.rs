@@ -259,6 +259,15 @@ pub struct Attempt {
     pub error: Option<String>,
     pub netns_cookie: u64,
     pub elapsed_us: u64,
+    pub start_unix_us: u64,
+}
+
+/// Now, in microseconds since the Unix epoch (what probes report).
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 /// Where a probe client runs.
