@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -780,36 +779,7 @@ fn udp_socket_to_a_removed_backend_is_destroyed_and_reconnects() {
         "--backend",
         &be_addr(0),
     ]);
-    let mut child = Command::new(PROBE)
-        .args([
-            "connect",
-            "--proto",
-            "udp",
-            "--hold",
-            "--timeout-ms",
-            "1000",
-        ])
-        .arg("--cgroup")
-        .arg(&lab.cg.path)
-        .args(["--netns", &lab.pods[0].name, VIP])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    struct Kill(u32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0 as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-    let _guard = Kill(child.id());
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = || -> Attempt { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
-    let first = next();
+    let (mut held, first) = Held::start(lab.pod(0), "udp", VIP);
     assert_eq!(first.reply.as_deref(), Some("be-1"), "{first:?}");
     assert_eq!(first.peer.as_deref(), Some(VIP));
 
@@ -828,8 +798,7 @@ fn udp_socket_to_a_removed_backend_is_destroyed_and_reconnects() {
     ]);
     assert!(out.contains("destroyed 1 sockets"), "{out}");
     // A client waiting for a reply learns at once that its socket is gone.
-    writeln!(stdin, "recv").unwrap();
-    let aborted = next();
+    let aborted = held.step("recv");
     assert!(
         !aborted.ok,
         "the socket should have been aborted: {aborted:?}"
@@ -837,16 +806,77 @@ fn udp_socket_to_a_removed_backend_is_destroyed_and_reconnects() {
     assert_eq!(aborted.errno, Some(libc::ECONNABORTED), "{aborted:?}");
     assert!(aborted.elapsed_us < 500_000, "not a timeout: {aborted:?}");
     // The socket is no longer connected: a send needs a destination.
-    writeln!(stdin, "send").unwrap();
-    assert_eq!(next().errno, Some(libc::EDESTADDRREQ));
-    writeln!(stdin, "reconnect").unwrap();
-    let again = next();
+    assert_eq!(held.step("send").errno, Some(libc::EDESTADDRREQ));
+    let again = held.step("reconnect");
     assert_eq!(again.reply.as_deref(), Some("be-2"), "{again:?}");
     assert_eq!(again.peer.as_deref(), Some(VIP));
-    writeln!(stdin, "send").unwrap();
-    assert_eq!(next().reply.as_deref(), Some("be-2"));
-    drop(stdin);
-    let _ = child.wait();
+    assert_eq!(held.step("send").reply.as_deref(), Some("be-2"));
+}
+
+/// TCP connections to a removed backend are left alone unless the command
+/// says --destroy-tcp; then only those to the removed backends go.
+#[test]
+fn tcp_sockets_are_destroyed_only_with_destroy_tcp() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::new(&[]);
+    let cli = lab.cli();
+    let _keep: Vec<Server> = (1..=2)
+        .map(|i| {
+            Server::start_with(
+                Some(&lab.node),
+                "tcp",
+                &format!("203.0.113.{i}:8081"),
+                &format!("ka-{i}"),
+                &["--keep-open"],
+            )
+        })
+        .collect();
+    const VIP: &str = "198.18.6.2:80";
+    cli.ok(&[
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--frontend",
+        VIP,
+        "--backend",
+        "203.0.113.1:8081",
+    ]);
+    let (mut a, first) = Held::start(lab.pod(0), "tcp", VIP);
+    assert_eq!(first.reply.as_deref(), Some("ka-1"), "{first:?}");
+    assert_eq!(first.peer.as_deref(), Some(VIP));
+
+    let out = cli.ok(&[
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--frontend",
+        VIP,
+        "--replace",
+        "--backend",
+        "203.0.113.2:8081",
+    ]);
+    assert!(!out.contains("destroyed"), "{out}");
+    assert_eq!(
+        a.step("send").reply.as_deref(),
+        Some("ka-1"),
+        "kept without --destroy-tcp"
+    );
+
+    let (mut b, first) = Held::start(lab.pod(1), "tcp", VIP);
+    assert_eq!(first.reply.as_deref(), Some("ka-2"), "{first:?}");
+    let out = cli.ok(&["svc", "del", "--frontend", VIP, "--destroy-tcp"]);
+    assert!(out.contains("destroyed 1 sockets"), "{out}");
+    let aborted = b.step("recv");
+    assert_eq!(aborted.errno, Some(libc::ECONNABORTED), "{aborted:?}");
+    assert_eq!(
+        a.step("send").reply.as_deref(),
+        Some("ka-1"),
+        "a socket to another backend stays"
+    );
 }
 
 /// Reverse-translation state goes with each socket (cgroup/sock_release).

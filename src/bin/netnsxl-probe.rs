@@ -67,7 +67,7 @@ struct ConnectArgs {
     send: String,
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
-    /// Connected UDP: keep the one socket; after the first exchange, read
+    /// Keep one connected socket (TCP needs serve --keep-open); after the first exchange, read
     /// commands from stdin: `send` (send and receive again), `recv` (only
     /// receive: a socket aborted meanwhile reports its error) or
     /// `reconnect` (connect() the same socket again, then send and
@@ -88,6 +88,10 @@ struct ServeArgs {
     listen: String,
     #[arg(long)]
     reply: String,
+    /// TCP: answer every request on a connection until the client closes it
+    /// (default: one reply, then close).
+    #[arg(long)]
+    keep_open: bool,
 }
 
 #[derive(Serialize)]
@@ -141,40 +145,87 @@ fn attempt_of(
     }
 }
 
-/// One connected UDP socket, driven by commands on stdin (--hold).
+/// One connected socket, driven by commands on stdin (--hold).
+enum Held {
+    Udp(UdpSocket),
+    Tcp(Option<TcpStream>),
+}
+
+#[derive(Clone, Copy)]
+enum Step {
+    Send,
+    Recv,
+    Reconnect,
+}
+
+impl Held {
+    fn exchange(
+        &mut self,
+        a: &ConnectArgs,
+        target: SocketAddr,
+        step: Step,
+    ) -> std::io::Result<(String, SocketAddr)> {
+        let timeout = Duration::from_millis(a.timeout_ms);
+        let mut buf = [0u8; 2048];
+        match self {
+            Held::Udp(s) => {
+                if let Step::Reconnect = step {
+                    s.connect(target)?;
+                }
+                if !matches!(step, Step::Recv) {
+                    s.send(a.send.as_bytes())?;
+                }
+                let n = s.recv(&mut buf)?;
+                Ok((
+                    String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    s.peer_addr()?,
+                ))
+            }
+            Held::Tcp(conn) => {
+                // TCP cannot connect a socket twice: reconnect opens a new one.
+                if let Step::Reconnect = step {
+                    let c = TcpStream::connect_timeout(&target, timeout)?;
+                    c.set_read_timeout(Some(timeout))?;
+                    *conn = Some(c);
+                }
+                let c = conn
+                    .as_mut()
+                    .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOTCONN))?;
+                if !matches!(step, Step::Recv) {
+                    c.write_all(a.send.as_bytes())?;
+                }
+                let n = c.read(&mut buf)?;
+                if n == 0 {
+                    return Err(std::io::Error::other("connection closed by the peer"));
+                }
+                Ok((
+                    String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    c.peer_addr()?,
+                ))
+            }
+        }
+    }
+}
+
 fn hold(a: &ConnectArgs, target: SocketAddr, cookie: u64) -> Result<()> {
     use std::io::BufRead;
-    let bind: SocketAddr = if target.is_ipv4() {
-        "0.0.0.0:0".parse()?
-    } else {
-        "[::]:0".parse()?
-    };
-    let s = UdpSocket::bind(bind)?;
-    s.set_read_timeout(Some(Duration::from_millis(a.timeout_ms)))?;
-    #[derive(Clone, Copy)]
-    enum Step {
-        Send,
-        Recv,
-        Reconnect,
-    }
-    let exchange = |s: &UdpSocket, step: Step| -> std::io::Result<(String, SocketAddr)> {
-        if let Step::Reconnect = step {
-            s.connect(target)?;
+    let mut held = match a.proto {
+        Proto::Udp => {
+            let bind: SocketAddr = if target.is_ipv4() {
+                "0.0.0.0:0".parse()?
+            } else {
+                "[::]:0".parse()?
+            };
+            let s = UdpSocket::bind(bind)?;
+            s.set_read_timeout(Some(Duration::from_millis(a.timeout_ms)))?;
+            Held::Udp(s)
         }
-        if !matches!(step, Step::Recv) {
-            s.send(a.send.as_bytes())?;
-        }
-        let mut buf = [0u8; 2048];
-        let n = s.recv(&mut buf)?;
-        Ok((
-            String::from_utf8_lossy(&buf[..n]).into_owned(),
-            s.peer_addr()?,
-        ))
+        Proto::Tcp => Held::Tcp(None),
     };
     let mut out = std::io::stdout().lock();
-    let step = |st: Step, out: &mut std::io::StdoutLock| -> Result<()> {
+    let mut step = |st: Step, out: &mut std::io::StdoutLock| -> Result<()> {
         let (start, t) = (Instant::now(), unix_us());
-        let r = attempt_of(exchange(&s, st), cookie, start, t);
+        let r = attempt_of(held.exchange(a, target, st), cookie, start, t);
         writeln!(out, "{}", serde_json::to_string(&r)?)?;
         out.flush()?;
         Ok(())
@@ -256,8 +307,8 @@ fn connect(a: ConnectArgs) -> Result<()> {
     enter(&a.place)?;
     let cookie = netnsxl::sys::current_netns_cookie()?;
     if a.hold {
-        if a.proto != Proto::Udp || a.unconnected {
-            anyhow::bail!("--hold is for connected UDP: --proto udp without --unconnected");
+        if a.unconnected {
+            anyhow::bail!("--hold keeps a connected socket: drop --unconnected");
         }
         return hold(&a, target, cookie);
     }
@@ -282,6 +333,18 @@ fn serve(a: ServeArgs) -> Result<()> {
             ready(l.local_addr()?)?;
             for conn in l.incoming() {
                 let Ok(mut c) = conn else { continue };
+                if a.keep_open {
+                    let reply = a.reply.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 512];
+                        while let Ok(n) = c.read(&mut buf) {
+                            if n == 0 || c.write_all(reply.as_bytes()).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    continue;
+                }
                 let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
                 let mut buf = [0u8; 512];
                 let _ = c.read(&mut buf);

@@ -207,10 +207,22 @@ impl Server {
     /// Serve `reply` on `listen` (port 0: any free port) in `netns` (None: the
     /// initial netns). Returns once the socket is bound.
     pub fn start(netns: Option<&Netns>, proto: &str, listen: &str, reply: &str) -> Server {
+        Server::start_with(netns, proto, listen, reply, &[])
+    }
+
+    /// The same, with more `serve` options (e.g. --keep-open).
+    pub fn start_with(
+        netns: Option<&Netns>,
+        proto: &str,
+        listen: &str,
+        reply: &str,
+        extra: &[&str],
+    ) -> Server {
         let mut cmd = Command::new(PROBE);
         cmd.args([
             "serve", "--proto", proto, "--listen", listen, "--reply", reply,
         ]);
+        cmd.args(extra);
         if let Some(ns) = netns {
             cmd.args(["--netns", &ns.name]);
         }
@@ -327,6 +339,75 @@ pub fn reply_of(from: From<'_>, proto: &str, target: &str) -> String {
     let a = probe(from, proto, false, target, 1).remove(0);
     assert!(a.ok, "connect to {target} failed: {a:?}");
     a.reply.unwrap()
+}
+
+/// A netnsxl-probe client holding one connected socket (`connect --hold`),
+/// driven line by line; killed by pid on drop.
+pub struct Held {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Held {
+    pub fn start(from: From<'_>, proto: &str, target: &str) -> (Held, Attempt) {
+        let mut cmd = Command::new(PROBE);
+        cmd.args([
+            "connect",
+            "--proto",
+            proto,
+            "--hold",
+            "--timeout-ms",
+            "1000",
+        ]);
+        if let Some(cg) = from.cgroup {
+            cmd.arg("--cgroup").arg(&cg.path);
+        }
+        if let Some(ns) = from.netns {
+            cmd.args(["--netns", &ns.name]);
+        }
+        let mut child = cmd
+            .arg(target)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn netnsxl-probe connect --hold");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut h = Held {
+            child,
+            stdin,
+            lines,
+        };
+        let first = h.read();
+        (h, first)
+    }
+
+    fn read(&mut self) -> Attempt {
+        let l = self
+            .lines
+            .next()
+            .expect("the held probe printed a line")
+            .expect("read the held probe");
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("probe line {l:?}: {e}"))
+    }
+
+    /// `send`, `recv` or `reconnect`.
+    pub fn step(&mut self, cmd: &str) -> Attempt {
+        use std::io::Write;
+        writeln!(self.stdin, "{cmd}").expect("write to the held probe");
+        self.read()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.child.wait();
+    }
 }
 
 /// netnsxl with a pin dir of the test's own.
