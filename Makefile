@@ -4,7 +4,7 @@ DEBS := clang libelf-dev pkg-config zlib1g-dev bpftool iproute2
 CARGO ?= cargo
 ARCH := $(shell uname -m)
 
-.PHONY: all build deps test demo lint vmlinux clean
+.PHONY: all build deps test demo lint vmlinux fuzz clean
 
 all: build
 
@@ -32,6 +32,20 @@ demo: build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+
+# Fuzz the frontend/backend and apply-file parsers for FUZZ_SECS seconds
+# each (cargo-fuzz; the stable toolchain runs it with RUSTC_BOOTSTRAP=1).
+# A crash stops with its input under fuzz/artifacts/; fix it and add the
+# input to the regression tests in src/manifest.rs or src/addr.rs.
+FUZZ_SECS ?= 60
+FUZZ_TARGETS := parse_endpoints parse_file
+fuzz: deps
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t; \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -O $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECS) -max_len=4096 || exit 1; \
+	done
 
 # Regenerate the vendored vmlinux.h from this kernel's BTF.
 vmlinux:

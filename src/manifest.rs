@@ -737,3 +737,104 @@ fn k8s_service(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        format!("{:#}", parse(text, "n1").unwrap_err())
+    }
+
+    #[test]
+    fn native_yaml_and_json_give_the_same_services() {
+        let yaml = "services:\n  - {name: a/b, type: clusterip, frontend: 198.51.100.1:80, backends: [\"203.0.113.1:8080,local\", {addr: \"203.0.113.2:8080\", terminating: true}], session_affinity: client-ip}\n";
+        let json = r#"[{"name": "a/b", "type": "clusterip", "frontend": "198.51.100.1:80", "backends": ["203.0.113.1:8080,local", {"addr": "203.0.113.2:8080", "terminating": true}], "affinity_timeout": 10800, "svc_id": 7, "state": "ok", "frontends": []}]"#;
+        let (a, b) = (parse(yaml, "n1").unwrap(), parse(json, "n1").unwrap());
+        assert!(!a.kubernetes);
+        let (sa, sb) = (&a.entries[0].spec, &b.entries[0].spec);
+        assert_eq!(sa.backends, sb.backends);
+        assert_eq!(sa.affinity_timeout, Some(AFFINITY_TIMEOUT_DEFAULT));
+        assert_eq!(sb.affinity_timeout, Some(AFFINITY_TIMEOUT_DEFAULT));
+        assert!(sa.backends[0].local && sa.backends[1].terminating);
+    }
+
+    #[test]
+    fn errors_name_the_place_and_the_field() {
+        assert!(err("services: 3").contains("services is a number, expected a list"));
+        assert!(err("{\"servics\": []}").contains("unknown top-level field \"servics\""));
+        assert!(err("[{\"type\": \"clusterip\"}]").contains("[0].frontend is missing"));
+        assert!(
+            err("[{\"type\": \"nodeport\", \"frontend\": \":30080\", \"node_port\": 30081}]")
+                .contains("node_port differs")
+        );
+        assert!(
+            err(
+                "[{\"type\": \"clusterip\", \"frontend\": \"198.51.100.1:80\", \"backends\": [7]}]"
+            )
+            .contains("[0].backends[0] is a number")
+        );
+        assert!(err("[{\"type\": \"clusterip\", \"frontend\": \"198.51.100.1:80\", \"internal_traffic_policy\": \"nearest\"}]")
+            .contains("internal_traffic_policy \"nearest\" is not one of cluster, local"));
+        assert!(err("[{\"type\": \"clusterip\", \"frontend\": \"198.51.100.1:80\", \"affinity_timeout\": 4294967296}]")
+            .contains("affinity_timeout 4294967296 is out of range"));
+        let k = r#"{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "s", "labels": {"kubernetes.io/service-name": "a"}}, "addressType": "IPv5"}"#;
+        assert!(err(k).contains("(EndpointSlice default/s).addressType \"IPv5\""));
+    }
+
+    #[test]
+    fn kubernetes_endpoint_conditions_follow_kube_proxy() {
+        let doc = r#"{"apiVersion": "v1", "kind": "List", "items": [
+          {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "a", "namespace": "n"},
+           "spec": {"clusterIP": "198.51.100.9", "ports": [{"port": 80}]}},
+          {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": "a-1", "namespace": "n", "labels": {"kubernetes.io/service-name": "a"}},
+           "addressType": "IPv4", "ports": [{"port": 8080}],
+           "endpoints": [
+             {"addresses": ["203.0.113.1"], "nodeName": "n1"},
+             {"addresses": ["203.0.113.2"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+             {"addresses": ["203.0.113.3"], "conditions": {"ready": false}},
+             {"addresses": ["203.0.113.4"], "conditions": {"ready": false, "serving": true, "terminating": false}}
+           ]}]}"#;
+        let p = parse(doc, "n1").unwrap();
+        assert!(p.kubernetes);
+        assert_eq!(p.entries.len(), 1);
+        let s = &p.entries[0].spec;
+        assert_eq!(s.name, "n/a:80");
+        let got: Vec<(String, bool, bool)> = s
+            .backends
+            .iter()
+            .map(|b| (b.addr.to_string(), b.local, b.terminating))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("203.0.113.1:8080".to_string(), true, false),
+                ("203.0.113.2:8080".to_string(), false, true),
+            ]
+        );
+    }
+
+    /// The fuzzers' seeds (and any input a fuzzer ever crashed on) parse or
+    /// fail without a panic.
+    #[test]
+    fn fuzz_seeds_do_not_panic() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/parse_file");
+        for e in std::fs::read_dir(dir).unwrap() {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            let _ = parse(&text, "n1");
+        }
+        for text in [
+            "",
+            "-",
+            "[",
+            "{}",
+            "[[]]",
+            "~",
+            "services:",
+            "kind: List\napiVersion: v1\nitems: 3",
+        ] {
+            let _ = parse(text, "n1");
+        }
+    }
+}
