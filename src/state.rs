@@ -108,7 +108,7 @@ impl State {
         let cfg = state.config()?;
         if cfg.layout_version != LAYOUT_VERSION {
             bail!(
-                "the state in {} has layout version {}, this netnsxl uses {}; migrate with: netnsxl svc list -o json > services.json; netnsxl detach; netnsxl attach ...; then add the services again",
+                "the state in {} has layout version {}, this netnsxl uses {}; to migrate, dump it with the netnsxl that wrote it (svc list -o json > services.json), then netnsxl detach, netnsxl attach --cgroup PATH and netnsxl apply -f services.json with this one",
                 pin_dir.display(),
                 cfg.layout_version,
                 LAYOUT_VERSION
