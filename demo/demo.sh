@@ -16,6 +16,7 @@ CG="$CG2/$tag"
 PINS="/sys/fs/bpf/$tag"
 NODE="$tag-node" PODA="$tag-pod-a" PODB="$tag-pod-b" EXT="$tag-ext"
 SERVERS=()
+WORK=$(mktemp -d)
 
 cleanup() {
 	set +e
@@ -23,6 +24,7 @@ cleanup() {
 	[ -d "$PINS" ] && "$NXL" --pin-dir "$PINS" detach >/dev/null
 	for ns in "$NODE" "$PODA" "$PODB" "$EXT"; do ip netns del "$ns" 2>/dev/null; done
 	[ -d "$CG" ] && rmdir "$CG"
+	rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -121,6 +123,11 @@ client "$PODA" --proto udp --unconnected 203.0.113.53:53
 
 say "affinity entries, keyed by netns cookie"
 nxl affinity dump
+
+say "svc list -o json is a backup that apply restores: applying it changes nothing"
+echo "\$ $NXL --pin-dir $PINS svc list -o json > services.json"
+"$NXL" --pin-dir "$PINS" svc list -o json > "$WORK/services.json"
+nxl apply --dry-run -f "$WORK/services.json"
 
 say "status"
 nxl status

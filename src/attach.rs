@@ -400,6 +400,8 @@ pub fn detach(pin_dir: &Path) -> Result<()> {
 #[derive(Serialize)]
 struct ProgStatus {
     name: String,
+    /// "cgroup" (attached to the cgroup) or "iterator" (socket iterator link).
+    kind: &'static str,
     prog_id: Option<u32>,
     link_id: Option<u32>,
     attached_to_cgroup: bool,
@@ -447,14 +449,19 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
     let infos: Vec<libbpf_rs::query::ProgramInfo> =
         libbpf_rs::query::ProgInfoIter::default().collect();
     let mut programs = Vec::new();
-    for name in CGROUP_PROGS {
+    for name in CGROUP_PROGS.iter().chain(ITER_PROGS) {
         let path = state.pins.link(name);
         let info = Link::open(&path).and_then(|l| l.info()).ok();
         let prog_id = info.as_ref().map(|i| i.prog_id);
-        let attached = matches!(
-            info.as_ref().map(|i| &i.info),
-            Some(libbpf_rs::query::LinkTypeInfo::Cgroup(c)) if c.cgroup_id == cfg.cgroup_id
-        );
+        let iter = ITER_PROGS.contains(name);
+        let attached = if iter {
+            info.is_some()
+        } else {
+            matches!(
+                info.as_ref().map(|i| &i.info),
+                Some(libbpf_rs::query::LinkTypeInfo::Cgroup(c)) if c.cgroup_id == cfg.cgroup_id
+            )
+        };
         let pi = prog_id.and_then(|id| infos.iter().find(|p| p.id == id));
         let (run_cnt, run_time_ns) = match pi {
             Some(p) if stats_on => (Some(p.run_cnt), Some(p.run_time_ns)),
@@ -462,6 +469,7 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
         };
         programs.push(ProgStatus {
             name: name.to_string(),
+            kind: if iter { "iterator" } else { "cgroup" },
             prog_id,
             link_id: info.as_ref().map(|i| i.id),
             attached_to_cgroup: attached,
@@ -483,6 +491,7 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
         ("revnat_map", &state.revnat),
         ("node_addr_map", &state.node_addr),
         ("bypass_map", &state.bypass),
+        ("doomed_map", &state.doomed),
     ] {
         maps.push(MapStatus {
             name: name.to_string(),
@@ -553,10 +562,11 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
             value: format!(
                 "id {} {}{stats}",
                 output::opt(&p.prog_id),
-                if p.attached_to_cgroup {
-                    "attached"
-                } else {
-                    "NOT ATTACHED"
+                match (p.kind, p.attached_to_cgroup) {
+                    ("iterator", true) => "socket iterator, pinned",
+                    ("iterator", false) => "socket iterator MISSING: detach and attach again",
+                    (_, true) => "attached",
+                    (_, false) => "NOT ATTACHED",
                 }
             ),
         });
