@@ -47,22 +47,83 @@ pub fn svc_key(addr: IpAddr, port: u16, proto: Proto, slot: u16) -> types::svc_k
 }
 
 /// Every element of a map, read with BPF_MAP_LOOKUP_BATCH.
+///
+/// Written against the syscall rather than libbpf-rs' batch iterator: for
+/// hash maps the kernel returns whole buckets, so a batch may come back
+/// short before the end, and only ENOENT says the map is done (the iterator
+/// stops at the first short batch and loses the rest).
 pub fn read_map<K: plain::Plain + Default, V: plain::Plain + Default>(
     map: &MapHandle,
 ) -> Result<Vec<(K, V)>> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let (ks, vs) = (map.key_size() as usize, map.value_size() as usize);
     let mut out = Vec::new();
-    match map.lookup_batch(BATCH, MapFlags::ANY, MapFlags::ANY) {
-        Ok(iter) => {
-            for (k, v) in iter {
-                out.push((bpf::from_bytes(&k)?, bpf::from_bytes(&v)?));
+    let mut keys = vec![0u8; ks * BATCH as usize];
+    let mut vals = vec![0u8; vs * BATCH as usize];
+    // The batch cursor is an opaque u32 for hash maps (a bucket index).
+    let mut cursor = [0u8; 8];
+    let mut first = true;
+    let opts = libbpf_rs::libbpf_sys::bpf_map_batch_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_batch_opts>() as _,
+        ..Default::default()
+    };
+    loop {
+        let mut next = [0u8; 8];
+        let mut count = BATCH;
+        // SAFETY: the buffers hold BATCH keys and values of the map's sizes;
+        // the cursors are at least as large as the kernel's batch token.
+        let ret = unsafe {
+            libbpf_rs::libbpf_sys::bpf_map_lookup_batch(
+                map.as_fd().as_raw_fd(),
+                if first {
+                    std::ptr::null_mut()
+                } else {
+                    cursor.as_mut_ptr().cast()
+                },
+                next.as_mut_ptr().cast(),
+                keys.as_mut_ptr().cast(),
+                vals.as_mut_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        let err = (ret < 0).then(std::io::Error::last_os_error);
+        match err.as_ref().and_then(std::io::Error::raw_os_error) {
+            None | Some(libc::ENOENT) => {}
+            Some(libc::EINTR) => continue,
+            Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(libc::EOPNOTSUPP) if first => {
+                return read_map_slow(map);
+            }
+            _ => {
+                return Err(anyhow!(
+                    "read {} in batches: {}",
+                    map.name().to_string_lossy(),
+                    err.expect("an error")
+                ));
             }
         }
-        Err(_) => {
-            for k in map.keys() {
-                if let Some(v) = map.lookup(&k, MapFlags::ANY)? {
-                    out.push((bpf::from_bytes(&k)?, bpf::from_bytes(&v)?));
-                }
-            }
+        for i in 0..count as usize {
+            out.push((
+                bpf::from_bytes(&keys[i * ks..(i + 1) * ks])?,
+                bpf::from_bytes(&vals[i * vs..(i + 1) * vs])?,
+            ));
+        }
+        if err.is_some() {
+            return Ok(out);
+        }
+        cursor = next;
+        first = false;
+    }
+}
+
+/// One element at a time, for kernels or maps without batch lookup.
+fn read_map_slow<K: plain::Plain + Default, V: plain::Plain + Default>(
+    map: &MapHandle,
+) -> Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    for k in map.keys() {
+        if let Some(v) = map.lookup(&k, MapFlags::ANY)? {
+            out.push((bpf::from_bytes(&k)?, bpf::from_bytes(&v)?));
         }
     }
     Ok(out)

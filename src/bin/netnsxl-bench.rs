@@ -1,0 +1,1052 @@
+//! netnsxl-bench: netnsxl against no translation, kube-proxy's iptables
+//! layout and kube-proxy's nftables layout, on one machine, in one run.
+//!
+//! Topology, the same for every system: a client in a pod netns, a node netns
+//! that routes between the pod and a backend netns. Each system has its own
+//! pod and node pair (so iptables and nftables rules, loaded only inside
+//! their own node netns, never see the others' traffic); all share the
+//! backend netns and its servers.
+//!
+//! ```text
+//!   pod-plain --- node-plain ---+
+//!   pod-ipt   --- node-ipt   ---+--- backend (203.0.113.1-3)
+//!   pod-nft   --- node-nft   ---+
+//! ```
+//!
+//! Systems: direct (the client connects to a backend address; nothing
+//! attached), netnsxl (the pod-plain client runs in the attached cgroup and
+//! connects to a VIP; with and without affinity; and "miss", a connect to a
+//! backend address from the attached cgroup), iptables (kube-proxy's
+//! KUBE-SERVICES / KUBE-SVC / KUBE-SEP chains, loaded with iptables-restore)
+//! and nftables (kube-proxy's nftables mode: a verdict map keyed by address,
+//! protocol and port, loaded with nft -f).
+//!
+//! Blocks of connects are interleaved system by system, round after round
+//! (A B C A B C ...), so drift of the machine cancels; the table reports
+//! medians over rounds. Everything the benchmark creates is removed on exit,
+//! also when it fails.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
+
+#[derive(Parser)]
+#[command(name = "netnsxl-bench", about = "Benchmark netnsxl against kube-proxy's layouts")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Internal: one block of connects from a cgroup and netns.
+    Client(ClientArgs),
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Numbers of services.
+    #[arg(long, value_delimiter = ',', default_value = "1,1000,10000,100000")]
+    sizes: Vec<usize>,
+    /// Rounds of interleaved blocks per size.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Connects per block.
+    #[arg(long, default_value_t = 1000)]
+    connects: u32,
+    /// Largest size iptables is loaded at (beyond it iptables-restore and the
+    /// linear rule walk take too long to be practical).
+    #[arg(long, default_value_t = 10000)]
+    max_iptables: usize,
+    /// Largest size nftables is loaded at.
+    #[arg(long, default_value_t = 100000)]
+    max_nft: usize,
+    /// Where to write the Markdown results and the plot.
+    #[arg(long, default_value = "bench")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    #[arg(long)]
+    netns: String,
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    #[arg(long, default_value = "tcp")]
+    proto: String,
+    /// Targets: `vips:N:PORT` (VIP 1..N of 198.18.0.0/15) or a comma list
+    /// of ADDR:PORT.
+    #[arg(long)]
+    targets: String,
+    #[arg(long)]
+    count: u32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+struct Block {
+    ok: u32,
+    failed: u32,
+    wall_us: u64,
+    p50_us: f64,
+    p99_us: f64,
+    first_error: Option<String>,
+}
+
+impl Block {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / (self.wall_us as f64 / 1e6)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The client
+
+/// VIP number `i` (1-based) of the benchmark's service range.
+fn vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i as u32)
+}
+
+const BACKENDS: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(203, 0, 113, 1),
+    Ipv4Addr::new(203, 0, 113, 2),
+    Ipv4Addr::new(203, 0, 113, 3),
+];
+const BE_PORT: u16 = 8080;
+const BE_UDP_PORT: u16 = 8053;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+}
+
+fn parse_targets(spec: &str) -> Result<Box<dyn Fn(&mut Rng) -> SocketAddr>> {
+    if let Some(rest) = spec.strip_prefix("vips:") {
+        let (n, port) = rest.split_once(':').context("vips:N:PORT")?;
+        let n: usize = n.parse()?;
+        let port: u16 = port.parse()?;
+        return Ok(Box::new(move |r: &mut Rng| {
+            SocketAddr::V4(SocketAddrV4::new(vip(1 + (r.next() as usize % n)), port))
+        }));
+    }
+    let list: Vec<SocketAddr> = spec
+        .split(',')
+        .map(|s| s.parse().with_context(|| format!("target {s}")))
+        .collect::<Result<_>>()?;
+    Ok(Box::new(move |r: &mut Rng| list[r.next() as usize % list.len()]))
+}
+
+fn enter(netns: &str, cgroup: Option<&Path>) -> Result<()> {
+    if let Some(cg) = cgroup {
+        fs::write(cg.join("cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("join {}", cg.display()))?;
+    }
+    let f = fs::File::open(Path::new("/run/netns").join(netns))?;
+    nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+    Ok(())
+}
+
+fn one_tcp(to: SocketAddr) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.peer_addr()?; // getpeername(), as clients and libraries do
+    s.write_all(b"ping\n")?;
+    let mut buf = Vec::with_capacity(64);
+    s.read_to_end(&mut buf)?;
+    Ok(())
+}
+
+fn one_udp(sock: &UdpSocket, to: SocketAddr) -> std::io::Result<()> {
+    sock.send_to(b"ping\n", to)?;
+    let mut buf = [0u8; 64];
+    sock.recv_from(&mut buf)?;
+    Ok(())
+}
+
+fn client(a: ClientArgs) -> Result<()> {
+    enter(&a.netns, a.cgroup.as_deref())?;
+    let pick = parse_targets(&a.targets)?;
+    let mut rng = Rng(a.seed.max(1).wrapping_mul(0x9E3779B97F4A7C15) | 1);
+    let udp = if a.proto == "udp" {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        Some(s)
+    } else {
+        None
+    };
+    let mut lat = Vec::with_capacity(a.count as usize);
+    let mut out = Block::default();
+    let start = Instant::now();
+    for _ in 0..a.count {
+        let to = pick(&mut rng);
+        let t = Instant::now();
+        let r = match &udp {
+            Some(s) => one_udp(s, to),
+            None => one_tcp(to),
+        };
+        match r {
+            Ok(()) => {
+                out.ok += 1;
+                lat.push(t.elapsed().as_nanos() as f64 / 1000.0);
+            }
+            Err(e) => {
+                out.failed += 1;
+                out.first_error.get_or_insert_with(|| format!("{to}: {e}"));
+            }
+        }
+    }
+    out.wall_us = start.elapsed().as_micros() as u64;
+    lat.sort_by(f64::total_cmp);
+    let q = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0.0);
+    out.p50_us = q(0.5);
+    out.p99_us = q(0.99);
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Guards: everything the benchmark creates goes away on drop.
+
+fn sh(prog: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(prog)
+        .args(args)
+        .output()
+        .with_context(|| format!("run {prog}"))?;
+    if !out.status.success() {
+        bail!(
+            "{prog} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Run `prog args` inside a netns with `stdin` as its input; returns the
+/// wall time.
+fn in_ns_with_input(ns: &str, prog: &str, args: &[&str], input: &Path) -> Result<Duration> {
+    let t = Instant::now();
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, prog])
+        .args(args)
+        .stdin(fs::File::open(input)?)
+        .output()?;
+    if !out.status.success() {
+        bail!("{prog} in {ns}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(t.elapsed())
+}
+
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Result<Netns> {
+        sh("ip", &["netns", "add", &name])?;
+        let ns = Netns(name);
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+    fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut full = vec!["-n", self.0.as_str()];
+        full.extend_from_slice(args);
+        sh("ip", &full).map(|_| ())
+    }
+    fn exec(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["netns", "exec", self.0.as_str()];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+struct Cgroup(PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+/// Detaches and removes the pin dir.
+struct Attachment {
+    netnsxl: PathBuf,
+    pins: PathBuf,
+}
+
+impl Attachment {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.netnsxl);
+        c.arg("--pin-dir").arg(&self.pins).args(args);
+        c
+    }
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.cmd(args).output()?;
+        if !out.status.success() {
+            bail!("netnsxl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if self.pins.exists() {
+            let _ = self.cmd(&["detach"]).output();
+        }
+    }
+}
+
+/// Puts kernel.bpf_stats_enabled back as it was.
+struct BpfStats(String);
+
+impl BpfStats {
+    fn enable() -> Result<BpfStats> {
+        let p = "/proc/sys/kernel/bpf_stats_enabled";
+        let old = fs::read_to_string(p)?.trim().to_string();
+        fs::write(p, "1")?;
+        Ok(BpfStats(old))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The lab
+
+struct Lab {
+    tag: String,
+    backend: Netns,
+    /// (pod, node) per system family: plain (direct and netnsxl), ipt, nft.
+    pairs: Vec<(Netns, Netns)>,
+    cg: Cgroup,
+    _servers: Vec<Proc>,
+}
+
+const PLAIN: usize = 0;
+const IPT: usize = 1;
+const NFT: usize = 2;
+
+impl Lab {
+    fn new(probe: &Path) -> Result<Lab> {
+        let tag = format!("nxb{}", std::process::id() % 100_000);
+        let backend = Netns::new(format!("{tag}-be"))?;
+        for b in BACKENDS {
+            backend.ip(&["addr", "add", &format!("{b}/32"), "dev", "lo"])?;
+        }
+        let mut pairs = Vec::new();
+        for (k, name) in ["plain", "ipt", "nft"].iter().enumerate() {
+            let pod = Netns::new(format!("{tag}-pod-{name}"))?;
+            let node = Netns::new(format!("{tag}-node-{name}"))?;
+            let base = 16 * k as u8;
+            let (pod_if, node_if) = (format!("{tag}p{k}"), format!("{tag}n{k}"));
+            sh("ip", &["link", "add", &pod_if, "netns", &pod.0, "type", "veth", "peer", "name", &node_if, "netns", &node.0])?;
+            pod.ip(&["addr", "add", &format!("198.51.100.{}/28", base + 2), "dev", &pod_if])?;
+            node.ip(&["addr", "add", &format!("198.51.100.{}/28", base + 1), "dev", &node_if])?;
+            pod.ip(&["link", "set", &pod_if, "up"])?;
+            node.ip(&["link", "set", &node_if, "up"])?;
+            pod.ip(&["route", "add", "default", "via", &format!("198.51.100.{}", base + 1)])?;
+            let (nb, bn) = (format!("{tag}b{k}"), format!("{tag}x{k}"));
+            let lbase = 48 + 16 * k as u8;
+            sh("ip", &["link", "add", &nb, "netns", &node.0, "type", "veth", "peer", "name", &bn, "netns", &backend.0])?;
+            node.ip(&["addr", "add", &format!("198.51.100.{}/28", lbase + 1), "dev", &nb])?;
+            backend.ip(&["addr", "add", &format!("198.51.100.{}/28", lbase + 2), "dev", &bn])?;
+            node.ip(&["link", "set", &nb, "up"])?;
+            backend.ip(&["link", "set", &bn, "up"])?;
+            node.ip(&["route", "add", "203.0.113.0/24", "via", &format!("198.51.100.{}", lbase + 2)])?;
+            backend.ip(&["route", "add", &format!("198.51.100.{base}/28"), "via", &format!("198.51.100.{}", lbase + 1)])?;
+            node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            pairs.push((pod, node));
+        }
+        let root = netnsxl::sys::cgroup2_mount()?;
+        let cg = Cgroup(root.join(format!("{tag}-bench")));
+        fs::create_dir(&cg.0).with_context(|| format!("create {}", cg.0.display()))?;
+
+        let mut servers = Vec::new();
+        let mut start = |args: Vec<String>| -> Result<()> {
+            let mut child = Command::new(probe)
+                .args(&args)
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let mut line = [0u8; 64];
+            let n = child.stdout.take().unwrap().read(&mut line)?;
+            if !String::from_utf8_lossy(&line[..n]).starts_with("ready") {
+                bail!("backend server {args:?} did not start");
+            }
+            servers.push(Proc(child));
+            Ok(())
+        };
+        start(vec!["serve".into(), "--netns".into(), backend.0.clone(), "--proto".into(), "tcp".into(), "--listen".into(), format!("0.0.0.0:{BE_PORT}"), "--reply".into(), "pong".into()])?;
+        for b in BACKENDS {
+            start(vec!["serve".into(), "--netns".into(), backend.0.clone(), "--proto".into(), "udp".into(), "--listen".into(), format!("{b}:{BE_UDP_PORT}"), "--reply".into(), "pong".into()])?;
+        }
+        Ok(Lab {
+            tag,
+            backend,
+            pairs,
+            cg,
+            _servers: servers,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rule sets
+
+fn backend_list(port: u16) -> String {
+    BACKENDS.iter().map(|b| format!("{b}:{port}")).collect::<Vec<_>>().join(",")
+}
+
+/// netnsxl's file: N ClusterIPs on port 80, the same N with affinity on
+/// port 83, and up to 1,000 UDP services on port 53.
+fn netnsxl_file(n: usize, with_rest: bool) -> String {
+    let mut s = String::with_capacity(n * 200);
+    s.push('[');
+    let bes = |port: u16| {
+        BACKENDS
+            .iter()
+            .map(|b| format!("\"{b}:{port}\""))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (tcp, udp) = (bes(BE_PORT), bes(BE_UDP_PORT));
+    let mut first = true;
+    let mut push = |line: String| {
+        if !first {
+            s.push(',');
+        }
+        first = false;
+        s.push_str(&line);
+        s.push('\n');
+    };
+    for i in 1..=n {
+        push(format!("{{\"type\":\"clusterip\",\"frontend\":\"{}:80\",\"backends\":[{tcp}]}}", vip(i)));
+    }
+    if with_rest {
+        for i in 1..=n {
+            push(format!("{{\"type\":\"clusterip\",\"frontend\":\"{}:83\",\"backends\":[{tcp}],\"session_affinity\":\"client-ip\"}}", vip(i)));
+        }
+        for i in 1..=n.min(1000) {
+            push(format!("{{\"type\":\"clusterip\",\"proto\":\"udp\",\"frontend\":\"{}:53\",\"backends\":[{udp}]}}", vip(i)));
+        }
+    }
+    s.push(']');
+    s
+}
+
+/// kube-proxy's iptables layout (nat table), as iptables-restore input.
+fn iptables_rules(n: usize) -> String {
+    let mut chains = String::new();
+    let mut rules = String::new();
+    chains.push_str("*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
+    rules.push_str("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");
+    rules.push_str("-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n");
+    for i in 1..=n {
+        let svc = format!("KUBE-SVC-{i:016X}");
+        let _ = writeln!(chains, ":{svc} - [0:0]");
+        let _ = writeln!(
+            rules,
+            "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"bench/s{i}:http cluster IP\" -m tcp --dport 80 -j {svc}",
+            vip(i)
+        );
+        let _ = writeln!(rules, "-A {svc} ! -s 198.51.100.0/24 -d {}/32 -p tcp -m tcp --dport 80 -j KUBE-MARK-MASQ", vip(i));
+        for (j, b) in BACKENDS.iter().enumerate() {
+            let sep = format!("KUBE-SEP-{i:014X}{j:02X}");
+            let _ = writeln!(chains, ":{sep} - [0:0]");
+            let prob = match j {
+                0 => Some("0.33333333349"),
+                1 => Some("0.50000000000"),
+                _ => None,
+            };
+            match prob {
+                Some(p) => {
+                    let _ = writeln!(rules, "-A {svc} -m statistic --mode random --probability {p} -j {sep}");
+                }
+                None => {
+                    let _ = writeln!(rules, "-A {svc} -j {sep}");
+                }
+            }
+            let _ = writeln!(rules, "-A {sep} -s {b}/32 -j KUBE-MARK-MASQ");
+            let _ = writeln!(rules, "-A {sep} -p tcp -m tcp -j DNAT --to-destination {b}:{BE_PORT}");
+        }
+    }
+    chains.push_str(&rules);
+    chains.push_str("COMMIT\n");
+    chains
+}
+
+/// kube-proxy's nftables layout: a verdict map keyed by
+/// (address . protocol . port), a chain per service picking an endpoint
+/// chain with numgen, a chain per endpoint that DNATs.
+fn nft_rules(n: usize) -> String {
+    let mut s = String::new();
+    s.push_str("table ip kube-proxy {\n");
+    s.push_str("  chain mark-for-masquerade { meta mark set meta mark or 0x4000; }\n");
+    for i in 1..=n {
+        let _ = writeln!(s, "  chain service-{i} {{ ip daddr {} tcp dport 80 ip saddr != 198.51.100.0/24 jump mark-for-masquerade\n    numgen random mod 3 vmap {{ 0 : goto endpoint-{i}-0, 1 : goto endpoint-{i}-1, 2 : goto endpoint-{i}-2 }}; }}", vip(i));
+        for (j, b) in BACKENDS.iter().enumerate() {
+            let _ = writeln!(s, "  chain endpoint-{i}-{j} {{ ip saddr {b} jump mark-for-masquerade\n    meta l4proto tcp dnat to {b}:{BE_PORT}; }}");
+        }
+    }
+    s.push_str("  map service-ips {\n    type ipv4_addr . inet_proto . inet_service : verdict\n");
+    if n > 0 {
+        s.push_str("    elements = {\n");
+        for i in 1..=n {
+            let _ = writeln!(s, "      {} . tcp . 80 : goto service-{i}{}", vip(i), if i < n { "," } else { "" });
+        }
+        s.push_str("    }\n");
+    }
+    s.push_str("  }\n");
+    s.push_str("  chain services { ip daddr . meta l4proto . th dport vmap @service-ips; }\n");
+    s.push_str("  chain nat-prerouting { type nat hook prerouting priority dstnat; policy accept; jump services; }\n");
+    s.push_str("}\n");
+    s
+}
+
+// ---------------------------------------------------------------------------
+// Measuring
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum System {
+    Direct,
+    Netnsxl,
+    NetnsxlAffinity,
+    NetnsxlMiss,
+    Iptables,
+    Nftables,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Direct => "direct (no translation)",
+            System::Netnsxl => "netnsxl",
+            System::NetnsxlAffinity => "netnsxl, session affinity",
+            System::NetnsxlMiss => "netnsxl attached, connect to backend (miss)",
+            System::Iptables => "iptables (kube-proxy layout)",
+            System::Nftables => "nftables (kube-proxy layout)",
+        }
+    }
+}
+
+struct Runner {
+    bench: PathBuf,
+    lab_cg: PathBuf,
+}
+
+impl Runner {
+    fn block(&self, netns: &str, cgroup: bool, proto: &str, targets: &str, count: u32, seed: u64) -> Result<Block> {
+        let mut c = Command::new(&self.bench);
+        c.args(["client", "--netns", netns, "--proto", proto, "--targets", targets])
+            .args(["--count", &count.to_string(), "--seed", &seed.to_string()]);
+        if cgroup {
+            c.arg("--cgroup").arg(&self.lab_cg);
+        }
+        let out = c.output()?;
+        if !out.status.success() {
+            bail!("client: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+}
+
+/// (run_cnt, run_time_ns) of each program of the attachment, by name.
+fn prog_stats(att: &Attachment) -> Result<BTreeMap<String, (u64, u64)>> {
+    let status: serde_json::Value = serde_json::from_str(&att.ok(&["status", "-o", "json"])?)?;
+    let mut out = BTreeMap::new();
+    for p in status["programs"].as_array().context("status programs")? {
+        out.insert(
+            p["name"].as_str().unwrap_or_default().to_string(),
+            (p["run_cnt"].as_u64().unwrap_or(0), p["run_time_ns"].as_u64().unwrap_or(0)),
+        );
+    }
+    Ok(out)
+}
+
+fn ns_per_call(before: &BTreeMap<String, (u64, u64)>, after: &BTreeMap<String, (u64, u64)>, prog: &str) -> Option<f64> {
+    let (c0, t0) = before.get(prog).copied().unwrap_or_default();
+    let (c1, t1) = after.get(prog).copied().unwrap_or_default();
+    (c1 > c0).then(|| (t1 - t0) as f64 / (c1 - c0) as f64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+}
+
+/// CPU time (user + system) of children that ended, in microseconds.
+fn children_cpu_us() -> u64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, ru.as_mut_ptr()) };
+    // SAFETY: zero-initialized and filled by getrusage.
+    let ru = unsafe { ru.assume_init() };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(ru.ru_utime) + us(ru.ru_stime)
+}
+
+/// (wall ms, cpu ms) of one netnsxl command.
+fn timed(att: &Attachment, args: &[&str]) -> Result<(f64, f64)> {
+    let cpu0 = children_cpu_us();
+    let t = Instant::now();
+    att.ok(args)?;
+    let wall = t.elapsed().as_secs_f64() * 1e3;
+    Ok((wall, (children_cpu_us() - cpu0) as f64 / 1e3))
+}
+
+/// Kernel memory the maps use, from their fdinfo (memlock).
+fn maps_memlock(pins: &Path) -> Result<u64> {
+    let mut total = 0;
+    for e in fs::read_dir(pins.join("maps"))? {
+        let m = libbpf_rs::MapHandle::from_pinned_path(e?.path())?;
+        use std::os::fd::AsRawFd;
+        let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", m.as_fd().as_raw_fd()))?;
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
+#[derive(Default, Debug)]
+struct SizeResult {
+    n: usize,
+    rates: BTreeMap<System, Vec<Block>>,
+    hooks: BTreeMap<&'static str, Vec<f64>>,
+    apply_s: f64,
+    apply_all_s: f64,
+    iptables_s: Option<f64>,
+    nft_s: Option<f64>,
+    svc_add: (f64, f64),
+    backend_change: (f64, f64),
+    memlock_per_service: f64,
+    services_loaded: usize,
+}
+
+fn run_size(lab: &Lab, run: &Runner, att: &Attachment, args: &RunArgs, n: usize, dir: &Path) -> Result<SizeResult> {
+    let mut r = SizeResult {
+        n,
+        ..Default::default()
+    };
+    eprintln!("== {n} services");
+    // A fresh attachment per size, so apply is timed into empty maps.
+    let _ = att.ok(&["detach"]);
+    let maxs = (args.sizes.iter().max().copied().unwrap_or(1) * 2 + 1100).to_string();
+    let maxb = (args.sizes.iter().max().copied().unwrap_or(1) * 6 + 3300).to_string();
+    let host = format!("/run/netns/{}", lab.pairs[PLAIN].1.0);
+    att.ok(&["attach", "--cgroup", lab.cg.0.to_str().unwrap(), "--host-netns", &host, "--max-services", &maxs, "--max-backends", &maxb])?;
+
+    let main_file = dir.join(format!("netnsxl-{n}.json"));
+    fs::write(&main_file, netnsxl_file(n, false))?;
+    let t = Instant::now();
+    att.ok(&["apply", "-f", main_file.to_str().unwrap()])?;
+    r.apply_s = t.elapsed().as_secs_f64();
+    let all_file = dir.join(format!("netnsxl-all-{n}.json"));
+    fs::write(&all_file, netnsxl_file(n, true))?;
+    let t = Instant::now();
+    att.ok(&["apply", "-f", all_file.to_str().unwrap()])?;
+    r.apply_all_s = t.elapsed().as_secs_f64();
+    r.services_loaded = 2 * n + n.min(1000);
+    eprintln!("   netnsxl apply: {:.3} s ({} services), then {:.3} s for the affinity and UDP sets", r.apply_s, n, r.apply_all_s);
+
+    // One svc add and one backend change at this size (process time).
+    r.svc_add = timed(att, &["svc", "add", "--type", "clusterip", "--frontend", "198.19.255.1:80", "--backend", &format!("{}:{BE_PORT}", BACKENDS[0])])?;
+    let v1 = format!("{}:80", vip(1));
+    r.backend_change = timed(att, &["svc", "add", "--type", "clusterip", "--frontend", &v1, "--replace", "--backend", &format!("{}:{BE_PORT}", BACKENDS[0]), "--backend", &format!("{}:{BE_PORT}", BACKENDS[1])])?;
+    let mut restore = vec!["svc", "add", "--type", "clusterip", "--frontend", v1.as_str(), "--replace"];
+    let bl: Vec<String> = BACKENDS.iter().map(|b| format!("{b}:{BE_PORT}")).collect();
+    for b in &bl {
+        restore.extend(["--backend", b.as_str()]);
+    }
+    att.ok(&restore)?;
+    att.ok(&["svc", "del", "--frontend", "198.19.255.1:80"])?;
+    r.memlock_per_service = maps_memlock(&att.pins)? as f64 / r.services_loaded as f64;
+
+    if n <= args.max_iptables {
+        let f = dir.join(format!("iptables-{n}.rules"));
+        fs::write(&f, iptables_rules(n))?;
+        let d = in_ns_with_input(&lab.pairs[IPT].1.0, "iptables-restore", &[], &f)?;
+        r.iptables_s = Some(d.as_secs_f64());
+        eprintln!("   iptables-restore: {:.3} s", d.as_secs_f64());
+    }
+    if n <= args.max_nft {
+        let _ = lab.pairs[NFT].1.exec(&["nft", "flush", "ruleset"]);
+        let f = dir.join(format!("nft-{n}.nft"));
+        fs::write(&f, nft_rules(n))?;
+        let d = in_ns_with_input(&lab.pairs[NFT].1.0, "nft", &["-f", "-"], &f)?;
+        r.nft_s = Some(d.as_secs_f64());
+        eprintln!("   nft -f: {:.3} s", d.as_secs_f64());
+    }
+
+    let mut systems = vec![System::Direct, System::Netnsxl, System::NetnsxlAffinity, System::NetnsxlMiss];
+    if r.iptables_s.is_some() {
+        systems.push(System::Iptables);
+    }
+    if r.nft_s.is_some() {
+        systems.push(System::Nftables);
+    }
+    let _stats = BpfStats::enable()?;
+    let plain = &lab.pairs[PLAIN].0.0;
+    let direct_targets = backend_list(BE_PORT);
+    let v80 = format!("vips:{n}:80");
+    let v83 = format!("vips:{n}:83");
+    let mut seed = 1u64;
+    for round in 0..args.rounds {
+        // Rotate the order each round as well as interleaving.
+        for k in 0..systems.len() {
+            let sys = systems[(k + round) % systems.len()];
+            seed += 1;
+            let before = prog_stats(att)?;
+            let b = match sys {
+                System::Direct => run.block(plain, false, "tcp", &direct_targets, args.connects, seed)?,
+                System::Netnsxl => run.block(plain, true, "tcp", &v80, args.connects, seed)?,
+                System::NetnsxlAffinity => run.block(plain, true, "tcp", &v83, args.connects, seed)?,
+                System::NetnsxlMiss => run.block(plain, true, "tcp", &direct_targets, args.connects, seed)?,
+                System::Iptables => run.block(&lab.pairs[IPT].0.0, false, "tcp", &v80, args.connects, seed)?,
+                System::Nftables => run.block(&lab.pairs[NFT].0.0, false, "tcp", &v80, args.connects, seed)?,
+            };
+            let after = prog_stats(att)?;
+            let hook = |name: &'static str, prog: &str, r: &mut SizeResult| {
+                if let Some(v) = ns_per_call(&before, &after, prog) {
+                    r.hooks.entry(name).or_default().push(v);
+                }
+            };
+            match sys {
+                System::Netnsxl => {
+                    hook("connect4 hit", "nxl_connect4", &mut r);
+                    hook("getpeername4 (translated socket)", "nxl_getpeername4", &mut r);
+                    hook("sock_release", "nxl_sock_release", &mut r);
+                }
+                System::NetnsxlAffinity => hook("connect4 hit, affinity", "nxl_connect4", &mut r),
+                System::NetnsxlMiss => {
+                    hook("connect4 miss", "nxl_connect4", &mut r);
+                    hook("getpeername4 (untranslated socket)", "nxl_getpeername4", &mut r);
+                }
+                _ => {}
+            }
+            if b.failed > 0 {
+                eprintln!("   {}: {} failed, first: {:?}", sys.name(), b.failed, b.first_error);
+            }
+            r.rates.entry(sys).or_default().push(b);
+        }
+        // UDP hooks: unconnected sendto/recvfrom, hit and miss.
+        let before = prog_stats(att)?;
+        run.block(plain, true, "udp", &format!("vips:{}:53", n.min(1000)), args.connects, seed)?;
+        let mid = prog_stats(att)?;
+        run.block(plain, true, "udp", &backend_list(BE_UDP_PORT), args.connects, seed)?;
+        let after = prog_stats(att)?;
+        for (name, prog, a, b) in [
+            ("sendmsg4 hit", "nxl_sendmsg4", &before, &mid),
+            ("recvmsg4 (translated reply)", "nxl_recvmsg4", &before, &mid),
+            ("sendmsg4 miss", "nxl_sendmsg4", &mid, &after),
+            ("recvmsg4 (untranslated reply)", "nxl_recvmsg4", &mid, &after),
+        ] {
+            if let Some(v) = ns_per_call(a, b, prog) {
+                r.hooks.entry(name).or_default().push(v);
+            }
+        }
+        eprintln!("   round {} done", round + 1);
+    }
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------
+// Report
+
+fn fmt_rate(v: f64) -> String {
+    if v.is_nan() { "-".into() } else { format!("{:.0}", v) }
+}
+
+fn report(results: &[SizeResult], args: &RunArgs, env: &str) -> (String, Vec<String>) {
+    let mut md = String::new();
+    let mut verdicts = Vec::new();
+    let _ = writeln!(md, "# netnsxl benchmark\n\n{env}\n");
+    let _ = writeln!(md, "Each figure is the median over {} rounds of interleaved blocks of {} connects (connect + getpeername + one request/response + close, sequential, one client) from a pod netns through a node netns to a backend netns. Ratios are to direct at the same size.\n", args.rounds, args.connects);
+    let _ = writeln!(md, "## Short-connection rate\n\n| services | system | conn/s | vs direct | p50 µs | p99 µs | failed |\n|---:|---|---:|---:|---:|---:|---:|");
+    for r in results {
+        let med = |s: System| r.rates.get(&s).map(|b| median(b.iter().map(Block::rate).collect()));
+        let direct = med(System::Direct).unwrap_or(f64::NAN);
+        for (sys, blocks) in &r.rates {
+            let rate = median(blocks.iter().map(Block::rate).collect());
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {:.3} | {:.1} | {:.1} | {} |",
+                r.n,
+                sys.name(),
+                fmt_rate(rate),
+                rate / direct,
+                median(blocks.iter().map(|b| b.p50_us).collect()),
+                median(blocks.iter().map(|b| b.p99_us).collect()),
+                blocks.iter().map(|b| b.failed).sum::<u32>()
+            );
+        }
+        if let Some(nx) = med(System::Netnsxl) {
+            let ratio = nx / direct;
+            verdicts.push(format!("{} connect rate through netnsxl >= 0.97x direct at {} services: {:.3}x", if ratio >= 0.97 { "MET" } else { "NOT MET" }, r.n, ratio));
+        }
+        if r.n == 10000
+            && let (Some(nx), Some(ipt)) = (med(System::Netnsxl), med(System::Iptables))
+        {
+            verdicts.push(format!("{} netnsxl >= 2x iptables at 10,000 services: {:.2}x", if nx >= 2.0 * ipt { "MET" } else { "NOT MET" }, nx / ipt));
+        }
+    }
+    let _ = writeln!(md, "\n## Datapath cost per call (bpf_stats: run_time_ns / run_cnt)\n");
+    let mut names: Vec<&str> = results.iter().flat_map(|r| r.hooks.keys().copied()).collect();
+    names.sort();
+    names.dedup();
+    let _ = write!(md, "| hook |");
+    for r in results {
+        let _ = write!(md, " {} services |", r.n);
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in results {
+        let _ = write!(md, "---:|");
+    }
+    md.push('\n');
+    for name in &names {
+        let _ = write!(md, "| {name} |");
+        for r in results {
+            let v = r.hooks.get(name).map(|v| median(v.clone()));
+            let _ = write!(md, " {} |", v.map_or("-".into(), |v| format!("{v:.0} ns")));
+        }
+        md.push('\n');
+    }
+    if let Some(big) = results.iter().max_by_key(|r| r.n) {
+        let hit = big.hooks.get("connect4 hit").map(|v| median(v.clone()));
+        let miss = big.hooks.get("connect4 miss").map(|v| median(v.clone()));
+        if let Some(h) = hit {
+            verdicts.push(format!("{} connect4 hit <= 100 ns at {} services: {:.0} ns", if h <= 100.0 { "MET" } else { "NOT MET" }, big.n, h));
+        }
+        if let Some(m) = miss {
+            verdicts.push(format!("{} connect4 miss <= 50 ns at {} services: {:.0} ns", if m <= 50.0 { "MET" } else { "NOT MET" }, big.n, m));
+        }
+        verdicts.push(format!(
+            "{} apply of {} services <= 2 s: {:.2} s",
+            if big.apply_s <= 2.0 { "MET" } else { "NOT MET" },
+            big.n,
+            big.apply_s
+        ));
+        verdicts.push(format!(
+            "{} one svc add at {} services <= 10 ms process time: {:.1} ms ({:.1} ms wall)",
+            if big.svc_add.1 <= 10.0 { "MET" } else { "NOT MET" },
+            big.n,
+            big.svc_add.1,
+            big.svc_add.0
+        ));
+    }
+    let _ = writeln!(md, "\n## Control plane\n\n| services | netnsxl apply | iptables-restore | nft -f | svc add (wall / cpu) | backend change (wall / cpu) | map memory per service |\n|---:|---:|---:|---:|---:|---:|---:|");
+    let opt = |v: Option<f64>| v.map_or("not loaded".to_string(), |v| format!("{v:.3} s"));
+    for r in results {
+        let _ = writeln!(
+            md,
+            "| {} | {:.3} s | {} | {} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.0} B |",
+            r.n,
+            r.apply_s,
+            opt(r.iptables_s),
+            opt(r.nft_s),
+            r.svc_add.0,
+            r.svc_add.1,
+            r.backend_change.0,
+            r.backend_change.1,
+            r.memlock_per_service
+        );
+    }
+    let _ = writeln!(md, "\nnetnsxl apply is timed into empty maps with the N plain services; the affinity set (N more) and the UDP set (up to 1,000) are applied after it and not timed. Map memory is the memlock the kernel reports in each map's fdinfo, over all maps, divided by the services loaded (2N + min(N, 1000)). iptables is loaded up to {} services{}.\n", args.max_iptables, if args.sizes.iter().any(|n| *n > args.max_iptables) { " (beyond that iptables-restore and the per-SYN linear walk of KUBE-SERVICES are impractical)" } else { "" });
+    let _ = writeln!(md, "## Targets\n");
+    for v in &verdicts {
+        let _ = writeln!(md, "- {v}");
+    }
+    let _ = writeln!(md, "\n![connect rate against number of services](rate.svg)");
+    (md, verdicts)
+}
+
+/// A line plot of the median connect rate against N (log scale), as SVG.
+fn plot(results: &[SizeResult]) -> String {
+    let (w, h, l, rgt, t, b) = (760.0, 420.0, 80.0, 250.0, 30.0, 50.0);
+    let systems = [
+        System::Direct,
+        System::Netnsxl,
+        System::NetnsxlAffinity,
+        System::Iptables,
+        System::Nftables,
+    ];
+    let colors = ["#444444", "#1f77b4", "#17becf", "#d62728", "#2ca02c"];
+    let pts: Vec<Vec<(usize, f64)>> = systems
+        .iter()
+        .map(|s| {
+            results
+                .iter()
+                .filter_map(|r| r.rates.get(s).map(|bl| (r.n, median(bl.iter().map(Block::rate).collect()))))
+                .collect()
+        })
+        .collect();
+    let ymax = pts.iter().flatten().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let nmax = results.iter().map(|r| r.n).max().unwrap_or(1).max(10) as f64;
+    let x = |n: usize| l + (((n.max(1)) as f64).log10() / nmax.log10()) * (w - l - rgt);
+    let y = |v: f64| t + (1.0 - v / ymax) * (h - t - b);
+    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+    let _ = writeln!(s, "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>", h - b, w - rgt, h - b, h - b);
+    for r in results {
+        let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>", x(r.n), h - b + 18.0, r.n);
+    }
+    for k in 0..=4 {
+        let v = ymax * k as f64 / 4.0;
+        let _ = writeln!(s, "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}</text><line x1=\"{l}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"#dddddd\"/>", l - 6.0, y(v) + 4.0, v, y(v), w - rgt, y(v));
+    }
+    let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">services (log scale)</text>", (l + w - rgt) / 2.0, h - 12.0);
+    let _ = writeln!(s, "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">connections per second</text>", (t + h - b) / 2.0, (t + h - b) / 2.0);
+    for (k, series) in pts.iter().enumerate() {
+        if series.is_empty() {
+            continue;
+        }
+        let path: Vec<String> = series.iter().map(|(n, v)| format!("{:.1},{:.1}", x(*n), y(*v))).collect();
+        let _ = writeln!(s, "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>", colors[k], path.join(" "));
+        for (n, v) in series {
+            let _ = writeln!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\"/>", x(*n), y(*v), colors[k]);
+        }
+        let ly = t + 20.0 * k as f64;
+        let _ = writeln!(s, "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{}</text>", w - rgt + 15.0, w - rgt + 35.0, colors[k], w - rgt + 40.0, ly + 4.0, systems[k].name());
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn environment() -> String {
+    let kernel = sh("uname", &["-r"]).unwrap_or_default().trim().to_string();
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .nth(1)
+        .and_then(|k| k.parse::<u64>().ok())
+        .map_or(0, |k| k / 1024 / 1024);
+    let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default().trim().to_string();
+    let ipt = sh("iptables", &["--version"]).unwrap_or_default().trim().to_string();
+    let nft = sh("nft", &["--version"]).unwrap_or_default().trim().to_string();
+    format!("Machine: {cpu}, {cpus} CPUs, {mem} GiB; kernel {kernel}; {ipt}; {nft}. Run {date} by `make bench`.")
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("netnsxl-bench creates namespaces and attaches BPF: run it as root (make bench)");
+    }
+    let bin_dir = std::env::current_exe()?.parent().context("binary dir")?.to_path_buf();
+    let netnsxl = bin_dir.join("netnsxl");
+    let probe = bin_dir.join("netnsxl-probe");
+    for p in [&netnsxl, &probe] {
+        if !p.exists() {
+            bail!("{} is missing: build with cargo build --release --bins", p.display());
+        }
+    }
+    let lab = Lab::new(&probe)?;
+    let dir = std::env::temp_dir().join(format!("{}-files", lab.tag));
+    fs::create_dir_all(&dir)?;
+    struct RmDir(PathBuf);
+    impl Drop for RmDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = RmDir(dir.clone());
+    let att = Attachment {
+        netnsxl,
+        pins: PathBuf::from(netnsxl::sys::BPFFS_DEFAULT).join(format!("{}-bench", lab.tag)),
+    };
+    netnsxl::sys::ensure_bpffs(&att.pins)?;
+    let runner = Runner {
+        bench: std::env::current_exe()?,
+        lab_cg: lab.cg.0.clone(),
+    };
+    // Sanity: every system reaches a backend before anything is measured.
+    let env = environment();
+    let mut results = Vec::new();
+    for &n in &args.sizes {
+        if n == 0 || n > 131_000 {
+            bail!("--sizes: each size must be 1..=131000 (the VIPs come from 198.18.0.0/15)");
+        }
+        results.push(run_size(&lab, &runner, &att, &args, n, &dir)?);
+    }
+    let _ = &lab.backend;
+    let (md, verdicts) = report(&results, &args, &env);
+    fs::create_dir_all(&args.out)?;
+    fs::write(args.out.join("results.md"), &md)?;
+    fs::write(args.out.join("rate.svg"), plot(&results))?;
+    println!("{md}");
+    eprintln!("wrote {} and {}", args.out.join("results.md").display(), args.out.join("rate.svg").display());
+    let _ = verdicts;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Some(Cmd::Client(a)) => client(a),
+        None => run(cli.run),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netnsxl-bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
