@@ -210,6 +210,10 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         .set_max_entries(cap.backends)
         .context("size backend_map")?;
     open.maps
+        .member_map
+        .set_max_entries(cap.backends)
+        .context("size member_map")?;
+    open.maps
         .affinity_map
         .set_max_entries(cap.affinity)
         .context("size affinity_map")?;
@@ -247,6 +251,8 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         ("node_addr_map", &maps.node_addr_map),
         ("bypass_map", &maps.bypass_map),
         ("doomed_map", &maps.doomed_map),
+        ("port_map", &maps.port_map),
+        ("member_map", &maps.member_map),
         ("config_map", &maps.config_map),
     ] {
         let path = pins.map(name);
@@ -269,7 +275,7 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         node_port_min: opts.node_port_range.0,
         node_port_max: opts.node_port_range.1,
         cgroup_path: bpf::to_cstr(&cgroup.to_string_lossy()),
-        pad0: 0,
+        bypass_count: 0,
     };
     state.write_config(&cfg)?;
     write_node_addrs(&state, &node_addrs)?;

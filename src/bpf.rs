@@ -35,6 +35,7 @@ plain_types!(
     revnat_value,
     nxl_config,
     doomed_key,
+    member_key,
 );
 
 pub const LAYOUT_VERSION: u32 = types::nxl_limits::NXL_LAYOUT_VERSION.0;

@@ -130,7 +130,19 @@ pub fn bypass_add(state: &State, ns: &NetnsRef) -> Result<u64> {
         .bypass
         .update(&cookie.to_ne_bytes(), &1u32.to_ne_bytes(), MapFlags::ANY)
         .context("write bypass_map")?;
+    sync_bypass_count(state)?;
     Ok(cookie)
+}
+
+/// The datapath looks bypass_map up only while config says it has entries.
+fn sync_bypass_count(state: &State) -> Result<()> {
+    let mut cfg = state.config()?;
+    let n = bypassed(state).len() as u32;
+    if cfg.bypass_count != n {
+        cfg.bypass_count = n;
+        state.write_config(&cfg)?;
+    }
+    Ok(())
 }
 
 pub fn bypass_del(state: &State, ns: &NetnsRef) -> Result<u64> {
@@ -146,6 +158,7 @@ pub fn bypass_del(state: &State, ns: &NetnsRef) -> Result<u64> {
         .bypass
         .delete(&cookie.to_ne_bytes())
         .context("delete from bypass_map")?;
+    sync_bypass_count(state)?;
     Ok(cookie)
 }
 

@@ -323,6 +323,7 @@ pub fn meta_of(spec: &ServiceSpec) -> types::svc_meta {
         int_policy_local: spec.internal_local.into(),
         node_port: spec.node_port.map_or(0, to_map_port),
         affinity_timeout: spec.affinity_timeout.unwrap_or(0),
+        backend_count: spec.backends.len() as u32,
         ..Default::default()
     }
 }

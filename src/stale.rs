@@ -147,6 +147,12 @@ pub fn destroy(state: &State, doomed: &[Doomed], tcp: bool) -> Result<usize> {
 /// After a change: destroy the sockets of the backends it removed that no
 /// service uses any more.
 pub fn after_change(state: &State, done: &crate::store::Done, tcp: bool) -> Result<usize> {
-    let gone = unused(state, &done.doomed)?;
+    let wanted: Vec<Doomed> = done
+        .doomed
+        .iter()
+        .filter(|d| tcp || d.proto == Proto::Udp)
+        .copied()
+        .collect();
+    let gone = unused(state, &wanted)?;
     destroy(state, &gone, tcp)
 }

@@ -24,6 +24,8 @@ pub const MAPS: &[&str] = &[
     "node_addr_map",
     "bypass_map",
     "doomed_map",
+    "port_map",
+    "member_map",
     "config_map",
 ];
 
@@ -83,6 +85,8 @@ pub struct State {
     pub node_addr: MapHandle,
     pub bypass: MapHandle,
     pub doomed: MapHandle,
+    pub ports: MapHandle,
+    pub member: MapHandle,
     pub config: MapHandle,
 }
 
@@ -134,6 +138,8 @@ impl State {
             node_addr: open_map(&pins, "node_addr_map")?,
             bypass: open_map(&pins, "bypass_map")?,
             doomed: open_map(&pins, "doomed_map")?,
+            ports: open_map(&pins, "port_map")?,
+            member: open_map(&pins, "member_map")?,
             config: open_map(&pins, "config_map")?,
             pins,
         })

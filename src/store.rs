@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::addr::{BackendSpec, Proto, to_map_addr, to_map_port};
@@ -138,6 +138,8 @@ pub struct Current<'a> {
     pub metas: BTreeMap<u32, types::svc_meta>,
     pub backends: HashMap<u32, Vec<(u32, types::backend_value)>>,
     svc: HashMap<SvcKeyBytes, Option<types::svc_value>>,
+    /// member_map: (svc_id, index) -> backend id, as far as read.
+    members: HashMap<(u32, u32), u32>,
     pub node_addrs: Vec<IpAddr>,
 }
 
@@ -154,6 +156,10 @@ impl<'a> Current<'a> {
             .into_iter()
             .map(|(k, v)| (key_bytes(&k), Some(v)))
             .collect();
+        let members = read_map::<types::member_key, u32>(&state.member)?
+            .into_iter()
+            .map(|(k, v)| ((k.svc_id, k.index), v))
+            .collect();
         Ok(Current {
             state,
             full: true,
@@ -162,6 +168,7 @@ impl<'a> Current<'a> {
                 .collect(),
             backends,
             svc,
+            members,
             node_addrs: state.node_addrs()?,
         })
     }
@@ -174,6 +181,7 @@ impl<'a> Current<'a> {
             metas: BTreeMap::new(),
             backends: HashMap::new(),
             svc: HashMap::new(),
+            members: HashMap::new(),
             node_addrs: state.node_addrs()?,
         };
         if let Some(m) = cur.svc_get(&svc_key(identity.ip, identity.port, proto, 0))? {
@@ -194,21 +202,66 @@ impl<'a> Current<'a> {
         {
             self.metas.insert(svc_id, bpf::from_bytes(&v)?);
         }
-        let mut bes = Vec::new();
-        for k in self.state.backend.keys() {
-            let Ok(id) = <[u8; 4]>::try_from(k.as_slice()).map(u32::from_ne_bytes) else {
-                continue;
+        // The backends by index (member_map): a few lookups. If the index
+        // does not add up (a killed command), scan backend_map instead.
+        let count = self.metas.get(&svc_id).map_or(0, |m| m.backend_count);
+        let mut bes = Vec::with_capacity(count as usize);
+        let mut whole = true;
+        for i in 0..count {
+            let key = types::member_key { svc_id, index: i };
+            let Some(v) = self.state.member.lookup(bpf::bytes(&key), MapFlags::ANY)? else {
+                whole = false;
+                break;
             };
-            if let Some(v) = self.state.backend.lookup(&k, MapFlags::ANY)? {
-                let b: types::backend_value = bpf::from_bytes(&v)?;
-                if b.svc_id == svc_id {
+            let id = u32::from_ne_bytes(v.as_slice().try_into().unwrap_or_default());
+            self.members.insert((svc_id, i), id);
+            match self.state.backend.lookup(&id.to_ne_bytes(), MapFlags::ANY)? {
+                Some(b) => {
+                    let b: types::backend_value = bpf::from_bytes(&b)?;
+                    if b.svc_id != svc_id {
+                        whole = false;
+                        break;
+                    }
                     bes.push((id, b));
+                }
+                None => {
+                    whole = false;
+                    break;
                 }
             }
         }
+        if !whole {
+            bes = read_map::<u32, types::backend_value>(&self.state.backend)?
+                .into_iter()
+                .filter(|(_, b)| b.svc_id == svc_id)
+                .collect();
+        }
+        // Index entries past the count, left by a killed command, are
+        // found and dropped by the next apply (plan_strays).
         bes.sort_by_key(|(id, _)| *id);
+        bes.dedup_by_key(|(id, _)| *id);
         self.backends.insert(svc_id, bes);
         Ok(())
+    }
+
+    /// A member_map element as the maps hold it (looked up on demand).
+    fn member_get(&mut self, svc_id: u32, index: u32) -> Result<Option<u32>> {
+        if let Some(v) = self.members.get(&(svc_id, index)) {
+            return Ok(Some(*v));
+        }
+        if self.full {
+            return Ok(None);
+        }
+        let key = types::member_key { svc_id, index };
+        let v = self
+            .state
+            .member
+            .lookup(bpf::bytes(&key), MapFlags::ANY)?
+            .map(|v| u32::from_ne_bytes(v.as_slice().try_into().unwrap_or_default()));
+        if let Some(id) = v {
+            self.members.insert((svc_id, index), id);
+        }
+        Ok(v)
     }
 
     pub fn svc_get(&mut self, key: &types::svc_key) -> Result<Option<types::svc_value>> {
@@ -258,12 +311,19 @@ impl<'a> Current<'a> {
 pub struct Tx {
     meta: Vec<(u32, types::svc_meta, Option<types::svc_meta>)>,
     backends: Vec<(u32, types::backend_value, Option<types::backend_value>)>,
+    members: Vec<(types::member_key, u32, Option<u32>)>,
     slots: Vec<(SvcKeyBytes, types::svc_value, Option<types::svc_value>)>,
     masters: Vec<(SvcKeyBytes, types::svc_value, Option<types::svc_value>)>,
     del_masters: Vec<SvcKeyBytes>,
     del_slots: Vec<SvcKeyBytes>,
     del_backends: Vec<u32>,
+    del_members: Vec<types::member_key>,
     del_meta: Vec<u32>,
+    /// (port, protocol) of every master entry written: their port_map bits
+    /// are set before the masters are.
+    ports: HashSet<(u16, u8)>,
+    /// Recompute port_map from the final masters (full mode only).
+    exact_ports: Option<HashSet<(u16, u8)>>,
     /// Services whose affinity entries all go.
     drop_affinity_svcs: HashSet<u32>,
     /// Backends whose affinity entries go.
@@ -284,6 +344,8 @@ impl Tx {
     pub fn is_empty(&self) -> bool {
         self.meta.is_empty()
             && self.backends.is_empty()
+            && self.members.is_empty()
+            && self.del_members.is_empty()
             && self.slots.is_empty()
             && self.masters.is_empty()
             && self.del_masters.is_empty()
@@ -295,6 +357,8 @@ impl Tx {
     fn len(&self) -> usize {
         self.meta.len()
             + self.backends.len()
+            + self.members.len()
+            + self.del_members.len()
             + self.slots.len()
             + self.masters.len()
             + self.del_masters.len()
@@ -463,6 +527,17 @@ pub fn plan_write(
             tx.backends.push((*id, *b, prior));
         }
     }
+    for (i, (id, _)) in layout.backends.iter().enumerate() {
+        let prior = cur.member_get(svc_id, i as u32)?;
+        if prior != Some(*id) {
+            tx.members
+                .push((types::member_key { svc_id, index: i as u32 }, *id, prior));
+        }
+    }
+    let old_count = prior_meta.map_or(0, |m| m.backend_count);
+    for i in layout.backends.len() as u32..old_count {
+        tx.del_members.push(types::member_key { svc_id, index: i });
+    }
 
     for f in &layout.fes {
         let local_only = f.flags & svc_flags::LOCAL_ONLY != 0;
@@ -477,9 +552,17 @@ pub fn plan_write(
         let prior_master = cur.master(f, proto)?;
         for (i, id) in slots.iter().enumerate() {
             let key = svc_key(f.ip, f.port, proto, i as u16 + 1);
+            let be = layout
+                .backends
+                .iter()
+                .find(|(b, _)| b == id)
+                .map(|(_, v)| *v)
+                .unwrap_or_default();
             let val = types::svc_value {
                 svc_id,
                 backend_id: *id,
+                backend_addr: be.addr,
+                backend_port: be.port,
                 ..Default::default()
             };
             let prior = cur.svc_get(&key)?;
@@ -498,6 +581,7 @@ pub fn plan_write(
         if prior_master.map(|p| bpf::bytes(&p) != bpf::bytes(&master)) != Some(false) {
             tx.masters.push((key_bytes(&key), master, prior_master));
         }
+        tx.ports.insert((f.port, proto.number()));
         // Slots past the new count: stale once the master is written.
         let old_count = prior_master.map_or(0, |m| m.count);
         for slot in slots.len() as u16 + 1..=old_count {
@@ -583,7 +667,10 @@ pub fn plan_delete(cur: &mut Current, tx: &mut Tx, svc_id: u32) -> Result<()> {
         }
     }
     tx.drop_affinity_svcs.insert(svc_id);
-    if cur.metas.contains_key(&svc_id) {
+    if let Some(m) = cur.metas.get(&svc_id) {
+        for index in 0..m.backend_count {
+            tx.del_members.push(types::member_key { svc_id, index });
+        }
         tx.del_meta.push(svc_id);
     }
     Ok(())
@@ -656,6 +743,32 @@ pub fn plan_strays(cur: &mut Current, tx: &mut Tx) -> Result<usize> {
             }
         }
     }
+    // Index entries of services that go, or past their service's count.
+    let counts: HashMap<u32, u32> = cur
+        .metas
+        .iter()
+        .map(|(id, m)| (*id, m.backend_count))
+        .chain(tx.meta.iter().map(|(id, m, _)| (*id, m.backend_count)))
+        .collect();
+    let gone_members: HashSet<(u32, u32)> = tx
+        .del_members
+        .iter()
+        .map(|k| (k.svc_id, k.index))
+        .collect();
+    for &(svc_id, index) in cur.members.keys() {
+        let keep = live.contains(&svc_id) && counts.get(&svc_id).is_some_and(|c| index < *c);
+        if !keep && !gone_members.contains(&(svc_id, index)) {
+            tx.del_members.push(types::member_key { svc_id, index });
+        }
+    }
+    // port_map exactly as the final masters need it.
+    let mut ports = HashSet::new();
+    for ((_, port, proto), m) in masters.iter() {
+        if live.contains(&m.svc_id) {
+            ports.insert((crate::addr::from_map_port(*port), *proto));
+        }
+    }
+    tx.exact_ports = Some(ports);
     let deleted_backends: HashSet<u32> = tx.del_backends.iter().copied().collect();
     for (svc_id, bes) in &cur.backends {
         if !live.contains(svc_id) {
@@ -818,6 +931,17 @@ pub fn execute(state: &State, tx: Tx) -> Result<Done> {
     };
     let slots = svc(&tx.slots);
     let masters = svc(&tx.masters);
+    let members: Vec<_> = tx
+        .members
+        .iter()
+        .map(|(k, v, p)| {
+            (
+                bpf::bytes(k).to_vec(),
+                v.to_ne_bytes().to_vec(),
+                p.map(|p| p.to_ne_bytes().to_vec()),
+            )
+        })
+        .collect();
 
     let mut undo = Vec::new();
     let res = (|| {
@@ -833,7 +957,15 @@ pub fn execute(state: &State, tx: Tx) -> Result<Done> {
             &backends,
             &mut undo,
         )?;
+        write_phase(
+            &state.member,
+            "the backend index (member_map)",
+            &members,
+            &mut undo,
+        )?;
         write_phase(&state.svc, "the service map (svc_map)", &slots, &mut undo)?;
+        // Before any master on a port exists, the prefilter lets it through.
+        set_port_bits(state, &tx.ports)?;
         write_phase(&state.svc, "the service map (svc_map)", &masters, &mut undo)
     })();
     if let Err(e) = res {
@@ -868,12 +1000,25 @@ pub fn execute(state: &State, tx: Tx) -> Result<Done> {
         .map(|id| id.to_ne_bytes().to_vec())
         .collect();
     delete_all(&state.backend, &del_backends);
+    let written_members: HashSet<Vec<u8>> = members.iter().map(|(k, _, _)| k.clone()).collect();
+    let mut seen = HashSet::new();
+    let del_members: Vec<Vec<u8>> = tx
+        .del_members
+        .iter()
+        .map(|k| bpf::bytes(k).to_vec())
+        .filter(|k| !written_members.contains(k) && seen.insert(k.clone()))
+        .collect();
+    delete_all(&state.member, &del_members);
     let del_meta: Vec<Vec<u8>> = tx
         .del_meta
         .iter()
         .map(|id| id.to_ne_bytes().to_vec())
         .collect();
     delete_all(&state.meta, &del_meta);
+    // Only after the masters went may their ports' bits go.
+    if let Some(exact) = &tx.exact_ports {
+        write_exact_ports(state, exact)?;
+    }
 
     if !tx.drop_affinity_svcs.is_empty() || !tx.drop_affinity_backends.is_empty() {
         let mut drop = Vec::new();
@@ -887,10 +1032,60 @@ pub fn execute(state: &State, tx: Tx) -> Result<Done> {
         delete_all(&state.affinity, &drop);
     }
     Ok(Done {
-        written: meta.len() + backends.len() + slots.len() + masters.len(),
-        deleted: del_masters.len() + del_slots.len() + del_backends.len() + del_meta.len(),
+        written: meta.len() + backends.len() + members.len() + slots.len() + masters.len(),
+        deleted: del_masters.len()
+            + del_slots.len()
+            + del_backends.len()
+            + del_members.len()
+            + del_meta.len(),
         doomed: tx.doomed,
     })
+}
+
+fn port_bit(proto: u8) -> u32 {
+    use types::nxl_port_bits as P;
+    if proto == Proto::Udp.number() {
+        P::NXL_PORT_UDP.0
+    } else {
+        P::NXL_PORT_TCP.0
+    }
+}
+
+/// Set the port_map bits of these (port, protocol) pairs (never clears).
+fn set_port_bits(state: &State, ports: &HashSet<(u16, u8)>) -> Result<()> {
+    for &(port, proto) in ports {
+        let key = u32::from(port).to_ne_bytes();
+        let cur = state
+            .ports
+            .lookup(&key, MapFlags::ANY)?
+            .map_or(0, |v| u32::from_ne_bytes(v.as_slice().try_into().unwrap_or_default()));
+        let want = cur | port_bit(proto);
+        if want != cur {
+            state
+                .ports
+                .update(&key, &want.to_ne_bytes(), MapFlags::ANY)
+                .context("write port_map")?;
+        }
+    }
+    Ok(())
+}
+
+/// Make port_map exactly `ports` (after a full rewrite).
+fn write_exact_ports(state: &State, ports: &HashSet<(u16, u8)>) -> Result<()> {
+    let mut want: HashMap<u32, u32> = HashMap::new();
+    for &(port, proto) in ports {
+        *want.entry(u32::from(port)).or_default() |= port_bit(proto);
+    }
+    for (port, bits) in read_map::<u32, u32>(&state.ports)? {
+        let w = want.get(&port).copied().unwrap_or(0);
+        if w != bits {
+            state
+                .ports
+                .update(&port.to_ne_bytes(), &w.to_ne_bytes(), MapFlags::ANY)
+                .context("write port_map")?;
+        }
+    }
+    Ok(())
 }
 
 /// Allocate a service id (for a service the maps do not have yet).

@@ -405,6 +405,7 @@ fn check_list_is_truthful(lab: &Lab) -> (usize, bool) {
                 .get(&sv.backend_id)
                 .unwrap_or_else(|| panic!("slot {slot} names a missing backend: {s}"));
             assert_eq!(b.svc_id, id);
+            assert_eq!((sv.backend_addr, sv.backend_port), (b.addr, b.port), "slot {slot} copies its backend's address: {s}");
             let addr = std::net::SocketAddr::new(
                 netnsxl::addr::from_map_addr(b.addr),
                 netnsxl::addr::from_map_port(b.port),

@@ -84,6 +84,29 @@ struct {
 	__uint(max_entries, NXL_DEFAULT_MAX_REVNAT);
 } revnat_map SEC(".maps");
 
+/*
+ * Prefilter: port (host order) -> NXL_PORT_* bits of the protocols some
+ * frontend uses on it. An array lookup is inlined by the verifier, so a
+ * socket whose port no service uses costs a few instructions and no hash.
+ * The control plane sets a bit before the first master entry on that port
+ * is written and clears it (apply, full rewrite) only when none is left.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 65536);
+} port_map SEC(".maps");
+
+/* A service's backend ids by index (control plane only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct member_key);
+	__type(value, __u32);
+	__uint(max_entries, NXL_DEFAULT_MAX_BACKENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} member_map SEC(".maps");
+
 /* Network namespaces whose sockets are never translated: netns cookie -> 1. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -196,14 +219,14 @@ static __always_inline bool backend_usable(const struct svc_value *master,
 }
 
 /*
- * Pick a random slot. A slot or backend may vanish under us when a
- * concurrent replace shrinks the set: re-read the master and try again.
+ * Pick a random slot: the slot holds the backend's address, so this is one
+ * lookup. A slot may vanish under us when a concurrent replace shrinks the
+ * set: re-read the master and try again.
  */
-static __always_inline struct backend_value *
-pick_backend(struct svc_key *key, struct svc_value **masterp, __u32 *backend_id)
+static __always_inline struct svc_value *
+pick_slot(struct svc_key *key, struct svc_value **masterp)
 {
 	struct svc_value *master = *masterp, *slot;
-	struct backend_value *be;
 
 	for (int i = 0; i < PICK_ATTEMPTS; i++) {
 		if (!master || master->count == 0)
@@ -211,12 +234,8 @@ pick_backend(struct svc_key *key, struct svc_value **masterp, __u32 *backend_id)
 		key->slot = (bpf_get_prandom_u32() % master->count) + 1;
 		slot = bpf_map_lookup_elem(&svc_map, key);
 		if (slot) {
-			be = bpf_map_lookup_elem(&backend_map, &slot->backend_id);
-			if (be) {
-				*backend_id = slot->backend_id;
-				*masterp = master;
-				return be;
-			}
+			*masterp = master;
+			return slot;
 		}
 		master = lookup_master(key);
 	}
@@ -242,7 +261,7 @@ affinity_backend(struct svc_value *master, struct affinity_key *akey, __u64 now)
 }
 
 static __always_inline void remember_revnat(void *ctx, const struct nxl_dest *frontend,
-					    const struct backend_value *be)
+					    const __u8 *be_addr, __be16 be_port)
 {
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct revnat_value *rv, fresh = {};
@@ -251,9 +270,9 @@ static __always_inline void remember_revnat(void *ctx, const struct nxl_dest *fr
 
 	rv = bpf_map_lookup_elem(&revnat_map, &cookie);
 	if (!rv) {
-		__builtin_memcpy(fresh.e[0].backend_addr, be->addr, 16);
+		__builtin_memcpy(fresh.e[0].backend_addr, be_addr, 16);
 		__builtin_memcpy(fresh.e[0].frontend_addr, frontend->addr, 16);
-		fresh.e[0].backend_port = be->port;
+		fresh.e[0].backend_port = be_port;
 		fresh.e[0].frontend_port = frontend->port;
 		fresh.next = 1;
 		bpf_map_update_elem(&revnat_map, &cookie, &fresh, BPF_ANY);
@@ -261,7 +280,7 @@ static __always_inline void remember_revnat(void *ctx, const struct nxl_dest *fr
 	}
 	for (int i = 0; i < NXL_REV_PER_SOCK; i++) {
 		e = &rv->e[i];
-		if (e->backend_port == be->port && addr_eq(e->backend_addr, be->addr)) {
+		if (e->backend_port == be_port && addr_eq(e->backend_addr, be_addr)) {
 			if (e->frontend_port != frontend->port ||
 			    !addr_eq(e->frontend_addr, frontend->addr)) {
 				__builtin_memcpy(e->frontend_addr, frontend->addr, 16);
@@ -273,9 +292,9 @@ static __always_inline void remember_revnat(void *ctx, const struct nxl_dest *fr
 	idx = rv->next % NXL_REV_PER_SOCK;
 	rv->next = idx + 1;
 	e = &rv->e[idx];
-	__builtin_memcpy(e->backend_addr, be->addr, 16);
+	__builtin_memcpy(e->backend_addr, be_addr, 16);
 	__builtin_memcpy(e->frontend_addr, frontend->addr, 16);
-	e->backend_port = be->port;
+	e->backend_port = be_port;
 	e->frontend_port = frontend->port;
 }
 
@@ -286,19 +305,26 @@ static __always_inline void remember_revnat(void *ctx, const struct nxl_dest *fr
 static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst, bool *changed)
 {
 	struct svc_key key = {};
-	struct svc_value *master;
+	struct svc_value *master, *slot;
 	struct backend_value *be = NULL;
+	const __u8 *to_addr;
 	struct nxl_config *cfg;
-	__u32 backend_id = 0;
+	__u32 proto = ctx->protocol, pidx, *ports;
+	__be16 to_port;
 	__u64 netns, now = 0;
 	bool from_host;
 
-	if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP)
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return SYS_PROCEED;
+	/* No frontend on this port and protocol: done, without hashing. */
+	pidx = bpf_ntohs(dst->port);
+	ports = bpf_map_lookup_elem(&port_map, &pidx);
+	if (!ports || !(*ports & (proto == IPPROTO_TCP ? NXL_PORT_TCP : NXL_PORT_UDP)))
 		return SYS_PROCEED;
 
 	__builtin_memcpy(key.addr, dst->addr, 16);
 	key.port = dst->port;
-	key.proto = ctx->protocol;
+	key.proto = proto;
 	master = lookup_master(&key);
 	if (!master) {
 		master = lookup_loopback_any(&key);
@@ -315,7 +341,7 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 		return SYS_PROCEED;
 	if ((master->flags & NXL_SVC_F_HOST_ONLY) && !from_host)
 		return SYS_PROCEED;
-	if (bpf_map_lookup_elem(&bypass_map, &netns))
+	if (cfg->bypass_count && bpf_map_lookup_elem(&bypass_map, &netns))
 		return SYS_PROCEED;
 
 	if (master->count == 0)
@@ -329,23 +355,28 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 		now = bpf_ktime_get_ns();
 		be = affinity_backend(master, &akey, now);
 	}
-	if (!be) {
-		be = pick_backend(&key, &master, &backend_id);
-		if (!be)
+	if (be) {
+		to_addr = be->addr;
+		to_port = be->port;
+	} else {
+		slot = pick_slot(&key, &master);
+		if (!slot)
 			goto refuse;
+		to_addr = slot->backend_addr;
+		to_port = slot->backend_port;
 		if (master->flags & NXL_SVC_F_AFFINITY) {
 			struct affinity_value av = {
 				.last_used_ns = now,
-				.backend_id = backend_id,
+				.backend_id = slot->backend_id,
 			};
 			akey.svc_id = master->svc_id;
 			bpf_map_update_elem(&affinity_map, &akey, &av, BPF_ANY);
 		}
 	}
 
-	remember_revnat(ctx, dst, be);
-	__builtin_memcpy(dst->addr, be->addr, 16);
-	dst->port = be->port;
+	remember_revnat(ctx, dst, to_addr, to_port);
+	__builtin_memcpy(dst->addr, to_addr, 16);
+	dst->port = to_port;
 	*changed = true;
 	return SYS_PROCEED;
 

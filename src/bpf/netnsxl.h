@@ -21,7 +21,7 @@
 enum nxl_limits {
 	/* Bump when any structure below, or the meaning of a field, changes.
 	 * The control plane refuses a pin directory written by another layout. */
-	NXL_LAYOUT_VERSION = 1,
+	NXL_LAYOUT_VERSION = 2,
 	NXL_DEFAULT_MAX_SERVICES = 65536,
 	NXL_DEFAULT_MAX_BACKENDS = 262144,
 	NXL_DEFAULT_MAX_AFFINITY = 65536,
@@ -35,6 +35,12 @@ enum nxl_limits {
 	NXL_REV_PER_SOCK = 4,
 	NXL_NAME_LEN = 64,
 	NXL_PATH_LEN = 256,
+};
+
+/* port_map[port] bits: some frontend uses this port with this protocol. */
+enum nxl_port_bits {
+	NXL_PORT_TCP = 1 << 0,
+	NXL_PORT_UDP = 1 << 1,
 };
 
 /* Frontend (service master / slot) flags: svc_value.flags. */
@@ -81,6 +87,11 @@ struct svc_value {
 	__u8 flags;         /* master: NXL_SVC_F_* */
 	__u8 pad0;
 	__u32 affinity_timeout; /* master: seconds; 0 when affinity is off */
+	/* slot: a copy of backend_map[backend_id]'s address, so that picking a
+	 * backend is one lookup; master: zero. */
+	__u8 backend_addr[16];
+	__be16 backend_port;
+	__u16 pad1;
 };
 
 /* Backends are per service: a backend id names one (service, backend) pair. */
@@ -105,6 +116,16 @@ struct svc_meta {
 	__u16 pad0;
 	__u16 pad1; /* no implicit hole: Rust writes every byte as it is */
 	__u32 affinity_timeout; /* seconds; 0 when affinity is off */
+	/* member_map holds this service's backend ids at indexes 0..n-1, so a
+	 * command finds them without scanning backend_map. */
+	__u32 backend_count;
+};
+
+/* The backends of a service, by index: member_map[(svc_id, i)] = backend id.
+ * Control plane only; the datapath never reads it. */
+struct member_key {
+	__u32 svc_id;
+	__u32 index;
 };
 
 /* Session affinity: one entry per (client netns, service). */
@@ -157,7 +178,7 @@ struct nxl_config {
 	__u16 node_port_min;   /* --node-port-range */
 	__u16 node_port_max;
 	char cgroup_path[NXL_PATH_LEN];
-	__u32 pad0;
+	__u32 bypass_count; /* entries in bypass_map: 0 skips its lookup */
 };
 
 /* Referenced by one .rodata variable so every enum above is in BTF. */
@@ -166,6 +187,7 @@ struct nxl_abi {
 	enum nxl_svc_flags svc_flags;
 	enum nxl_backend_flags backend_flags;
 	enum nxl_svc_type svc_type;
+	enum nxl_port_bits port_bits;
 };
 
 #endif /* __NETNSXL_H */
