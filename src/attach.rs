@@ -291,7 +291,6 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         ("nxl_sendmsg6", &progs.nxl_sendmsg6),
         ("nxl_recvmsg6", &progs.nxl_recvmsg6),
         ("nxl_getpeername6", &progs.nxl_getpeername6),
-        ("nxl_sock_release", &progs.nxl_sock_release),
     ] {
         let mut link: Link = prog
             .attach_cgroup(cg.as_raw_fd())
@@ -304,6 +303,8 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
     for (name, prog) in [
         ("nxl_destroy_udp", &progs.nxl_destroy_udp),
         ("nxl_destroy_tcp", &progs.nxl_destroy_tcp),
+        ("nxl_count_udp", &progs.nxl_count_udp),
+        ("nxl_count_tcp", &progs.nxl_count_tcp),
     ] {
         let mut link: Link = prog
             .attach()
@@ -420,7 +421,8 @@ struct ProgStatus {
 struct MapStatus {
     name: String,
     used: usize,
-    capacity: u32,
+    /// None for socket-local storage (it grows and shrinks with sockets).
+    capacity: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -443,6 +445,16 @@ struct Row {
     item: String,
     #[tabled(rename = "value")]
     value: String,
+}
+
+/// Sockets that hold reverse-translation state, in every netns netnsxl can
+/// find, counted by the pinned socket iterators (one byte per socket).
+pub fn revnat_entries(state: &State) -> Result<usize> {
+    let mut n = 0;
+    for prog in ["nxl_count_udp", "nxl_count_tcp"] {
+        n += crate::stale::read_everywhere(state, prog)?;
+    }
+    Ok(n)
 }
 
 pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
@@ -492,9 +504,9 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
     for (name, map) in [
         ("svc_map", &state.svc),
         ("backend_map", &state.backend),
+        ("member_map", &state.member),
         ("meta_map", &state.meta),
         ("affinity_map", &state.affinity),
-        ("revnat_map", &state.revnat),
         ("node_addr_map", &state.node_addr),
         ("bypass_map", &state.bypass),
         ("doomed_map", &state.doomed),
@@ -502,9 +514,16 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
         maps.push(MapStatus {
             name: name.to_string(),
             used: map.keys().count(),
-            capacity: map.max_entries(),
+            capacity: Some(map.max_entries()),
         });
     }
+    // Socket-local storage: one element per socket that holds state; the
+    // kernel frees it with the socket, so it has no capacity.
+    maps.push(MapStatus {
+        name: "revnat_map".to_string(),
+        used: revnat_entries(&state)?,
+        capacity: None,
+    });
 
     let st = Status {
         pin_dir: pin_dir.display().to_string(),
@@ -552,7 +571,10 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
     for m in &st.maps {
         rows.push(Row {
             item: format!("map {}", m.name),
-            value: format!("{}/{}", m.used, m.capacity),
+            value: match m.capacity {
+                Some(c) => format!("{}/{c}", m.used),
+                None => format!("{} sockets", m.used),
+            },
         });
     }
     for p in &st.programs {

@@ -76,6 +76,20 @@ fn run_iter(link_pin: PathBuf, path: PathBuf) -> Result<usize> {
     }
 }
 
+/// Read the pinned iterator `prog` once in every netns that can be found;
+/// returns the bytes it wrote in all of them.
+pub fn read_everywhere(state: &State, prog: &str) -> Result<usize> {
+    let mut n = 0;
+    for ns in netns_paths() {
+        match run_iter(state.pins.link(prog), ns.clone()) {
+            Ok(k) => n += k,
+            Err(_) if !ns.exists() => {}
+            Err(e) => return Err(e.context(format!("in netns {}", ns.display()))),
+        }
+    }
+    Ok(n)
+}
+
 /// The doomed backends no service uses any more (a backend address another
 /// service still has is alive: its sockets stay).
 pub fn unused(state: &State, doomed: &[Doomed]) -> Result<Vec<Doomed>> {

@@ -39,12 +39,16 @@ pub const CGROUP_PROGS: &[&str] = &[
     "nxl_sendmsg6",
     "nxl_recvmsg6",
     "nxl_getpeername6",
-    "nxl_sock_release",
 ];
 
 /// Socket iterators that destroy sockets of removed backends (src/stale.rs);
 /// their links are pinned next to the cgroup links.
-pub const ITER_PROGS: &[&str] = &["nxl_destroy_udp", "nxl_destroy_tcp"];
+pub const ITER_PROGS: &[&str] = &[
+    "nxl_destroy_udp",
+    "nxl_destroy_tcp",
+    "nxl_count_udp",
+    "nxl_count_tcp",
+];
 
 #[derive(Clone, Debug)]
 pub struct Pins {

@@ -215,7 +215,11 @@ impl<'a> Current<'a> {
             };
             let id = u32::from_ne_bytes(v.as_slice().try_into().unwrap_or_default());
             self.members.insert((svc_id, i), id);
-            match self.state.backend.lookup(&id.to_ne_bytes(), MapFlags::ANY)? {
+            match self
+                .state
+                .backend
+                .lookup(&id.to_ne_bytes(), MapFlags::ANY)?
+            {
                 Some(b) => {
                     let b: types::backend_value = bpf::from_bytes(&b)?;
                     if b.svc_id != svc_id {
@@ -530,8 +534,14 @@ pub fn plan_write(
     for (i, (id, _)) in layout.backends.iter().enumerate() {
         let prior = cur.member_get(svc_id, i as u32)?;
         if prior != Some(*id) {
-            tx.members
-                .push((types::member_key { svc_id, index: i as u32 }, *id, prior));
+            tx.members.push((
+                types::member_key {
+                    svc_id,
+                    index: i as u32,
+                },
+                *id,
+                prior,
+            ));
         }
     }
     let old_count = prior_meta.map_or(0, |m| m.backend_count);
@@ -750,11 +760,8 @@ pub fn plan_strays(cur: &mut Current, tx: &mut Tx) -> Result<usize> {
         .map(|(id, m)| (*id, m.backend_count))
         .chain(tx.meta.iter().map(|(id, m, _)| (*id, m.backend_count)))
         .collect();
-    let gone_members: HashSet<(u32, u32)> = tx
-        .del_members
-        .iter()
-        .map(|k| (k.svc_id, k.index))
-        .collect();
+    let gone_members: HashSet<(u32, u32)> =
+        tx.del_members.iter().map(|k| (k.svc_id, k.index)).collect();
     for &(svc_id, index) in cur.members.keys() {
         let keep = live.contains(&svc_id) && counts.get(&svc_id).is_some_and(|c| index < *c);
         if !keep && !gone_members.contains(&(svc_id, index)) {
@@ -1055,10 +1062,9 @@ fn port_bit(proto: u8) -> u32 {
 fn set_port_bits(state: &State, ports: &HashSet<(u16, u8)>) -> Result<()> {
     for &(port, proto) in ports {
         let key = u32::from(port).to_ne_bytes();
-        let cur = state
-            .ports
-            .lookup(&key, MapFlags::ANY)?
-            .map_or(0, |v| u32::from_ne_bytes(v.as_slice().try_into().unwrap_or_default()));
+        let cur = state.ports.lookup(&key, MapFlags::ANY)?.map_or(0, |v| {
+            u32::from_ne_bytes(v.as_slice().try_into().unwrap_or_default())
+        });
         let want = cur | port_bit(proto);
         if want != cur {
             state

@@ -405,7 +405,11 @@ fn check_list_is_truthful(lab: &Lab) -> (usize, bool) {
                 .get(&sv.backend_id)
                 .unwrap_or_else(|| panic!("slot {slot} names a missing backend: {s}"));
             assert_eq!(b.svc_id, id);
-            assert_eq!((sv.backend_addr, sv.backend_port), (b.addr, b.port), "slot {slot} copies its backend's address: {s}");
+            assert_eq!(
+                (sv.backend_addr, sv.backend_port),
+                (b.addr, b.port),
+                "slot {slot} copies its backend's address: {s}"
+            );
             let addr = std::net::SocketAddr::new(
                 netnsxl::addr::from_map_addr(b.addr),
                 netnsxl::addr::from_map_port(b.port),
@@ -880,7 +884,8 @@ fn tcp_sockets_are_destroyed_only_with_destroy_tcp() {
     );
 }
 
-/// Reverse-translation state goes with each socket (cgroup/sock_release).
+/// Reverse-translation state goes with each socket: it lives in the
+/// socket's own storage, which the kernel frees with the socket.
 #[test]
 fn revnat_map_is_empty_after_a_thousand_udp_sockets_close() {
     if !require_root() {
@@ -902,6 +907,13 @@ fn revnat_map_is_empty_after_a_thousand_udp_sockets_close() {
         "--backend",
         &be_addr(1),
     ]);
+    let state = netnsxl::state::State::open(&lab.pins.path).unwrap();
+    let count = || netnsxl::attach::revnat_entries(&state).unwrap();
+    assert_eq!(count(), 0);
+    // One socket kept open: counted, so the counter can see entries.
+    let (held, first) = Held::start(lab.pod(1), "udp", VIP);
+    assert!(first.ok, "{first:?}");
+    assert_eq!(count(), 1);
     let attempts = probe(lab.pod(0), "udp", false, VIP, 1000);
     assert_eq!(attempts.len(), 1000);
     assert!(
@@ -909,11 +921,18 @@ fn revnat_map_is_empty_after_a_thousand_udp_sockets_close() {
             .iter()
             .all(|a| a.ok && a.peer.as_deref() == Some(VIP))
     );
-    let state = netnsxl::state::State::open(&lab.pins.path).unwrap();
-    let left = read_map::<u64, types::revnat_value>(&state.revnat)
-        .unwrap()
-        .len();
-    assert_eq!(left, 0, "revnat_map entries left after the sockets closed");
+    assert_eq!(
+        count(),
+        1,
+        "only the held socket's state is left after 1,000 sockets closed"
+    );
+    drop(held);
+    // The held probe was killed: its socket is freed asynchronously.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count() != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(count(), 0);
 }
 
 /// netnsxl's own format: apply, apply again (0 changed), dry run, prune, and

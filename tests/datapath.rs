@@ -420,7 +420,7 @@ fn udp_replies_and_peer_show_the_frontend() {
     let a = probe(pod, "tcp", false, "203.0.113.53:53", 1).remove(0);
     assert!(!a.ok, "no TCP service there: {a:?}");
 
-    // Reverse-translation state went with the sockets (cgroup/sock_release).
+    // Reverse-translation state went with the sockets (socket storage).
     let status = cli.json(&["status"]);
     let revnat = status["maps"]
         .as_array()

@@ -41,7 +41,10 @@ use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
 #[derive(Parser)]
-#[command(name = "netnsxl-bench", about = "Benchmark netnsxl against kube-proxy's layouts")]
+#[command(
+    name = "netnsxl-bench",
+    about = "Benchmark netnsxl against kube-proxy's layouts"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -140,7 +143,10 @@ impl Rng {
     }
 }
 
-fn parse_targets(spec: &str) -> Result<Box<dyn Fn(&mut Rng) -> SocketAddr>> {
+/// Picks the next target.
+type Picker = Box<dyn Fn(&mut Rng) -> SocketAddr>;
+
+fn parse_targets(spec: &str) -> Result<Picker> {
     if let Some(rest) = spec.strip_prefix("vips:") {
         let (n, port) = rest.split_once(':').context("vips:N:PORT")?;
         let n: usize = n.parse()?;
@@ -153,7 +159,9 @@ fn parse_targets(spec: &str) -> Result<Box<dyn Fn(&mut Rng) -> SocketAddr>> {
         .split(',')
         .map(|s| s.parse().with_context(|| format!("target {s}")))
         .collect::<Result<_>>()?;
-    Ok(Box::new(move |r: &mut Rng| list[r.next() as usize % list.len()]))
+    Ok(Box::new(move |r: &mut Rng| {
+        list[r.next() as usize % list.len()]
+    }))
 }
 
 fn enter(netns: &str, cgroup: Option<&Path>) -> Result<()> {
@@ -173,6 +181,18 @@ fn one_tcp(to: SocketAddr) -> std::io::Result<()> {
     s.write_all(b"ping\n")?;
     let mut buf = Vec::with_capacity(64);
     s.read_to_end(&mut buf)?;
+    // The server closed first; close with a reset so neither side keeps a
+    // TIME_WAIT socket. Otherwise a later connect through a NAT that maps a
+    // reused source port to the same backend meets the server's TIME_WAIT
+    // entry and waits: that would measure port reuse, not translation.
+    nix::sys::socket::setsockopt(
+        &s,
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )?;
     Ok(())
 }
 
@@ -183,7 +203,22 @@ fn one_udp(sock: &UdpSocket, to: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The last CPU for clients, the first for servers (when there are two or
+/// more), so a client and its server never fight for one CPU and runs
+/// vary less.
+fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn client(a: ClientArgs) -> Result<()> {
+    pin_to(cpus() - 1);
     enter(&a.netns, a.cgroup.as_deref())?;
     let pick = parse_targets(&a.targets)?;
     let mut rng = Rng(a.seed.max(1).wrapping_mul(0x9E3779B97F4A7C15) | 1);
@@ -217,7 +252,11 @@ fn client(a: ClientArgs) -> Result<()> {
     }
     out.wall_us = start.elapsed().as_micros() as u64;
     lat.sort_by(f64::total_cmp);
-    let q = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0.0);
+    let q = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
     out.p50_us = q(0.5);
     out.p99_us = q(0.99);
     println!("{}", serde_json::to_string(&out)?);
@@ -252,7 +291,10 @@ fn in_ns_with_input(ns: &str, prog: &str, args: &[&str], input: &Path) -> Result
         .stdin(fs::File::open(input)?)
         .output()?;
     if !out.status.success() {
-        bail!("{prog} in {ns}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{prog} in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(t.elapsed())
 }
@@ -324,7 +366,11 @@ impl Attachment {
     fn ok(&self, args: &[&str]) -> Result<String> {
         let out = self.cmd(args).output()?;
         if !out.status.success() {
-            bail!("netnsxl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "netnsxl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -365,6 +411,10 @@ struct Lab {
     /// (pod, node) per system family: plain (direct and netnsxl), ipt, nft.
     pairs: Vec<(Netns, Netns)>,
     cg: Cgroup,
+    /// A sibling cgroup with nothing attached: direct, iptables and nftables
+    /// clients run there, so every client is in a fresh cgroup of its own
+    /// kind and only the attached programs differ.
+    plain_cg: Cgroup,
     _servers: Vec<Proc>,
 }
 
@@ -385,31 +435,89 @@ impl Lab {
             let node = Netns::new(format!("{tag}-node-{name}"))?;
             let base = 16 * k as u8;
             let (pod_if, node_if) = (format!("{tag}p{k}"), format!("{tag}n{k}"));
-            sh("ip", &["link", "add", &pod_if, "netns", &pod.0, "type", "veth", "peer", "name", &node_if, "netns", &node.0])?;
-            pod.ip(&["addr", "add", &format!("198.51.100.{}/28", base + 2), "dev", &pod_if])?;
-            node.ip(&["addr", "add", &format!("198.51.100.{}/28", base + 1), "dev", &node_if])?;
+            sh(
+                "ip",
+                &[
+                    "link", "add", &pod_if, "netns", &pod.0, "type", "veth", "peer", "name",
+                    &node_if, "netns", &node.0,
+                ],
+            )?;
+            pod.ip(&[
+                "addr",
+                "add",
+                &format!("198.51.100.{}/28", base + 2),
+                "dev",
+                &pod_if,
+            ])?;
+            node.ip(&[
+                "addr",
+                "add",
+                &format!("198.51.100.{}/28", base + 1),
+                "dev",
+                &node_if,
+            ])?;
             pod.ip(&["link", "set", &pod_if, "up"])?;
             node.ip(&["link", "set", &node_if, "up"])?;
-            pod.ip(&["route", "add", "default", "via", &format!("198.51.100.{}", base + 1)])?;
+            pod.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("198.51.100.{}", base + 1),
+            ])?;
             let (nb, bn) = (format!("{tag}b{k}"), format!("{tag}x{k}"));
             let lbase = 48 + 16 * k as u8;
-            sh("ip", &["link", "add", &nb, "netns", &node.0, "type", "veth", "peer", "name", &bn, "netns", &backend.0])?;
-            node.ip(&["addr", "add", &format!("198.51.100.{}/28", lbase + 1), "dev", &nb])?;
-            backend.ip(&["addr", "add", &format!("198.51.100.{}/28", lbase + 2), "dev", &bn])?;
+            sh(
+                "ip",
+                &[
+                    "link", "add", &nb, "netns", &node.0, "type", "veth", "peer", "name", &bn,
+                    "netns", &backend.0,
+                ],
+            )?;
+            node.ip(&[
+                "addr",
+                "add",
+                &format!("198.51.100.{}/28", lbase + 1),
+                "dev",
+                &nb,
+            ])?;
+            backend.ip(&[
+                "addr",
+                "add",
+                &format!("198.51.100.{}/28", lbase + 2),
+                "dev",
+                &bn,
+            ])?;
             node.ip(&["link", "set", &nb, "up"])?;
             backend.ip(&["link", "set", &bn, "up"])?;
-            node.ip(&["route", "add", "203.0.113.0/24", "via", &format!("198.51.100.{}", lbase + 2)])?;
-            backend.ip(&["route", "add", &format!("198.51.100.{base}/28"), "via", &format!("198.51.100.{}", lbase + 1)])?;
+            node.ip(&[
+                "route",
+                "add",
+                "203.0.113.0/24",
+                "via",
+                &format!("198.51.100.{}", lbase + 2),
+            ])?;
+            backend.ip(&[
+                "route",
+                "add",
+                &format!("198.51.100.{base}/28"),
+                "via",
+                &format!("198.51.100.{}", lbase + 1),
+            ])?;
             node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
             pairs.push((pod, node));
         }
         let root = netnsxl::sys::cgroup2_mount()?;
         let cg = Cgroup(root.join(format!("{tag}-bench")));
         fs::create_dir(&cg.0).with_context(|| format!("create {}", cg.0.display()))?;
+        let plain_cg = Cgroup(root.join(format!("{tag}-plain")));
+        fs::create_dir(&plain_cg.0).with_context(|| format!("create {}", plain_cg.0.display()))?;
 
         let mut servers = Vec::new();
         let mut start = |args: Vec<String>| -> Result<()> {
-            let mut child = Command::new(probe)
+            let mut child = Command::new("taskset")
+                .args(["-c", "0"])
+                .arg(probe)
                 .args(&args)
                 .stdout(Stdio::piped())
                 .spawn()?;
@@ -421,15 +529,36 @@ impl Lab {
             servers.push(Proc(child));
             Ok(())
         };
-        start(vec!["serve".into(), "--netns".into(), backend.0.clone(), "--proto".into(), "tcp".into(), "--listen".into(), format!("0.0.0.0:{BE_PORT}"), "--reply".into(), "pong".into()])?;
+        start(vec![
+            "serve".into(),
+            "--netns".into(),
+            backend.0.clone(),
+            "--proto".into(),
+            "tcp".into(),
+            "--listen".into(),
+            format!("0.0.0.0:{BE_PORT}"),
+            "--reply".into(),
+            "pong".into(),
+        ])?;
         for b in BACKENDS {
-            start(vec!["serve".into(), "--netns".into(), backend.0.clone(), "--proto".into(), "udp".into(), "--listen".into(), format!("{b}:{BE_UDP_PORT}"), "--reply".into(), "pong".into()])?;
+            start(vec![
+                "serve".into(),
+                "--netns".into(),
+                backend.0.clone(),
+                "--proto".into(),
+                "udp".into(),
+                "--listen".into(),
+                format!("{b}:{BE_UDP_PORT}"),
+                "--reply".into(),
+                "pong".into(),
+            ])?;
         }
         Ok(Lab {
             tag,
             backend,
             pairs,
             cg,
+            plain_cg,
             _servers: servers,
         })
     }
@@ -439,7 +568,11 @@ impl Lab {
 // Rule sets
 
 fn backend_list(port: u16) -> String {
-    BACKENDS.iter().map(|b| format!("{b}:{port}")).collect::<Vec<_>>().join(",")
+    BACKENDS
+        .iter()
+        .map(|b| format!("{b}:{port}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// netnsxl's file: N ClusterIPs on port 80, the same N with affinity on
@@ -465,14 +598,23 @@ fn netnsxl_file(n: usize, with_rest: bool) -> String {
         s.push('\n');
     };
     for i in 1..=n {
-        push(format!("{{\"type\":\"clusterip\",\"frontend\":\"{}:80\",\"backends\":[{tcp}]}}", vip(i)));
+        push(format!(
+            "{{\"type\":\"clusterip\",\"frontend\":\"{}:80\",\"backends\":[{tcp}]}}",
+            vip(i)
+        ));
     }
     if with_rest {
         for i in 1..=n {
-            push(format!("{{\"type\":\"clusterip\",\"frontend\":\"{}:83\",\"backends\":[{tcp}],\"session_affinity\":\"client-ip\"}}", vip(i)));
+            push(format!(
+                "{{\"type\":\"clusterip\",\"frontend\":\"{}:83\",\"backends\":[{tcp}],\"session_affinity\":\"client-ip\"}}",
+                vip(i)
+            ));
         }
         for i in 1..=n.min(1000) {
-            push(format!("{{\"type\":\"clusterip\",\"proto\":\"udp\",\"frontend\":\"{}:53\",\"backends\":[{udp}]}}", vip(i)));
+            push(format!(
+                "{{\"type\":\"clusterip\",\"proto\":\"udp\",\"frontend\":\"{}:53\",\"backends\":[{udp}]}}",
+                vip(i)
+            ));
         }
     }
     s.push(']');
@@ -483,8 +625,12 @@ fn netnsxl_file(n: usize, with_rest: bool) -> String {
 fn iptables_rules(n: usize) -> String {
     let mut chains = String::new();
     let mut rules = String::new();
-    chains.push_str("*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
-    rules.push_str("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n");
+    chains.push_str(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n",
+    );
+    rules.push_str(
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+    );
     rules.push_str("-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n");
     for i in 1..=n {
         let svc = format!("KUBE-SVC-{i:016X}");
@@ -494,7 +640,11 @@ fn iptables_rules(n: usize) -> String {
             "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"bench/s{i}:http cluster IP\" -m tcp --dport 80 -j {svc}",
             vip(i)
         );
-        let _ = writeln!(rules, "-A {svc} ! -s 198.51.100.0/24 -d {}/32 -p tcp -m tcp --dport 80 -j KUBE-MARK-MASQ", vip(i));
+        let _ = writeln!(
+            rules,
+            "-A {svc} ! -s 198.51.100.0/24 -d {}/32 -p tcp -m tcp --dport 80 -j KUBE-MARK-MASQ",
+            vip(i)
+        );
         for (j, b) in BACKENDS.iter().enumerate() {
             let sep = format!("KUBE-SEP-{i:014X}{j:02X}");
             let _ = writeln!(chains, ":{sep} - [0:0]");
@@ -505,14 +655,20 @@ fn iptables_rules(n: usize) -> String {
             };
             match prob {
                 Some(p) => {
-                    let _ = writeln!(rules, "-A {svc} -m statistic --mode random --probability {p} -j {sep}");
+                    let _ = writeln!(
+                        rules,
+                        "-A {svc} -m statistic --mode random --probability {p} -j {sep}"
+                    );
                 }
                 None => {
                     let _ = writeln!(rules, "-A {svc} -j {sep}");
                 }
             }
             let _ = writeln!(rules, "-A {sep} -s {b}/32 -j KUBE-MARK-MASQ");
-            let _ = writeln!(rules, "-A {sep} -p tcp -m tcp -j DNAT --to-destination {b}:{BE_PORT}");
+            let _ = writeln!(
+                rules,
+                "-A {sep} -p tcp -m tcp -j DNAT --to-destination {b}:{BE_PORT}"
+            );
         }
     }
     chains.push_str(&rules);
@@ -528,16 +684,28 @@ fn nft_rules(n: usize) -> String {
     s.push_str("table ip kube-proxy {\n");
     s.push_str("  chain mark-for-masquerade { meta mark set meta mark or 0x4000; }\n");
     for i in 1..=n {
-        let _ = writeln!(s, "  chain service-{i} {{ ip daddr {} tcp dport 80 ip saddr != 198.51.100.0/24 jump mark-for-masquerade\n    numgen random mod 3 vmap {{ 0 : goto endpoint-{i}-0, 1 : goto endpoint-{i}-1, 2 : goto endpoint-{i}-2 }}; }}", vip(i));
+        let _ = writeln!(
+            s,
+            "  chain service-{i} {{ ip daddr {} tcp dport 80 ip saddr != 198.51.100.0/24 jump mark-for-masquerade\n    numgen random mod 3 vmap {{ 0 : goto endpoint-{i}-0, 1 : goto endpoint-{i}-1, 2 : goto endpoint-{i}-2 }}; }}",
+            vip(i)
+        );
         for (j, b) in BACKENDS.iter().enumerate() {
-            let _ = writeln!(s, "  chain endpoint-{i}-{j} {{ ip saddr {b} jump mark-for-masquerade\n    meta l4proto tcp dnat to {b}:{BE_PORT}; }}");
+            let _ = writeln!(
+                s,
+                "  chain endpoint-{i}-{j} {{ ip saddr {b} jump mark-for-masquerade\n    meta l4proto tcp dnat to {b}:{BE_PORT}; }}"
+            );
         }
     }
     s.push_str("  map service-ips {\n    type ipv4_addr . inet_proto . inet_service : verdict\n");
     if n > 0 {
         s.push_str("    elements = {\n");
         for i in 1..=n {
-            let _ = writeln!(s, "      {} . tcp . 80 : goto service-{i}{}", vip(i), if i < n { "," } else { "" });
+            let _ = writeln!(
+                s,
+                "      {} . tcp . 80 : goto service-{i}{}",
+                vip(i),
+                if i < n { "," } else { "" }
+            );
         }
         s.push_str("    }\n");
     }
@@ -577,16 +745,32 @@ impl System {
 struct Runner {
     bench: PathBuf,
     lab_cg: PathBuf,
+    plain_cg: PathBuf,
 }
 
 impl Runner {
-    fn block(&self, netns: &str, cgroup: bool, proto: &str, targets: &str, count: u32, seed: u64) -> Result<Block> {
+    fn block(
+        &self,
+        netns: &str,
+        cgroup: bool,
+        proto: &str,
+        targets: &str,
+        count: u32,
+        seed: u64,
+    ) -> Result<Block> {
         let mut c = Command::new(&self.bench);
-        c.args(["client", "--netns", netns, "--proto", proto, "--targets", targets])
-            .args(["--count", &count.to_string(), "--seed", &seed.to_string()]);
-        if cgroup {
-            c.arg("--cgroup").arg(&self.lab_cg);
-        }
+        c.args([
+            "client",
+            "--netns",
+            netns,
+            "--proto",
+            proto,
+            "--targets",
+            targets,
+        ])
+        .args(["--count", &count.to_string(), "--seed", &seed.to_string()]);
+        c.arg("--cgroup")
+            .arg(if cgroup { &self.lab_cg } else { &self.plain_cg });
         let out = c.output()?;
         if !out.status.success() {
             bail!("client: {}", String::from_utf8_lossy(&out.stderr).trim());
@@ -595,20 +779,30 @@ impl Runner {
     }
 }
 
-/// (run_cnt, run_time_ns) of each program of the attachment, by name.
+/// (run_cnt, run_time_ns) of each program of the attachment, by name: the
+/// programs its pinned links point at.
 fn prog_stats(att: &Attachment) -> Result<BTreeMap<String, (u64, u64)>> {
-    let status: serde_json::Value = serde_json::from_str(&att.ok(&["status", "-o", "json"])?)?;
+    let pins = netnsxl::state::Pins::new(&att.pins);
+    let mut ids = BTreeMap::new();
+    for name in netnsxl::state::CGROUP_PROGS {
+        if let Ok(info) = libbpf_rs::Link::open(pins.link(name)).and_then(|l| l.info()) {
+            ids.insert(info.prog_id, name.to_string());
+        }
+    }
     let mut out = BTreeMap::new();
-    for p in status["programs"].as_array().context("status programs")? {
-        out.insert(
-            p["name"].as_str().unwrap_or_default().to_string(),
-            (p["run_cnt"].as_u64().unwrap_or(0), p["run_time_ns"].as_u64().unwrap_or(0)),
-        );
+    for p in libbpf_rs::query::ProgInfoIter::default() {
+        if let Some(name) = ids.get(&p.id) {
+            out.insert(name.clone(), (p.run_cnt, p.run_time_ns));
+        }
     }
     Ok(out)
 }
 
-fn ns_per_call(before: &BTreeMap<String, (u64, u64)>, after: &BTreeMap<String, (u64, u64)>, prog: &str) -> Option<f64> {
+fn ns_per_call(
+    before: &BTreeMap<String, (u64, u64)>,
+    after: &BTreeMap<String, (u64, u64)>,
+    prog: &str,
+) -> Option<f64> {
     let (c0, t0) = before.get(prog).copied().unwrap_or_default();
     let (c1, t1) = after.get(prog).copied().unwrap_or_default();
     (c1 > c0).then(|| (t1 - t0) as f64 / (c1 - c0) as f64)
@@ -620,7 +814,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
 }
 
 /// CPU time (user + system) of children that ended, in microseconds.
@@ -674,7 +872,14 @@ struct SizeResult {
     services_loaded: usize,
 }
 
-fn run_size(lab: &Lab, run: &Runner, att: &Attachment, args: &RunArgs, n: usize, dir: &Path) -> Result<SizeResult> {
+fn run_size(
+    lab: &Lab,
+    run: &Runner,
+    att: &Attachment,
+    args: &RunArgs,
+    n: usize,
+    dir: &Path,
+) -> Result<SizeResult> {
     let mut r = SizeResult {
         n,
         ..Default::default()
@@ -685,7 +890,17 @@ fn run_size(lab: &Lab, run: &Runner, att: &Attachment, args: &RunArgs, n: usize,
     let maxs = (args.sizes.iter().max().copied().unwrap_or(1) * 2 + 1100).to_string();
     let maxb = (args.sizes.iter().max().copied().unwrap_or(1) * 6 + 3300).to_string();
     let host = format!("/run/netns/{}", lab.pairs[PLAIN].1.0);
-    att.ok(&["attach", "--cgroup", lab.cg.0.to_str().unwrap(), "--host-netns", &host, "--max-services", &maxs, "--max-backends", &maxb])?;
+    att.ok(&[
+        "attach",
+        "--cgroup",
+        lab.cg.0.to_str().unwrap(),
+        "--host-netns",
+        &host,
+        "--max-services",
+        &maxs,
+        "--max-backends",
+        &maxb,
+    ])?;
 
     let main_file = dir.join(format!("netnsxl-{n}.json"));
     fs::write(&main_file, netnsxl_file(n, false))?;
@@ -698,13 +913,51 @@ fn run_size(lab: &Lab, run: &Runner, att: &Attachment, args: &RunArgs, n: usize,
     att.ok(&["apply", "-f", all_file.to_str().unwrap()])?;
     r.apply_all_s = t.elapsed().as_secs_f64();
     r.services_loaded = 2 * n + n.min(1000);
-    eprintln!("   netnsxl apply: {:.3} s ({} services), then {:.3} s for the affinity and UDP sets", r.apply_s, n, r.apply_all_s);
+    eprintln!(
+        "   netnsxl apply: {:.3} s ({} services), then {:.3} s for the affinity and UDP sets",
+        r.apply_s, n, r.apply_all_s
+    );
 
     // One svc add and one backend change at this size (process time).
-    r.svc_add = timed(att, &["svc", "add", "--type", "clusterip", "--frontend", "198.19.255.1:80", "--backend", &format!("{}:{BE_PORT}", BACKENDS[0])])?;
+    r.svc_add = timed(
+        att,
+        &[
+            "svc",
+            "add",
+            "--type",
+            "clusterip",
+            "--frontend",
+            "198.19.255.1:80",
+            "--backend",
+            &format!("{}:{BE_PORT}", BACKENDS[0]),
+        ],
+    )?;
     let v1 = format!("{}:80", vip(1));
-    r.backend_change = timed(att, &["svc", "add", "--type", "clusterip", "--frontend", &v1, "--replace", "--backend", &format!("{}:{BE_PORT}", BACKENDS[0]), "--backend", &format!("{}:{BE_PORT}", BACKENDS[1])])?;
-    let mut restore = vec!["svc", "add", "--type", "clusterip", "--frontend", v1.as_str(), "--replace"];
+    r.backend_change = timed(
+        att,
+        &[
+            "svc",
+            "add",
+            "--type",
+            "clusterip",
+            "--frontend",
+            &v1,
+            "--replace",
+            "--backend",
+            &format!("{}:{BE_PORT}", BACKENDS[0]),
+            "--backend",
+            &format!("{}:{BE_PORT}", BACKENDS[1]),
+        ],
+    )?;
+    let mut restore = vec![
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--frontend",
+        v1.as_str(),
+        "--replace",
+    ];
     let bl: Vec<String> = BACKENDS.iter().map(|b| format!("{b}:{BE_PORT}")).collect();
     for b in &bl {
         restore.extend(["--backend", b.as_str()]);
@@ -729,7 +982,12 @@ fn run_size(lab: &Lab, run: &Runner, att: &Attachment, args: &RunArgs, n: usize,
         eprintln!("   nft -f: {:.3} s", d.as_secs_f64());
     }
 
-    let mut systems = vec![System::Direct, System::Netnsxl, System::NetnsxlAffinity, System::NetnsxlMiss];
+    let mut systems = vec![
+        System::Direct,
+        System::Netnsxl,
+        System::NetnsxlAffinity,
+        System::NetnsxlMiss,
+    ];
     if r.iptables_s.is_some() {
         systems.push(System::Iptables);
     }
@@ -749,12 +1007,22 @@ fn run_size(lab: &Lab, run: &Runner, att: &Attachment, args: &RunArgs, n: usize,
             seed += 1;
             let before = prog_stats(att)?;
             let b = match sys {
-                System::Direct => run.block(plain, false, "tcp", &direct_targets, args.connects, seed)?,
+                System::Direct => {
+                    run.block(plain, false, "tcp", &direct_targets, args.connects, seed)?
+                }
                 System::Netnsxl => run.block(plain, true, "tcp", &v80, args.connects, seed)?,
-                System::NetnsxlAffinity => run.block(plain, true, "tcp", &v83, args.connects, seed)?,
-                System::NetnsxlMiss => run.block(plain, true, "tcp", &direct_targets, args.connects, seed)?,
-                System::Iptables => run.block(&lab.pairs[IPT].0.0, false, "tcp", &v80, args.connects, seed)?,
-                System::Nftables => run.block(&lab.pairs[NFT].0.0, false, "tcp", &v80, args.connects, seed)?,
+                System::NetnsxlAffinity => {
+                    run.block(plain, true, "tcp", &v83, args.connects, seed)?
+                }
+                System::NetnsxlMiss => {
+                    run.block(plain, true, "tcp", &direct_targets, args.connects, seed)?
+                }
+                System::Iptables => {
+                    run.block(&lab.pairs[IPT].0.0, false, "tcp", &v80, args.connects, seed)?
+                }
+                System::Nftables => {
+                    run.block(&lab.pairs[NFT].0.0, false, "tcp", &v80, args.connects, seed)?
+                }
             };
             let after = prog_stats(att)?;
             let hook = |name: &'static str, prog: &str, r: &mut SizeResult| {
@@ -765,32 +1033,64 @@ fn run_size(lab: &Lab, run: &Runner, att: &Attachment, args: &RunArgs, n: usize,
             match sys {
                 System::Netnsxl => {
                     hook("connect4 hit", "nxl_connect4", &mut r);
-                    hook("getpeername4 (translated socket)", "nxl_getpeername4", &mut r);
+                    hook(
+                        "getpeername4 (translated socket)",
+                        "nxl_getpeername4",
+                        &mut r,
+                    );
                     hook("sock_release", "nxl_sock_release", &mut r);
                 }
                 System::NetnsxlAffinity => hook("connect4 hit, affinity", "nxl_connect4", &mut r),
                 System::NetnsxlMiss => {
                     hook("connect4 miss", "nxl_connect4", &mut r);
-                    hook("getpeername4 (untranslated socket)", "nxl_getpeername4", &mut r);
+                    hook(
+                        "getpeername4 (untranslated socket)",
+                        "nxl_getpeername4",
+                        &mut r,
+                    );
                 }
                 _ => {}
             }
             if b.failed > 0 {
-                eprintln!("   {}: {} failed, first: {:?}", sys.name(), b.failed, b.first_error);
+                eprintln!(
+                    "   {}: {} failed, first: {:?}",
+                    sys.name(),
+                    b.failed,
+                    b.first_error
+                );
             }
             r.rates.entry(sys).or_default().push(b);
         }
         // UDP hooks: unconnected sendto/recvfrom, hit and miss.
         let before = prog_stats(att)?;
-        run.block(plain, true, "udp", &format!("vips:{}:53", n.min(1000)), args.connects, seed)?;
+        run.block(
+            plain,
+            true,
+            "udp",
+            &format!("vips:{}:53", n.min(1000)),
+            args.connects,
+            seed,
+        )?;
         let mid = prog_stats(att)?;
-        run.block(plain, true, "udp", &backend_list(BE_UDP_PORT), args.connects, seed)?;
+        run.block(
+            plain,
+            true,
+            "udp",
+            &backend_list(BE_UDP_PORT),
+            args.connects,
+            seed,
+        )?;
         let after = prog_stats(att)?;
         for (name, prog, a, b) in [
             ("sendmsg4 hit", "nxl_sendmsg4", &before, &mid),
             ("recvmsg4 (translated reply)", "nxl_recvmsg4", &before, &mid),
             ("sendmsg4 miss", "nxl_sendmsg4", &mid, &after),
-            ("recvmsg4 (untranslated reply)", "nxl_recvmsg4", &mid, &after),
+            (
+                "recvmsg4 (untranslated reply)",
+                "nxl_recvmsg4",
+                &mid,
+                &after,
+            ),
         ] {
             if let Some(v) = ns_per_call(a, b, prog) {
                 r.hooks.entry(name).or_default().push(v);
@@ -805,17 +1105,32 @@ fn run_size(lab: &Lab, run: &Runner, att: &Attachment, args: &RunArgs, n: usize,
 // Report
 
 fn fmt_rate(v: f64) -> String {
-    if v.is_nan() { "-".into() } else { format!("{:.0}", v) }
+    if v.is_nan() {
+        "-".into()
+    } else {
+        format!("{:.0}", v)
+    }
 }
 
 fn report(results: &[SizeResult], args: &RunArgs, env: &str) -> (String, Vec<String>) {
     let mut md = String::new();
     let mut verdicts = Vec::new();
     let _ = writeln!(md, "# netnsxl benchmark\n\n{env}\n");
-    let _ = writeln!(md, "Each figure is the median over {} rounds of interleaved blocks of {} connects (connect + getpeername + one request/response + close, sequential, one client) from a pod netns through a node netns to a backend netns. Ratios are to direct at the same size.\n", args.rounds, args.connects);
-    let _ = writeln!(md, "## Short-connection rate\n\n| services | system | conn/s | vs direct | p50 µs | p99 µs | failed |\n|---:|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "Each figure is the median over {} rounds of interleaved blocks of {} connects (connect + getpeername + one request/response + close, sequential, one client) from a pod netns through a node netns to a backend netns. Ratios are to direct at the same size.\n",
+        args.rounds, args.connects
+    );
+    let _ = writeln!(
+        md,
+        "## Short-connection rate\n\n| services | system | conn/s | vs direct | p50 µs | p99 µs | failed |\n|---:|---|---:|---:|---:|---:|---:|"
+    );
     for r in results {
-        let med = |s: System| r.rates.get(&s).map(|b| median(b.iter().map(Block::rate).collect()));
+        let med = |s: System| {
+            r.rates
+                .get(&s)
+                .map(|b| median(b.iter().map(Block::rate).collect()))
+        };
         let direct = med(System::Direct).unwrap_or(f64::NAN);
         for (sys, blocks) in &r.rates {
             let rate = median(blocks.iter().map(Block::rate).collect());
@@ -833,16 +1148,31 @@ fn report(results: &[SizeResult], args: &RunArgs, env: &str) -> (String, Vec<Str
         }
         if let Some(nx) = med(System::Netnsxl) {
             let ratio = nx / direct;
-            verdicts.push(format!("{} connect rate through netnsxl >= 0.97x direct at {} services: {:.3}x", if ratio >= 0.97 { "MET" } else { "NOT MET" }, r.n, ratio));
+            verdicts.push(format!(
+                "{} connect rate through netnsxl >= 0.97x direct at {} services: {:.3}x",
+                if ratio >= 0.97 { "MET" } else { "NOT MET" },
+                r.n,
+                ratio
+            ));
         }
         if r.n == 10000
             && let (Some(nx), Some(ipt)) = (med(System::Netnsxl), med(System::Iptables))
         {
-            verdicts.push(format!("{} netnsxl >= 2x iptables at 10,000 services: {:.2}x", if nx >= 2.0 * ipt { "MET" } else { "NOT MET" }, nx / ipt));
+            verdicts.push(format!(
+                "{} netnsxl >= 2x iptables at 10,000 services: {:.2}x",
+                if nx >= 2.0 * ipt { "MET" } else { "NOT MET" },
+                nx / ipt
+            ));
         }
     }
-    let _ = writeln!(md, "\n## Datapath cost per call (bpf_stats: run_time_ns / run_cnt)\n");
-    let mut names: Vec<&str> = results.iter().flat_map(|r| r.hooks.keys().copied()).collect();
+    let _ = writeln!(
+        md,
+        "\n## Datapath cost per call (bpf_stats: run_time_ns / run_cnt)\n"
+    );
+    let mut names: Vec<&str> = results
+        .iter()
+        .flat_map(|r| r.hooks.keys().copied())
+        .collect();
     names.sort();
     names.dedup();
     let _ = write!(md, "| hook |");
@@ -866,10 +1196,20 @@ fn report(results: &[SizeResult], args: &RunArgs, env: &str) -> (String, Vec<Str
         let hit = big.hooks.get("connect4 hit").map(|v| median(v.clone()));
         let miss = big.hooks.get("connect4 miss").map(|v| median(v.clone()));
         if let Some(h) = hit {
-            verdicts.push(format!("{} connect4 hit <= 100 ns at {} services: {:.0} ns", if h <= 100.0 { "MET" } else { "NOT MET" }, big.n, h));
+            verdicts.push(format!(
+                "{} connect4 hit <= 100 ns at {} services: {:.0} ns",
+                if h <= 100.0 { "MET" } else { "NOT MET" },
+                big.n,
+                h
+            ));
         }
         if let Some(m) = miss {
-            verdicts.push(format!("{} connect4 miss <= 50 ns at {} services: {:.0} ns", if m <= 50.0 { "MET" } else { "NOT MET" }, big.n, m));
+            verdicts.push(format!(
+                "{} connect4 miss <= 50 ns at {} services: {:.0} ns",
+                if m <= 50.0 { "MET" } else { "NOT MET" },
+                big.n,
+                m
+            ));
         }
         verdicts.push(format!(
             "{} apply of {} services <= 2 s: {:.2} s",
@@ -879,13 +1219,20 @@ fn report(results: &[SizeResult], args: &RunArgs, env: &str) -> (String, Vec<Str
         ));
         verdicts.push(format!(
             "{} one svc add at {} services <= 10 ms process time: {:.1} ms ({:.1} ms wall)",
-            if big.svc_add.1 <= 10.0 { "MET" } else { "NOT MET" },
+            if big.svc_add.1 <= 10.0 {
+                "MET"
+            } else {
+                "NOT MET"
+            },
             big.n,
             big.svc_add.1,
             big.svc_add.0
         ));
     }
-    let _ = writeln!(md, "\n## Control plane\n\n| services | netnsxl apply | iptables-restore | nft -f | svc add (wall / cpu) | backend change (wall / cpu) | map memory per service |\n|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "\n## Control plane\n\n| services | netnsxl apply | iptables-restore | nft -f | svc add (wall / cpu) | backend change (wall / cpu) | map memory per service |\n|---:|---:|---:|---:|---:|---:|---:|"
+    );
     let opt = |v: Option<f64>| v.map_or("not loaded".to_string(), |v| format!("{v:.3} s"));
     for r in results {
         let _ = writeln!(
@@ -902,7 +1249,16 @@ fn report(results: &[SizeResult], args: &RunArgs, env: &str) -> (String, Vec<Str
             r.memlock_per_service
         );
     }
-    let _ = writeln!(md, "\nnetnsxl apply is timed into empty maps with the N plain services; the affinity set (N more) and the UDP set (up to 1,000) are applied after it and not timed. Map memory is the memlock the kernel reports in each map's fdinfo, over all maps, divided by the services loaded (2N + min(N, 1000)). iptables is loaded up to {} services{}.\n", args.max_iptables, if args.sizes.iter().any(|n| *n > args.max_iptables) { " (beyond that iptables-restore and the per-SYN linear walk of KUBE-SERVICES are impractical)" } else { "" });
+    let _ = writeln!(
+        md,
+        "\nnetnsxl apply is timed into empty maps with the N plain services; the affinity set (N more) and the UDP set (up to 1,000) are applied after it and not timed. Map memory is the memlock the kernel reports in each map's fdinfo, over all maps, divided by the services loaded (2N + min(N, 1000)). iptables is loaded up to {} services{}.\n",
+        args.max_iptables,
+        if args.sizes.iter().any(|n| *n > args.max_iptables) {
+            " (beyond that iptables-restore and the per-SYN linear walk of KUBE-SERVICES are impractical)"
+        } else {
+            ""
+        }
+    );
     let _ = writeln!(md, "## Targets\n");
     for v in &verdicts {
         let _ = writeln!(md, "- {v}");
@@ -927,7 +1283,11 @@ fn plot(results: &[SizeResult]) -> String {
         .map(|s| {
             results
                 .iter()
-                .filter_map(|r| r.rates.get(s).map(|bl| (r.n, median(bl.iter().map(Block::rate).collect()))))
+                .filter_map(|r| {
+                    r.rates
+                        .get(s)
+                        .map(|bl| (r.n, median(bl.iter().map(Block::rate).collect())))
+                })
                 .collect()
         })
         .collect();
@@ -935,28 +1295,85 @@ fn plot(results: &[SizeResult]) -> String {
     let nmax = results.iter().map(|r| r.n).max().unwrap_or(1).max(10) as f64;
     let x = |n: usize| l + (((n.max(1)) as f64).log10() / nmax.log10()) * (w - l - rgt);
     let y = |v: f64| t + (1.0 - v / ymax) * (h - t - b);
-    let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
-    let _ = writeln!(s, "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>", h - b, w - rgt, h - b, h - b);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let _ = writeln!(
+        s,
+        "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>",
+        h - b,
+        w - rgt,
+        h - b,
+        h - b
+    );
     for r in results {
-        let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>", x(r.n), h - b + 18.0, r.n);
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            x(r.n),
+            h - b + 18.0,
+            r.n
+        );
     }
     for k in 0..=4 {
         let v = ymax * k as f64 / 4.0;
-        let _ = writeln!(s, "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}</text><line x1=\"{l}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"#dddddd\"/>", l - 6.0, y(v) + 4.0, v, y(v), w - rgt, y(v));
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{:.0}</text><line x1=\"{l}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"#dddddd\"/>",
+            l - 6.0,
+            y(v) + 4.0,
+            v,
+            y(v),
+            w - rgt,
+            y(v)
+        );
     }
-    let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">services (log scale)</text>", (l + w - rgt) / 2.0, h - 12.0);
-    let _ = writeln!(s, "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">connections per second</text>", (t + h - b) / 2.0, (t + h - b) / 2.0);
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">services (log scale)</text>",
+        (l + w - rgt) / 2.0,
+        h - 12.0
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">connections per second</text>",
+        (t + h - b) / 2.0,
+        (t + h - b) / 2.0
+    );
     for (k, series) in pts.iter().enumerate() {
         if series.is_empty() {
             continue;
         }
-        let path: Vec<String> = series.iter().map(|(n, v)| format!("{:.1},{:.1}", x(*n), y(*v))).collect();
-        let _ = writeln!(s, "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>", colors[k], path.join(" "));
+        let path: Vec<String> = series
+            .iter()
+            .map(|(n, v)| format!("{:.1},{:.1}", x(*n), y(*v)))
+            .collect();
+        let _ = writeln!(
+            s,
+            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>",
+            colors[k],
+            path.join(" ")
+        );
         for (n, v) in series {
-            let _ = writeln!(s, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\"/>", x(*n), y(*v), colors[k]);
+            let _ = writeln!(
+                s,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\"/>",
+                x(*n),
+                y(*v),
+                colors[k]
+            );
         }
         let ly = t + 20.0 * k as f64;
-        let _ = writeln!(s, "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{}</text>", w - rgt + 15.0, w - rgt + 35.0, colors[k], w - rgt + 40.0, ly + 4.0, systems[k].name());
+        let _ = writeln!(
+            s,
+            "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{}</text>",
+            w - rgt + 15.0,
+            w - rgt + 35.0,
+            colors[k],
+            w - rgt + 40.0,
+            ly + 4.0,
+            systems[k].name()
+        );
     }
     s.push_str("</svg>\n");
     s
@@ -967,7 +1384,10 @@ fn environment() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
         .unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mem = fs::read_to_string("/proc/meminfo")
@@ -979,22 +1399,39 @@ fn environment() -> String {
         .nth(1)
         .and_then(|k| k.parse::<u64>().ok())
         .map_or(0, |k| k / 1024 / 1024);
-    let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default().trim().to_string();
-    let ipt = sh("iptables", &["--version"]).unwrap_or_default().trim().to_string();
-    let nft = sh("nft", &["--version"]).unwrap_or_default().trim().to_string();
-    format!("Machine: {cpu}, {cpus} CPUs, {mem} GiB; kernel {kernel}; {ipt}; {nft}. Run {date} by `make bench`.")
+    let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let ipt = sh("iptables", &["--version"])
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let nft = sh("nft", &["--version"])
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    format!(
+        "Machine: {cpu}, {cpus} CPUs, {mem} GiB; kernel {kernel}; {ipt}; {nft}. Run {date} by `make bench`."
+    )
 }
 
 fn run(args: RunArgs) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("netnsxl-bench creates namespaces and attaches BPF: run it as root (make bench)");
     }
-    let bin_dir = std::env::current_exe()?.parent().context("binary dir")?.to_path_buf();
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("binary dir")?
+        .to_path_buf();
     let netnsxl = bin_dir.join("netnsxl");
     let probe = bin_dir.join("netnsxl-probe");
     for p in [&netnsxl, &probe] {
         if !p.exists() {
-            bail!("{} is missing: build with cargo build --release --bins", p.display());
+            bail!(
+                "{} is missing: build with cargo build --release --bins",
+                p.display()
+            );
         }
     }
     let lab = Lab::new(&probe)?;
@@ -1015,6 +1452,7 @@ fn run(args: RunArgs) -> Result<()> {
     let runner = Runner {
         bench: std::env::current_exe()?,
         lab_cg: lab.cg.0.clone(),
+        plain_cg: lab.plain_cg.0.clone(),
     };
     // Sanity: every system reaches a backend before anything is measured.
     let env = environment();
@@ -1031,7 +1469,11 @@ fn run(args: RunArgs) -> Result<()> {
     fs::write(args.out.join("results.md"), &md)?;
     fs::write(args.out.join("rate.svg"), plot(&results))?;
     println!("{md}");
-    eprintln!("wrote {} and {}", args.out.join("results.md").display(), args.out.join("rate.svg").display());
+    eprintln!(
+        "wrote {} and {}",
+        args.out.join("results.md").display(),
+        args.out.join("rate.svg").display()
+    );
     let _ = verdicts;
     Ok(())
 }

@@ -21,8 +21,8 @@
  * the old master may find a stale slot or backend already deleted; it then
  * re-reads the master and picks again (bounded), see pick_backend().
  *
- * Reverse translation (recvmsg, getpeername) is keyed by socket cookie and
- * removed by cgroup/sock_release when the socket closes.
+ * Reverse translation (recvmsg, getpeername) is kept in socket-local storage
+ * and goes with the socket.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -77,11 +77,17 @@ struct {
 	__uint(max_entries, NXL_DEFAULT_MAX_AFFINITY);
 } affinity_map SEC(".maps");
 
+/*
+ * Reverse translation lives in the socket itself (socket-local storage):
+ * no global map to update per connect, no cookie to generate, and the
+ * kernel frees it with the socket, so nothing is left behind and no
+ * sock_release program runs on every close.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct revnat_value);
-	__uint(max_entries, NXL_DEFAULT_MAX_REVNAT);
 } revnat_map SEC(".maps");
 
 /*
@@ -260,24 +266,17 @@ affinity_backend(struct svc_value *master, struct affinity_key *akey, __u64 now)
 	return be;
 }
 
-static __always_inline void remember_revnat(void *ctx, const struct nxl_dest *frontend,
+static __always_inline void remember_revnat(struct bpf_sock_addr *ctx,
+					    const struct nxl_dest *frontend,
 					    const __u8 *be_addr, __be16 be_port)
 {
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct revnat_value *rv, fresh = {};
+	struct revnat_value *rv;
 	struct revnat_entry *e;
 	__u32 idx;
 
-	rv = bpf_map_lookup_elem(&revnat_map, &cookie);
-	if (!rv) {
-		__builtin_memcpy(fresh.e[0].backend_addr, be_addr, 16);
-		__builtin_memcpy(fresh.e[0].frontend_addr, frontend->addr, 16);
-		fresh.e[0].backend_port = be_port;
-		fresh.e[0].frontend_port = frontend->port;
-		fresh.next = 1;
-		bpf_map_update_elem(&revnat_map, &cookie, &fresh, BPF_ANY);
+	rv = bpf_sk_storage_get(&revnat_map, ctx->sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!rv)
 		return;
-	}
 	for (int i = 0; i < NXL_REV_PER_SOCK; i++) {
 		e = &rv->e[i];
 		if (e->backend_port == be_port && addr_eq(e->backend_addr, be_addr)) {
@@ -386,12 +385,11 @@ refuse:
 }
 
 /* Rewrite a backend source/peer back to the frontend the socket asked for. */
-static __always_inline bool reverse(void *ctx, struct nxl_dest *peer)
+static __always_inline bool reverse(struct bpf_sock_addr *ctx, struct nxl_dest *peer)
 {
-	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct revnat_value *rv;
 
-	rv = bpf_map_lookup_elem(&revnat_map, &cookie);
+	rv = bpf_sk_storage_get(&revnat_map, ctx->sk, NULL, 0);
 	if (!rv)
 		return false;
 	for (int i = 0; i < NXL_REV_PER_SOCK; i++) {
@@ -537,19 +535,6 @@ int nxl_getpeername6(struct bpf_sock_addr *ctx)
 	return SYS_PROCEED;
 }
 
-/* Per-socket reverse-translation state goes with the socket. */
-SEC("cgroup/sock_release")
-int nxl_sock_release(struct bpf_sock *sk)
-{
-	__u64 cookie = bpf_get_socket_cookie(sk);
-
-	/* Most sockets never had an entry: a lookup is cheaper than a delete
-	 * (no bucket lock) when there is nothing to delete. */
-	if (bpf_map_lookup_elem(&revnat_map, &cookie))
-		bpf_map_delete_elem(&revnat_map, &cookie);
-	return SYS_PROCEED;
-}
-
 /*
  * Stale sockets. When a backend goes, the control plane puts it in
  * doomed_map and reads these iterators once in every netns (an iterator
@@ -562,11 +547,10 @@ int nxl_sock_release(struct bpf_sock *sk)
 int bpf_sock_destroy(struct sock_common *sk) __ksym;
 
 static __always_inline int destroy_if_doomed(struct seq_file *seq, struct sock_common *skc,
-					     __u8 proto)
+					     struct sock *sk, __u8 proto)
 {
 	struct doomed_key key = {};
 	struct revnat_value *rv;
-	__u64 cookie;
 	bool ours = false;
 	char mark = 'x';
 
@@ -581,8 +565,7 @@ static __always_inline int destroy_if_doomed(struct seq_file *seq, struct sock_c
 	if (!key.port || !bpf_map_lookup_elem(&doomed_map, &key))
 		return 0;
 
-	cookie = bpf_get_socket_cookie(skc);
-	rv = bpf_map_lookup_elem(&revnat_map, &cookie);
+	rv = bpf_sk_storage_get(&revnat_map, sk, NULL, 0);
 	if (!rv)
 		return 0;
 	for (int i = 0; i < NXL_REV_PER_SOCK; i++) {
@@ -603,21 +586,55 @@ int nxl_destroy_udp(struct bpf_iter__udp *ctx)
 
 	if (!udp)
 		return 0;
-	return destroy_if_doomed(ctx->meta->seq, (struct sock_common *)udp, IPPROTO_UDP);
+	return destroy_if_doomed(ctx->meta->seq, (struct sock_common *)udp, (struct sock *)udp,
+				 IPPROTO_UDP);
 }
 
 SEC("iter/tcp")
 int nxl_destroy_tcp(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
+	struct tcp_sock *tp;
 
 	if (!skc)
 		return 0;
 	/* Full sockets only: not request or time-wait sockets. The kfunc wants
 	 * the iterator's own (trusted) pointer, not the cast one. */
-	if (!bpf_skc_to_tcp_sock(skc))
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
 		return 0;
-	return destroy_if_doomed(ctx->meta->seq, skc, IPPROTO_TCP);
+	return destroy_if_doomed(ctx->meta->seq, skc, (struct sock *)tp, IPPROTO_TCP);
+}
+
+/*
+ * Count the sockets of a netns that hold reverse-translation state (one byte
+ * each), for status and the tests: socket-local storage cannot be listed
+ * from user space.
+ */
+SEC("iter/udp")
+int nxl_count_udp(struct bpf_iter__udp *ctx)
+{
+	struct udp_sock *udp = ctx->udp_sk;
+	char mark = 'x';
+
+	if (udp && bpf_sk_storage_get(&revnat_map, (struct sock *)udp, NULL, 0))
+		bpf_seq_write(ctx->meta->seq, &mark, 1);
+	return 0;
+}
+
+SEC("iter/tcp")
+int nxl_count_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct tcp_sock *tp;
+	char mark = 'x';
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (tp && bpf_sk_storage_get(&revnat_map, (struct sock *)tp, NULL, 0))
+		bpf_seq_write(ctx->meta->seq, &mark, 1);
+	return 0;
 }
 
 /*

@@ -25,7 +25,6 @@ enum nxl_limits {
 	NXL_DEFAULT_MAX_SERVICES = 65536,
 	NXL_DEFAULT_MAX_BACKENDS = 262144,
 	NXL_DEFAULT_MAX_AFFINITY = 65536,
-	NXL_DEFAULT_MAX_REVNAT = 65536,
 	NXL_MAX_NODE_ADDRS = 1024,
 	NXL_MAX_BYPASS = 4096,
 	/* Backends whose sockets one destroy pass handles (more go in rounds). */
@@ -141,7 +140,7 @@ struct affinity_value {
 	__u32 pad0;
 };
 
-/* Reverse translation, keyed by socket cookie. */
+/* Reverse translation, in the socket's own storage (revnat_map). */
 struct revnat_entry {
 	__u8 backend_addr[16];
 	__u8 frontend_addr[16];
