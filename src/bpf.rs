@@ -36,6 +36,7 @@ plain_types!(
     nxl_config,
     doomed_key,
     member_key,
+    svc_backend,
 );
 
 pub const LAYOUT_VERSION: u32 = types::nxl_limits::NXL_LAYOUT_VERSION.0;

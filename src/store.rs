@@ -30,6 +30,15 @@ use crate::state::{IdKind, State};
 
 const BATCH: u32 = 8192;
 
+/// Backends a master entry holds itself (NXL_INLINE).
+pub const INLINE: usize = types::nxl_limits::NXL_INLINE.0 as usize;
+
+/// The first slot number at or after `n` that exists as its own entry:
+/// backend i >= INLINE is in slot i + 1.
+fn first_slot(n: u16) -> u16 {
+    n.max(INLINE as u16 + 1)
+}
+
 pub type SvcKeyBytes = [u8; std::mem::size_of::<types::svc_key>()];
 
 pub fn key_bytes(k: &types::svc_key) -> SvcKeyBytes {
@@ -560,33 +569,42 @@ pub fn plan_write(
             flags |= svc_flags::FALLBACK;
         }
         let prior_master = cur.master(f, proto)?;
-        for (i, id) in slots.iter().enumerate() {
-            let key = svc_key(f.ip, f.port, proto, i as u16 + 1);
+        let entry = |id: u32| -> types::svc_backend {
             let be = layout
                 .backends
                 .iter()
-                .find(|(b, _)| b == id)
+                .find(|(b, _)| *b == id)
                 .map(|(_, v)| *v)
                 .unwrap_or_default();
-            let val = types::svc_value {
+            types::svc_backend {
+                backend_id: id,
+                addr: be.addr,
+                port: be.port,
+                ..Default::default()
+            }
+        };
+        for (i, id) in slots.iter().enumerate().skip(INLINE) {
+            let key = svc_key(f.ip, f.port, proto, i as u16 + 1);
+            let mut val = types::svc_value {
                 svc_id,
-                backend_id: *id,
-                backend_addr: be.addr,
-                backend_port: be.port,
                 ..Default::default()
             };
+            val.be[0] = entry(*id);
             let prior = cur.svc_get(&key)?;
             if prior.map(|p| bpf::bytes(&p) != bpf::bytes(&val)) != Some(false) {
                 tx.slots.push((key_bytes(&key), val, prior));
             }
         }
-        let master = types::svc_value {
+        let mut master = types::svc_value {
             svc_id,
             count: slots.len() as u16,
             flags,
             affinity_timeout: spec.affinity_timeout.unwrap_or(0),
             ..Default::default()
         };
+        for (i, id) in slots.iter().take(INLINE).enumerate() {
+            master.be[i] = entry(*id);
+        }
         let key = svc_key(f.ip, f.port, proto, 0);
         if prior_master.map(|p| bpf::bytes(&p) != bpf::bytes(&master)) != Some(false) {
             tx.masters.push((key_bytes(&key), master, prior_master));
@@ -594,7 +612,7 @@ pub fn plan_write(
         tx.ports.insert((f.port, proto.number()));
         // Slots past the new count: stale once the master is written.
         let old_count = prior_master.map_or(0, |m| m.count);
-        for slot in slots.len() as u16 + 1..=old_count {
+        for slot in first_slot(slots.len() as u16 + 1)..=old_count {
             let key = svc_key(f.ip, f.port, proto, slot);
             if cur.svc_get(&key)?.is_some() {
                 tx.del_slots.push(key_bytes(&key));
@@ -651,7 +669,7 @@ fn plan_frontend_delete(
         return Ok(());
     }
     tx.del_masters.push(key_bytes(&key));
-    for slot in 1..=m.count {
+    for slot in first_slot(1)..=m.count {
         tx.del_slots
             .push(key_bytes(&svc_key(f.ip, f.port, proto, slot)));
     }
@@ -741,7 +759,12 @@ pub fn plan_strays(cur: &mut Current, tx: &mut Tx) -> Result<usize> {
             !live.contains(&v.svc_id)
         } else {
             match masters.get(&(crate::addr::from_map_addr(k.addr), k.port, k.proto)) {
-                Some(m) => m.svc_id != v.svc_id || k.slot > m.count || !live.contains(&m.svc_id),
+                Some(m) => {
+                    m.svc_id != v.svc_id
+                        || k.slot > m.count
+                        || (k.slot as usize) <= INLINE
+                        || !live.contains(&m.svc_id)
+                }
                 None => true,
             }
         };

@@ -3,19 +3,23 @@
  * netnsxl datapath: Kubernetes service translation in cgroup sock_addr hooks,
  * aware of the network namespace of every socket (bpf_get_netns_cookie()).
  *
- * Lookup: svc_map[(dst, port, proto, slot 0)] is a frontend's master entry.
- * Its flags say from which netns it translates (host netns vs pods), whether
- * it has session affinity, and how many backend slots it has. A slot
- * svc_map[(..., slot i)] names a backend id; backend_map[id] has the address.
+ * Lookup: port_map says whether any frontend uses the destination port;
+ * svc_map[(dst, port, proto, slot 0)] is a frontend's master entry. Its flags
+ * say from which netns it translates (host netns vs pods), whether it has
+ * session affinity, and how many backends it has; it holds the first
+ * NXL_INLINE of them (id and address) itself, the others are in slots
+ * svc_map[(..., slot i + 1)]. So a hit is one or two hash lookups.
  * The control plane puts only usable backends into the slots (active ones,
  * or the terminating ones when no active one is left; node-local ones for
  * internalTrafficPolicy Local), so the datapath never filters.
  *
  * Update order (control plane, see src/service.rs), so that a connect racing a
  * change sees the old set or the new set and never a half-written entry:
- *   add:     meta, backends, slots 1..n, then the master entry last;
- *   replace: new backends, slots 1..n (overwritten in place), master (new
- *            count and flags), then stale slots n+1..old and removed backends;
+ *   add:     meta, backends, slots past NXL_INLINE, then the master entry
+ *            (which holds the first backends) last;
+ *   replace: new backends, slots (overwritten in place), master (new count,
+ *            flags and inline backends), then stale slots and removed
+ *            backends;
  *   delete:  master first, then slots, backends and meta.
  * Each map element is replaced atomically by the kernel. A connect that read
  * the old master may find a stale slot or backend already deleted; it then
@@ -225,23 +229,29 @@ static __always_inline bool backend_usable(const struct svc_value *master,
 }
 
 /*
- * Pick a random slot: the slot holds the backend's address, so this is one
- * lookup. A slot may vanish under us when a concurrent replace shrinks the
- * set: re-read the master and try again.
+ * Pick a random backend: one of the master's own (no lookup), or a slot
+ * (one lookup). A slot may vanish under us when a concurrent replace
+ * shrinks the set: re-read the master and try again.
  */
-static __always_inline struct svc_value *
-pick_slot(struct svc_key *key, struct svc_value **masterp)
+static __always_inline struct svc_backend *
+pick_backend(struct svc_key *key, struct svc_value **masterp)
 {
 	struct svc_value *master = *masterp, *slot;
+	__u32 idx;
 
 	for (int i = 0; i < PICK_ATTEMPTS; i++) {
 		if (!master || master->count == 0)
 			return NULL;
-		key->slot = (bpf_get_prandom_u32() % master->count) + 1;
+		idx = bpf_get_prandom_u32() % master->count;
+		if (idx < NXL_INLINE) {
+			*masterp = master;
+			return &master->be[idx];
+		}
+		key->slot = idx + 1;
 		slot = bpf_map_lookup_elem(&svc_map, key);
 		if (slot) {
 			*masterp = master;
-			return slot;
+			return &slot->be[0];
 		}
 		master = lookup_master(key);
 	}
@@ -304,7 +314,8 @@ static __always_inline void remember_revnat(struct bpf_sock_addr *ctx,
 static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst, bool *changed)
 {
 	struct svc_key key = {};
-	struct svc_value *master, *slot;
+	struct svc_value *master;
+	struct svc_backend *pick;
 	struct backend_value *be = NULL;
 	const __u8 *to_addr;
 	struct nxl_config *cfg;
@@ -358,15 +369,15 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 		to_addr = be->addr;
 		to_port = be->port;
 	} else {
-		slot = pick_slot(&key, &master);
-		if (!slot)
+		pick = pick_backend(&key, &master);
+		if (!pick)
 			goto refuse;
-		to_addr = slot->backend_addr;
-		to_port = slot->backend_port;
+		to_addr = pick->addr;
+		to_port = pick->port;
 		if (master->flags & NXL_SVC_F_AFFINITY) {
 			struct affinity_value av = {
 				.last_used_ns = now,
-				.backend_id = slot->backend_id,
+				.backend_id = pick->backend_id,
 			};
 			akey.svc_id = master->svc_id;
 			bpf_map_update_elem(&affinity_map, &akey, &av, BPF_ANY);

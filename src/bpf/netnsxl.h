@@ -21,7 +21,7 @@
 enum nxl_limits {
 	/* Bump when any structure below, or the meaning of a field, changes.
 	 * The control plane refuses a pin directory written by another layout. */
-	NXL_LAYOUT_VERSION = 2,
+	NXL_LAYOUT_VERSION = 3,
 	NXL_DEFAULT_MAX_SERVICES = 65536,
 	NXL_DEFAULT_MAX_BACKENDS = 262144,
 	NXL_DEFAULT_MAX_AFFINITY = 65536,
@@ -33,6 +33,9 @@ enum nxl_limits {
 	 * talk to several services from one socket). */
 	NXL_REV_PER_SOCK = 4,
 	NXL_NAME_LEN = 64,
+	/* Backends a master entry holds itself: picking one of them is the
+	 * master lookup alone. Backend i >= NXL_INLINE is in slot i + 1. */
+	NXL_INLINE = 4,
 	NXL_PATH_LEN = 256,
 };
 
@@ -67,8 +70,9 @@ enum nxl_svc_type {
 };
 
 /*
- * Service map key. slot 0 is the frontend's master entry; slots 1..count
- * name its backends (Cilium's layout).
+ * Service map key. slot 0 is the frontend's master entry, which holds the
+ * first NXL_INLINE backends itself; backend i >= NXL_INLINE is in slot i + 1
+ * (Cilium's layout, with the common case folded into the master).
  */
 struct svc_key {
 	__u8 addr[16];
@@ -79,18 +83,24 @@ struct svc_key {
 	__u16 pad1;
 };
 
+/* One backend as a frontend entry names it: its id and a copy of its
+ * address, so that picking it needs no other lookup. */
+struct svc_backend {
+	__u32 backend_id;
+	__u8 addr[16];
+	__be16 port;
+	__u16 pad0;
+};
+
 struct svc_value {
-	__u32 svc_id;       /* master and slot: the service this frontend belongs to */
-	__u32 backend_id;   /* slot: the backend; master: 0 */
-	__u16 count;        /* master: number of slots */
-	__u8 flags;         /* master: NXL_SVC_F_* */
+	__u32 svc_id;           /* master and slot: the service this frontend belongs to */
+	__u16 count;            /* master: number of usable backends */
+	__u8 flags;             /* master: NXL_SVC_F_* */
 	__u8 pad0;
 	__u32 affinity_timeout; /* master: seconds; 0 when affinity is off */
-	/* slot: a copy of backend_map[backend_id]'s address, so that picking a
-	 * backend is one lookup; master: zero. */
-	__u8 backend_addr[16];
-	__be16 backend_port;
-	__u16 pad1;
+	__u32 pad1;
+	/* master: backends 0..min(count, NXL_INLINE)-1; slot: be[0] only. */
+	struct svc_backend be[NXL_INLINE];
 };
 
 /* Backends are per service: a backend id names one (service, backend) pair. */
