@@ -4,7 +4,7 @@ DEBS := clang libelf-dev pkg-config zlib1g-dev bpftool iproute2
 CARGO ?= cargo
 ARCH := $(shell uname -m)
 
-.PHONY: all build deps test demo lint vmlinux fuzz clean
+.PHONY: all build deps test demo bench lint vmlinux fuzz clean
 
 all: build
 
@@ -28,6 +28,15 @@ test: deps
 # A self-contained demo: its own cgroup, namespaces and backends; cleans up.
 demo: build
 	./demo/demo.sh target/release
+
+# The benchmark: netnsxl against no translation and kube-proxy's iptables and
+# nftables layouts, in namespaces of its own (installs iptables and nftables).
+# Writes bench/results.md and bench/rate.svg; BENCH_ARGS passes options.
+bench: build
+	@for p in iptables nftables; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; }; fi
+	./target/release/netnsxl-bench --out bench $(BENCH_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check

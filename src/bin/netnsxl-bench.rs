@@ -64,17 +64,17 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,1000,10000,100000")]
     sizes: Vec<usize>,
     /// Rounds of interleaved blocks per size.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 15)]
     rounds: usize,
     /// Connects per block.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 500)]
     connects: u32,
     /// Largest size iptables is loaded at (beyond it iptables-restore and the
     /// linear rule walk take too long to be practical).
     #[arg(long, default_value_t = 10000)]
     max_iptables: usize,
     /// Largest size nftables is loaded at.
-    #[arg(long, default_value_t = 100000)]
+    #[arg(long, default_value_t = 10000)]
     max_nft: usize,
     /// Where to write the Markdown results and the plot.
     #[arg(long, default_value = "bench")]
@@ -868,7 +868,7 @@ struct SizeResult {
     nft_s: Option<f64>,
     svc_add: (f64, f64),
     backend_change: (f64, f64),
-    memlock_per_service: f64,
+    memlock_total: u64,
     services_loaded: usize,
 }
 
@@ -964,7 +964,7 @@ fn run_size(
     }
     att.ok(&restore)?;
     att.ok(&["svc", "del", "--frontend", "198.19.255.1:80"])?;
-    r.memlock_per_service = maps_memlock(&att.pins)? as f64 / r.services_loaded as f64;
+    r.memlock_total = maps_memlock(&att.pins)?;
 
     if n <= args.max_iptables {
         let f = dir.join(format!("iptables-{n}.rules"));
@@ -1231,13 +1231,22 @@ fn report(results: &[SizeResult], args: &RunArgs, env: &str) -> (String, Vec<Str
     }
     let _ = writeln!(
         md,
-        "\n## Control plane\n\n| services | netnsxl apply | iptables-restore | nft -f | svc add (wall / cpu) | backend change (wall / cpu) | map memory per service |\n|---:|---:|---:|---:|---:|---:|---:|"
+        "\n## Control plane\n\n| services | netnsxl apply | iptables-restore | nft -f | svc add (wall / cpu) | backend change (wall / cpu) | map memory | per added service |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let opt = |v: Option<f64>| v.map_or("not loaded".to_string(), |v| format!("{v:.3} s"));
+    let base = results.iter().min_by_key(|r| r.n);
     for r in results {
+        let per = match base {
+            Some(b) if r.services_loaded > b.services_loaded => format!(
+                "{:.0} B",
+                (r.memlock_total as f64 - b.memlock_total as f64)
+                    / (r.services_loaded - b.services_loaded) as f64
+            ),
+            _ => "-".into(),
+        };
         let _ = writeln!(
             md,
-            "| {} | {:.3} s | {} | {} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.0} B |",
+            "| {} | {:.3} s | {} | {} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | {:.1} MiB | {per} |",
             r.n,
             r.apply_s,
             opt(r.iptables_s),
@@ -1246,18 +1255,19 @@ fn report(results: &[SizeResult], args: &RunArgs, env: &str) -> (String, Vec<Str
             r.svc_add.1,
             r.backend_change.0,
             r.backend_change.1,
-            r.memlock_per_service
+            r.memlock_total as f64 / 1048576.0
         );
     }
     let _ = writeln!(
         md,
-        "\nnetnsxl apply is timed into empty maps with the N plain services; the affinity set (N more) and the UDP set (up to 1,000) are applied after it and not timed. Map memory is the memlock the kernel reports in each map's fdinfo, over all maps, divided by the services loaded (2N + min(N, 1000)). iptables is loaded up to {} services{}.\n",
+        "\nnetnsxl apply is timed into empty maps with the N plain services; the affinity set (N more) and the UDP set (up to 1,000) are applied after it and not timed. Map memory is the memlock the kernel reports in each map's fdinfo, summed over all maps (fixed-size arrays and the preallocated LRU affinity map included); per added service is its growth from the smallest size over the services added (each size loads 2N + min(N, 1000)). svc add and backend change are one netnsxl process each (CPU = user + system). iptables is loaded up to {} services{}; nftables up to {} (nft -f of kube-proxy's chain-per-service layout took 50 s at 10,000 here and grows faster than linearly).\n",
         args.max_iptables,
         if args.sizes.iter().any(|n| *n > args.max_iptables) {
             " (beyond that iptables-restore and the per-SYN linear walk of KUBE-SERVICES are impractical)"
         } else {
             ""
-        }
+        },
+        args.max_nft
     );
     let _ = writeln!(md, "## Targets\n");
     for v in &verdicts {
