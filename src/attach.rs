@@ -206,6 +206,10 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         .set_max_entries(cap.services)
         .context("size meta_map")?;
     open.maps
+        .svc_stats_map
+        .set_max_entries(cap.services)
+        .context("size svc_stats_map")?;
+    open.maps
         .backend_map
         .set_max_entries(cap.backends)
         .context("size backend_map")?;
@@ -253,6 +257,9 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         ("doomed_map", &maps.doomed_map),
         ("port_map", &maps.port_map),
         ("member_map", &maps.member_map),
+        ("stats_map", &maps.stats_map),
+        ("svc_stats_map", &maps.svc_stats_map),
+        ("events_map", &maps.events_map),
         ("config_map", &maps.config_map),
     ] {
         let path = pins.map(name);
@@ -276,6 +283,8 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         node_port_max: opts.node_port_range.1,
         cgroup_path: bpf::to_cstr(&cgroup.to_string_lossy()),
         bypass_count: 0,
+        tracers: 0,
+        pad0: 0,
     };
     state.write_config(&cfg)?;
     write_node_addrs(&state, &node_addrs)?;

@@ -37,6 +37,8 @@ plain_types!(
     doomed_key,
     member_key,
     svc_backend,
+    svc_stats,
+    nxl_event,
 );
 
 pub const LAYOUT_VERSION: u32 = types::nxl_limits::NXL_LAYOUT_VERSION.0;

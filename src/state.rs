@@ -26,6 +26,9 @@ pub const MAPS: &[&str] = &[
     "doomed_map",
     "port_map",
     "member_map",
+    "stats_map",
+    "svc_stats_map",
+    "events_map",
     "config_map",
 ];
 
@@ -91,6 +94,9 @@ pub struct State {
     pub doomed: MapHandle,
     pub ports: MapHandle,
     pub member: MapHandle,
+    pub stats: MapHandle,
+    pub svc_stats: MapHandle,
+    pub events: MapHandle,
     pub config: MapHandle,
 }
 
@@ -144,6 +150,9 @@ impl State {
             doomed: open_map(&pins, "doomed_map")?,
             ports: open_map(&pins, "port_map")?,
             member: open_map(&pins, "member_map")?,
+            stats: open_map(&pins, "stats_map")?,
+            svc_stats: open_map(&pins, "svc_stats_map")?,
+            events: open_map(&pins, "events_map")?,
             config: open_map(&pins, "config_map")?,
             pins,
         })

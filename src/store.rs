@@ -1045,6 +1045,10 @@ pub fn execute(state: &State, tx: Tx) -> Result<Done> {
         .map(|id| id.to_ne_bytes().to_vec())
         .collect();
     delete_all(&state.meta, &del_meta);
+    // Counters of services that went.
+    for id in &tx.del_meta {
+        let _ = state.svc_stats.delete(&id.to_ne_bytes());
+    }
     // Only after the masters went may their ports' bits go.
     if let Some(exact) = &tx.exact_ports {
         write_exact_ports(state, exact)?;

@@ -108,6 +108,28 @@ struct {
 	__uint(max_entries, 65536);
 } port_map SEC(".maps");
 
+/* Counters: per reason (NXL_STAT_*) and per service, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, NXL_STAT_MAX);
+} stats_map SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__type(key, __u32);
+	__type(value, struct svc_stats);
+	__uint(max_entries, NXL_DEFAULT_MAX_SERVICES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} svc_stats_map SEC(".maps");
+
+/* Decisions for `netnsxl trace`, written only while config.tracers > 0. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} events_map SEC(".maps");
+
 /* A service's backend ids by index (control plane only). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -307,22 +329,77 @@ static __always_inline void remember_revnat(struct bpf_sock_addr *ctx,
 	e->frontend_port = frontend->port;
 }
 
+static __always_inline void count(__u32 stat)
+{
+	__u64 *c = bpf_map_lookup_elem(&stats_map, &stat);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline void count_svc(__u32 svc_id, bool refused)
+{
+	struct svc_stats *st = bpf_map_lookup_elem(&svc_stats_map, &svc_id);
+
+	if (st) {
+		if (refused)
+			st->refused += 1;
+		else
+			st->translated += 1;
+		return;
+	}
+	struct svc_stats fresh = {
+		.translated = !refused,
+		.refused = refused,
+	};
+	bpf_map_update_elem(&svc_stats_map, &svc_id, &fresh, BPF_NOEXIST);
+}
+
+/* One event for `netnsxl trace`; the caller checked config.tracers. */
+static __always_inline void trace(__u64 netns, __u8 hook, __u8 verdict, __u8 proto, __u32 svc_id,
+				  const struct nxl_dest *orig, const __u8 *new_addr,
+				  __be16 new_port)
+{
+	struct nxl_event *ev = bpf_ringbuf_reserve(&events_map, sizeof(*ev), 0);
+
+	if (!ev)
+		return;
+	ev->ts_ns = bpf_ktime_get_ns();
+	ev->netns_cookie = netns;
+	ev->pid = bpf_get_current_pid_tgid() >> 32;
+	ev->svc_id = svc_id;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	__builtin_memcpy(ev->orig_addr, orig->addr, 16);
+	__builtin_memcpy(ev->new_addr, new_addr, 16);
+	ev->orig_port = orig->port;
+	ev->new_port = new_port;
+	ev->proto = proto;
+	ev->hook = hook;
+	ev->verdict = verdict;
+	ev->pad0 = 0;
+	bpf_ringbuf_submit(ev, 0);
+}
+
 /*
  * Translate dst in place. Returns SYS_PROCEED, or SYS_REJECT with the
  * return value set to -ECONNREFUSED when the frontend has no usable backend.
  */
-static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst, bool *changed)
+static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst, bool *changed,
+				 __u8 hook)
 {
 	struct svc_key key = {};
 	struct svc_value *master;
 	struct svc_backend *pick;
 	struct backend_value *be = NULL;
-	const __u8 *to_addr;
+	const __u8 *to_addr = dst->addr;
 	struct nxl_config *cfg;
-	__u32 proto = ctx->protocol, pidx, *ports;
-	__be16 to_port;
+	__u32 proto = ctx->protocol, pidx, *ports, svc_id;
+	__be16 to_port = dst->port;
 	__u64 netns, now = 0;
+	struct nxl_dest orig;
 	bool from_host;
+	__u8 verdict;
+	int ret = SYS_PROCEED;
 
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return SYS_PROCEED;
@@ -345,14 +422,22 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 	cfg = nxl_cfg();
 	if (!cfg)
 		return SYS_PROCEED;
+	svc_id = master->svc_id;
+	orig = *dst;
 	netns = bpf_get_netns_cookie(ctx);
 	from_host = netns == cfg->host_netns_cookie;
-	if ((master->flags & NXL_SVC_F_SKIP_HOST) && from_host)
-		return SYS_PROCEED;
-	if ((master->flags & NXL_SVC_F_HOST_ONLY) && !from_host)
-		return SYS_PROCEED;
-	if (cfg->bypass_count && bpf_map_lookup_elem(&bypass_map, &netns))
-		return SYS_PROCEED;
+	if ((master->flags & NXL_SVC_F_SKIP_HOST) && from_host) {
+		verdict = NXL_STAT_HOST_SKIPPED;
+		goto out;
+	}
+	if ((master->flags & NXL_SVC_F_HOST_ONLY) && !from_host) {
+		verdict = NXL_STAT_POD_SKIPPED;
+		goto out;
+	}
+	if (cfg->bypass_count && bpf_map_lookup_elem(&bypass_map, &netns)) {
+		verdict = NXL_STAT_BYPASSED;
+		goto out;
+	}
 
 	if (master->count == 0)
 		goto refuse;
@@ -361,13 +446,17 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 		.netns_cookie = netns,
 		.svc_id = master->svc_id,
 	};
+	bool had_entry = false;
+
 	if (master->flags & NXL_SVC_F_AFFINITY) {
 		now = bpf_ktime_get_ns();
+		had_entry = bpf_map_lookup_elem(&affinity_map, &akey) != NULL;
 		be = affinity_backend(master, &akey, now);
 	}
 	if (be) {
 		to_addr = be->addr;
 		to_port = be->port;
+		count(NXL_STAT_AFFINITY_HIT);
 	} else {
 		pick = pick_backend(&key, &master);
 		if (!pick)
@@ -381,6 +470,7 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 			};
 			akey.svc_id = master->svc_id;
 			bpf_map_update_elem(&affinity_map, &akey, &av, BPF_ANY);
+			count(had_entry ? NXL_STAT_AFFINITY_REPLACED : NXL_STAT_AFFINITY_MISS);
 		}
 	}
 
@@ -388,11 +478,20 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 	__builtin_memcpy(dst->addr, to_addr, 16);
 	dst->port = to_port;
 	*changed = true;
-	return SYS_PROCEED;
+	verdict = NXL_STAT_TRANSLATED;
+	count_svc(svc_id, false);
+	goto out;
 
 refuse:
 	bpf_set_retval(-ECONNREFUSED);
-	return SYS_REJECT;
+	ret = SYS_REJECT;
+	verdict = NXL_STAT_REFUSED;
+	count_svc(svc_id, true);
+out:
+	count(verdict);
+	if (cfg->tracers)
+		trace(netns, hook, verdict, proto, svc_id, &orig, to_addr, to_port);
+	return ret;
 }
 
 /* Rewrite a backend source/peer back to the frontend the socket asked for. */
@@ -452,98 +551,116 @@ static __always_inline void store6(struct bpf_sock_addr *ctx, const struct nxl_d
 }
 
 
-static __always_inline int sock4(struct bpf_sock_addr *ctx)
+/* After a reverse translation: count it, and trace it when asked. */
+static __always_inline void reversed(struct bpf_sock_addr *ctx, const struct nxl_dest *backend,
+				     const struct nxl_dest *frontend, __u8 hook)
+{
+	struct nxl_config *cfg = nxl_cfg();
+
+	count(NXL_STAT_REVERSED);
+	if (cfg && cfg->tracers)
+		trace(bpf_get_netns_cookie(ctx), hook, NXL_STAT_REVERSED, ctx->protocol, 0, backend,
+		      frontend->addr, frontend->port);
+}
+
+static __always_inline int sock4(struct bpf_sock_addr *ctx, __u8 hook)
 {
 	struct nxl_dest d;
 	bool changed = false;
 	int ret;
 
 	load4(ctx, &d);
-	ret = xlate(ctx, &d, &changed);
+	ret = xlate(ctx, &d, &changed, hook);
 	if (changed && is_mapped(d.addr))
 		store4(ctx, &d);
 	return ret;
 }
 
-static __always_inline int sock6(struct bpf_sock_addr *ctx)
+static __always_inline int sock6(struct bpf_sock_addr *ctx, __u8 hook)
 {
 	struct nxl_dest d;
 	bool changed = false;
 	int ret;
 
 	load6(ctx, &d);
-	ret = xlate(ctx, &d, &changed);
+	ret = xlate(ctx, &d, &changed, hook);
 	if (changed)
 		store6(ctx, &d);
 	return ret;
 }
 
+static __always_inline int rev4(struct bpf_sock_addr *ctx, __u8 hook)
+{
+	struct nxl_dest d, backend;
+
+	load4(ctx, &d);
+	backend = d;
+	if (reverse(ctx, &d) && is_mapped(d.addr)) {
+		store4(ctx, &d);
+		reversed(ctx, &backend, &d, hook);
+	}
+	return SYS_PROCEED;
+}
+
+static __always_inline int rev6(struct bpf_sock_addr *ctx, __u8 hook)
+{
+	struct nxl_dest d, backend;
+
+	load6(ctx, &d);
+	backend = d;
+	if (reverse(ctx, &d)) {
+		store6(ctx, &d);
+		reversed(ctx, &backend, &d, hook);
+	}
+	return SYS_PROCEED;
+}
+
 SEC("cgroup/connect4")
 int nxl_connect4(struct bpf_sock_addr *ctx)
 {
-	return sock4(ctx);
+	return sock4(ctx, NXL_HOOK_CONNECT4);
 }
 
 SEC("cgroup/sendmsg4")
 int nxl_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock4(ctx);
+	return sock4(ctx, NXL_HOOK_SENDMSG4);
 }
 
 SEC("cgroup/recvmsg4")
 int nxl_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	struct nxl_dest d;
-
-	load4(ctx, &d);
-	if (reverse(ctx, &d) && is_mapped(d.addr))
-		store4(ctx, &d);
-	return SYS_PROCEED;
+	return rev4(ctx, NXL_HOOK_RECVMSG4);
 }
 
 SEC("cgroup/getpeername4")
 int nxl_getpeername4(struct bpf_sock_addr *ctx)
 {
-	struct nxl_dest d;
-
-	load4(ctx, &d);
-	if (reverse(ctx, &d) && is_mapped(d.addr))
-		store4(ctx, &d);
-	return SYS_PROCEED;
+	return rev4(ctx, NXL_HOOK_GETPEERNAME4);
 }
 
 SEC("cgroup/connect6")
 int nxl_connect6(struct bpf_sock_addr *ctx)
 {
-	return sock6(ctx);
+	return sock6(ctx, NXL_HOOK_CONNECT6);
 }
 
 SEC("cgroup/sendmsg6")
 int nxl_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	return sock6(ctx);
+	return sock6(ctx, NXL_HOOK_SENDMSG6);
 }
 
 SEC("cgroup/recvmsg6")
 int nxl_recvmsg6(struct bpf_sock_addr *ctx)
 {
-	struct nxl_dest d;
-
-	load6(ctx, &d);
-	if (reverse(ctx, &d))
-		store6(ctx, &d);
-	return SYS_PROCEED;
+	return rev6(ctx, NXL_HOOK_RECVMSG6);
 }
 
 SEC("cgroup/getpeername6")
 int nxl_getpeername6(struct bpf_sock_addr *ctx)
 {
-	struct nxl_dest d;
-
-	load6(ctx, &d);
-	if (reverse(ctx, &d))
-		store6(ctx, &d);
-	return SYS_PROCEED;
+	return rev6(ctx, NXL_HOOK_GETPEERNAME6);
 }
 
 /*

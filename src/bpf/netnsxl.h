@@ -21,7 +21,7 @@
 enum nxl_limits {
 	/* Bump when any structure below, or the meaning of a field, changes.
 	 * The control plane refuses a pin directory written by another layout. */
-	NXL_LAYOUT_VERSION = 3,
+	NXL_LAYOUT_VERSION = 4,
 	NXL_DEFAULT_MAX_SERVICES = 65536,
 	NXL_DEFAULT_MAX_BACKENDS = 262144,
 	NXL_DEFAULT_MAX_AFFINITY = 65536,
@@ -37,6 +37,55 @@ enum nxl_limits {
 	 * master lookup alone. Backend i >= NXL_INLINE is in slot i + 1. */
 	NXL_INLINE = 4,
 	NXL_PATH_LEN = 256,
+};
+
+/* Counters (stats_map, per CPU) and trace verdicts (nxl_event.verdict). */
+enum nxl_stat {
+	NXL_STAT_TRANSLATED = 0,    /* connect/sendmsg sent to a backend */
+	NXL_STAT_REFUSED = 1,       /* no usable backend: ECONNREFUSED */
+	NXL_STAT_AFFINITY_HIT = 2,  /* the affinity entry's backend was used */
+	NXL_STAT_AFFINITY_MISS = 3, /* no live entry for this netns: a new pick */
+	NXL_STAT_AFFINITY_REPLACED = 4, /* the entry's backend left or is unusable */
+	NXL_STAT_BYPASSED = 5,      /* the socket's netns is bypassed */
+	NXL_STAT_HOST_SKIPPED = 6,  /* pods-only frontend (ExternalIP) from the host netns */
+	NXL_STAT_POD_SKIPPED = 7,   /* host-only frontend (loopback NodePort) from a pod */
+	NXL_STAT_REVERSED = 8,      /* recvmsg/getpeername shown the frontend */
+	NXL_STAT_MAX = 9,
+};
+
+/* Which program made a decision (nxl_event.hook). */
+enum nxl_hook {
+	NXL_HOOK_CONNECT4 = 1,
+	NXL_HOOK_SENDMSG4 = 2,
+	NXL_HOOK_RECVMSG4 = 3,
+	NXL_HOOK_GETPEERNAME4 = 4,
+	NXL_HOOK_CONNECT6 = 5,
+	NXL_HOOK_SENDMSG6 = 6,
+	NXL_HOOK_RECVMSG6 = 7,
+	NXL_HOOK_GETPEERNAME6 = 8,
+};
+
+/* Per-service counters (svc_stats_map, per CPU). */
+struct svc_stats {
+	__u64 translated;
+	__u64 refused;
+};
+
+/* One translation decision, sent to `netnsxl trace` through events_map. */
+struct nxl_event {
+	__u64 ts_ns;            /* bpf_ktime_get_ns(), CLOCK_MONOTONIC */
+	__u64 netns_cookie;
+	__u32 pid;              /* thread group id */
+	__u32 svc_id;
+	char comm[16];
+	__u8 orig_addr[16];     /* what the socket asked for */
+	__u8 new_addr[16];      /* the backend, or orig when left alone */
+	__be16 orig_port;
+	__be16 new_port;
+	__u8 proto;
+	__u8 hook;              /* NXL_HOOK_* */
+	__u8 verdict;           /* NXL_STAT_* */
+	__u8 pad0;
 };
 
 /* port_map[port] bits: some frontend uses this port with this protocol. */
@@ -188,6 +237,8 @@ struct nxl_config {
 	__u16 node_port_max;
 	char cgroup_path[NXL_PATH_LEN];
 	__u32 bypass_count; /* entries in bypass_map: 0 skips its lookup */
+	__u32 tracers;      /* running `netnsxl trace`s: 0 sends no events */
+	__u32 pad0;
 };
 
 /* Referenced by one .rodata variable so every enum above is in BTF. */
@@ -197,6 +248,9 @@ struct nxl_abi {
 	enum nxl_backend_flags backend_flags;
 	enum nxl_svc_type svc_type;
 	enum nxl_port_bits port_bits;
+	enum nxl_stat stat;
+	enum nxl_hook hook;
+	struct nxl_event event; /* a ring buffer record has no map type of its own */
 };
 
 #endif /* __NETNSXL_H */
