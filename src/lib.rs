@@ -10,6 +10,7 @@ pub mod attach;
 pub mod bpf;
 pub mod manifest;
 pub mod netns;
+pub mod observe;
 pub mod output;
 pub mod service;
 pub mod stale;

@@ -57,6 +57,28 @@ enum Cmd {
     /// Make the services what a file says: netnsxl's format, or Kubernetes
     /// Services and EndpointSlices as kubectl get -o json prints them.
     Apply(ApplyArgs),
+    /// Datapath counters: per reason and per service, summed over CPUs.
+    Stats {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Print rates every SECS seconds until Ctrl-C.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<u64>,
+    },
+    /// Stream translation decisions live until Ctrl-C.
+    Trace {
+        /// Only decisions about this frontend (ADDR:PORT, or :PORT).
+        #[arg(long, value_name = "ADDR:PORT")]
+        frontend: Option<String>,
+        /// Only this protocol (with --frontend).
+        #[arg(long, value_enum)]
+        proto: Option<Proto>,
+        /// Only sockets of this netns (a name under /run/netns).
+        #[arg(long)]
+        netns: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
 }
 
 #[derive(Args)]
@@ -383,6 +405,32 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Apply(a) => apply_cmd(pin_dir, a),
+        Cmd::Stats { format, watch } => {
+            netnsxl::observe::stats(&State::open(pin_dir)?, format, watch)
+        }
+        Cmd::Trace {
+            frontend,
+            proto,
+            netns,
+            format,
+        } => {
+            let frontend = frontend
+                .as_deref()
+                .map(FrontendSpec::parse)
+                .transpose()?
+                .map(|f| (f, proto));
+            let netns_cookie = netns.map(|n| NetnsRef::Name(n).cookie()).transpose()?;
+            sys::require_privileges()?;
+            let state = State::open(pin_dir)?;
+            netnsxl::observe::trace(
+                &state,
+                &netnsxl::observe::TraceOpts {
+                    frontend,
+                    netns_cookie,
+                    format,
+                },
+            )
+        }
         Cmd::Node(NodeCmd::Refresh {
             node_ips,
             host_netns,
