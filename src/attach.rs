@@ -146,8 +146,8 @@ fn same_netns_as_init() -> bool {
 /// Attach, or report that this cgroup is attached already.
 pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
     sys::require_privileges()?;
-    let (cgroup, cgroup_id) = sys::check_cgroup2_dir(&opts.cgroup)?;
     sys::ensure_bpffs(pin_dir)?;
+    let (cgroup, cgroup_id) = sys::check_cgroup2_dir(&opts.cgroup)?;
     let _lock = sys::StateLock::take(pin_dir)?;
     let pins = Pins::new(pin_dir);
 

@@ -37,27 +37,36 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Load the datapath and attach it to a cgroup v2 directory.
+    #[command(after_help = "Example:\n  netnsxl attach --cgroup /sys/fs/cgroup/unified/kubepods --node-ip 198.51.100.1")]
     Attach(AttachArgs),
     /// Detach the programs and remove every pin of the attachment.
+    #[command(after_help = "Example:\n  netnsxl --pin-dir /sys/fs/bpf/netnsxl detach")]
     Detach,
     /// Show the attachment: cgroup, programs, netns cookies, map fill.
+    #[command(after_help = "Example:\n  netnsxl status -o json")]
     Status(OutputArgs),
     /// Add, delete and list services.
     #[command(subcommand)]
+    #[command(after_help = "Example:\n  netnsxl svc add --type clusterip --frontend 198.51.100.10:80 --backend 203.0.113.10:8080")]
     Svc(SvcCmd),
     /// Session affinity entries, per client netns.
     #[command(subcommand)]
+    #[command(after_help = "Example:\n  netnsxl affinity dump -o json")]
     Affinity(AffinityCmd),
     /// Network namespaces: list them, exempt some from translation.
     #[command(subcommand)]
+    #[command(after_help = "Example:\n  netnsxl netns bypass add debug-shell")]
     Netns(NetnsCmd),
     /// Node addresses.
     #[command(subcommand)]
+    #[command(after_help = "Example:\n  netnsxl node refresh --node-ip 198.51.100.1")]
     Node(NodeCmd),
     /// Make the services what a file says: netnsxl's format, or Kubernetes
     /// Services and EndpointSlices as kubectl get -o json prints them.
+    #[command(after_help = "Example:\n  kubectl get services,endpointslices -A -o json | netnsxl apply -f - --prune --dry-run")]
     Apply(ApplyArgs),
     /// Datapath counters: per reason and per service, summed over CPUs.
+    #[command(after_help = "Example:\n  netnsxl stats --watch 5")]
     Stats {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         format: Format,
@@ -65,7 +74,17 @@ enum Cmd {
         #[arg(long, value_name = "SECS")]
         watch: Option<u64>,
     },
+    /// Print a shell completion script (bash, zsh or fish).
+    #[command(after_help = "Example:\n  netnsxl completions bash > /etc/bash_completion.d/netnsxl")]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on standard output.
+    #[command(after_help = "Example:\n  netnsxl man | man -l -")]
+    Man,
     /// Stream translation decisions live until Ctrl-C.
+    #[command(after_help = "Example:\n  netnsxl trace --frontend 198.51.100.10:80 --netns pod-a -o json")]
     Trace {
         /// Only decisions about this frontend (ADDR:PORT, or :PORT).
         #[arg(long, value_name = "ADDR:PORT")]
@@ -140,10 +159,13 @@ struct OutputArgs {
 #[derive(Subcommand)]
 enum SvcCmd {
     /// Add a service (or with --replace change one).
+    #[command(after_help = "Example:\n  netnsxl svc add --type nodeport --frontend :30080 --backend 203.0.113.10:8080,local --session-affinity client-ip")]
     Add(SvcAddArgs),
     /// Delete a service by its frontend.
+    #[command(after_help = "Example:\n  netnsxl svc del --frontend 198.51.100.10:80 --proto udp --destroy-tcp")]
     Del(FrontendArgs),
     /// List the services as the maps hold them.
+    #[command(after_help = "Example:\n  netnsxl svc list -o json > services.json")]
     List(OutputArgs),
 }
 
@@ -215,8 +237,10 @@ struct FrontendArgs {
 #[derive(Subcommand)]
 enum AffinityCmd {
     /// Show every live affinity entry.
+    #[command(after_help = "Example:\n  netnsxl affinity dump")]
     Dump(OutputArgs),
     /// Delete entries: of one service, of one client netns, or all.
+    #[command(after_help = "Example:\n  netnsxl affinity flush --frontend 198.51.100.10:80 --netns pod-a")]
     Flush {
         #[arg(long, value_name = "ADDR:PORT")]
         frontend: Option<String>,
@@ -231,15 +255,19 @@ enum AffinityCmd {
 #[derive(Subcommand)]
 enum NetnsCmd {
     /// Every netns that can be found, with its cookie.
+    #[command(after_help = "Example:\n  netnsxl netns list -o json")]
     List(OutputArgs),
     /// Sockets of a bypassed netns are never translated.
     #[command(subcommand)]
+    #[command(after_help = "Example:\n  netnsxl netns bypass del --pid 4242")]
     Bypass(BypassCmd),
 }
 
 #[derive(Subcommand)]
 enum BypassCmd {
+    #[command(after_help = "Example:\n  netnsxl netns bypass add debug-shell")]
     Add(NetnsSel),
+    #[command(after_help = "Example:\n  netnsxl netns bypass del debug-shell")]
     Del(NetnsSel),
 }
 
@@ -268,6 +296,7 @@ impl NetnsSel {
 #[derive(Subcommand)]
 enum NodeCmd {
     /// Re-read the host netns' addresses and rewrite the frontends that use them.
+    #[command(after_help = "Example:\n  netnsxl node refresh --host-netns /proc/1/ns/net")]
     Refresh {
         #[arg(long = "node-ip", value_name = "ADDR")]
         node_ips: Vec<String>,
@@ -405,6 +434,21 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Apply(a) => apply_cmd(pin_dir, a),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "netnsxl", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man => {
+            use clap::CommandFactory;
+            let cmd = Cli::command();
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut out)?;
+            use std::io::Write;
+            std::io::stdout().write_all(&out)?;
+            Ok(())
+        }
         Cmd::Stats { format, watch } => {
             netnsxl::observe::stats(&State::open(pin_dir)?, format, watch)
         }
