@@ -37,7 +37,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Load the datapath and attach it to a cgroup v2 directory.
-    #[command(after_help = "Example:\n  netnsxl attach --cgroup /sys/fs/cgroup/unified/kubepods --node-ip 198.51.100.1")]
+    #[command(
+        after_help = "Example:\n  netnsxl attach --cgroup /sys/fs/cgroup/unified/kubepods --node-ip 198.51.100.1"
+    )]
     Attach(AttachArgs),
     /// Detach the programs and remove every pin of the attachment.
     #[command(after_help = "Example:\n  netnsxl --pin-dir /sys/fs/bpf/netnsxl detach")]
@@ -47,7 +49,9 @@ enum Cmd {
     Status(OutputArgs),
     /// Add, delete and list services.
     #[command(subcommand)]
-    #[command(after_help = "Example:\n  netnsxl svc add --type clusterip --frontend 198.51.100.10:80 --backend 203.0.113.10:8080")]
+    #[command(
+        after_help = "Example:\n  netnsxl svc add --type clusterip --frontend 198.51.100.10:80 --backend 203.0.113.10:8080"
+    )]
     Svc(SvcCmd),
     /// Session affinity entries, per client netns.
     #[command(subcommand)]
@@ -63,7 +67,9 @@ enum Cmd {
     Node(NodeCmd),
     /// Make the services what a file says: netnsxl's format, or Kubernetes
     /// Services and EndpointSlices as kubectl get -o json prints them.
-    #[command(after_help = "Example:\n  kubectl get services,endpointslices -A -o json | netnsxl apply -f - --prune --dry-run")]
+    #[command(
+        after_help = "Example:\n  kubectl get services,endpointslices -A -o json | netnsxl apply -f - --prune --dry-run"
+    )]
     Apply(ApplyArgs),
     /// Datapath counters: per reason and per service, summed over CPUs.
     #[command(after_help = "Example:\n  netnsxl stats --watch 5")]
@@ -84,7 +90,9 @@ enum Cmd {
     #[command(after_help = "Example:\n  netnsxl man | man -l -")]
     Man,
     /// Stream translation decisions live until Ctrl-C.
-    #[command(after_help = "Example:\n  netnsxl trace --frontend 198.51.100.10:80 --netns pod-a -o json")]
+    #[command(
+        after_help = "Example:\n  netnsxl trace --frontend 198.51.100.10:80 --netns pod-a -o json"
+    )]
     Trace {
         /// Only decisions about this frontend (ADDR:PORT, or :PORT).
         #[arg(long, value_name = "ADDR:PORT")]
@@ -159,10 +167,14 @@ struct OutputArgs {
 #[derive(Subcommand)]
 enum SvcCmd {
     /// Add a service (or with --replace change one).
-    #[command(after_help = "Example:\n  netnsxl svc add --type nodeport --frontend :30080 --backend 203.0.113.10:8080,local --session-affinity client-ip")]
+    #[command(
+        after_help = "Example:\n  netnsxl svc add --type nodeport --frontend :30080 --backend 203.0.113.10:8080,local --session-affinity client-ip"
+    )]
     Add(SvcAddArgs),
     /// Delete a service by its frontend.
-    #[command(after_help = "Example:\n  netnsxl svc del --frontend 198.51.100.10:80 --proto udp --destroy-tcp")]
+    #[command(
+        after_help = "Example:\n  netnsxl svc del --frontend 198.51.100.10:80 --proto udp --destroy-tcp"
+    )]
     Del(FrontendArgs),
     /// List the services as the maps hold them.
     #[command(after_help = "Example:\n  netnsxl svc list -o json > services.json")]
@@ -240,7 +252,9 @@ enum AffinityCmd {
     #[command(after_help = "Example:\n  netnsxl affinity dump")]
     Dump(OutputArgs),
     /// Delete entries: of one service, of one client netns, or all.
-    #[command(after_help = "Example:\n  netnsxl affinity flush --frontend 198.51.100.10:80 --netns pod-a")]
+    #[command(
+        after_help = "Example:\n  netnsxl affinity flush --frontend 198.51.100.10:80 --netns pod-a"
+    )]
     Flush {
         #[arg(long, value_name = "ADDR:PORT")]
         frontend: Option<String>,

@@ -22,12 +22,24 @@ use crate::sys;
 pub const REASONS: [(&str, &str); 9] = [
     ("translated", "sent to a backend"),
     ("refused", "no usable backend: ECONNREFUSED"),
-    ("affinity_hit", "the client netns' affinity backend was used"),
+    (
+        "affinity_hit",
+        "the client netns' affinity backend was used",
+    ),
     ("affinity_miss", "no live affinity entry: a new pick"),
-    ("affinity_replaced", "the affinity backend left or is unusable: a new pick"),
+    (
+        "affinity_replaced",
+        "the affinity backend left or is unusable: a new pick",
+    ),
     ("bypassed", "the socket's netns is bypassed"),
-    ("host_skipped", "pods-only frontend (ExternalIP) left alone in the host netns"),
-    ("pod_skipped", "host-only frontend (loopback NodePort) left alone in a pod"),
+    (
+        "host_skipped",
+        "pods-only frontend (ExternalIP) left alone in the host netns",
+    ),
+    (
+        "pod_skipped",
+        "host-only frontend (loopback NodePort) left alone in a pod",
+    ),
     ("reversed", "recvmsg/getpeername shown the frontend"),
 ];
 
@@ -306,9 +318,7 @@ fn event_of(ev: &types::nxl_event, names: &HashMap<u64, String>) -> TraceEvent {
     };
     let orig = SocketAddr::new(from_map_addr(ev.orig_addr), from_map_port(ev.orig_port));
     let new = SocketAddr::new(from_map_addr(ev.new_addr), from_map_port(ev.new_port));
-    let verdict = REASONS
-        .get(ev.verdict as usize)
-        .map_or("?", |(n, _)| *n);
+    let verdict = REASONS.get(ev.verdict as usize).map_or("?", |(n, _)| *n);
     let wall = clock_ns(nix::time::ClockId::CLOCK_REALTIME)
         - (clock_ns(nix::time::ClockId::CLOCK_MONOTONIC) - ev.ts_ns as i128);
     let comm: Vec<u8> = ev
@@ -415,7 +425,8 @@ pub fn trace(state: &State, opts: &TraceOpts) -> Result<()> {
             Err(e) => return Err(anyhow::Error::new(e).context("poll the event ring buffer")),
         }
         while let Ok(raw) = rx.try_recv() {
-            if !names.contains_key(&raw.netns_cookie) && refreshed.elapsed() > Duration::from_secs(1)
+            if !names.contains_key(&raw.netns_cookie)
+                && refreshed.elapsed() > Duration::from_secs(1)
             {
                 names = crate::netns::discover()
                     .into_iter()
