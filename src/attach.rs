@@ -444,8 +444,81 @@ struct Status {
     init_netns_cookie: u64,
     node_addrs: Vec<String>,
     bpf_stats_enabled: bool,
+    /// Where bpffs (holding the pins) and cgroup2 are mounted.
+    bpffs_mount: Option<String>,
+    cgroup2_mount: Option<String>,
+    /// Running `netnsxl trace`s (events are sent only while > 0).
+    tracers: u32,
     programs: Vec<ProgStatus>,
     maps: Vec<MapStatus>,
+    features: Vec<Feature>,
+    /// Everything that needs attention; empty when healthy.
+    warnings: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Feature {
+    name: &'static str,
+    kernel: &'static str,
+    available: bool,
+}
+
+/// What the datapath needs from the kernel, probed on this one.
+fn probe_features() -> Vec<Feature> {
+    use libbpf_rs::libbpf_sys as sys_;
+    let helper = |id| {
+        // SAFETY: a probe with no options loads and unloads a tiny program.
+        unsafe {
+            sys_::libbpf_probe_bpf_helper(sys_::BPF_PROG_TYPE_CGROUP_SOCK_ADDR, id, std::ptr::null())
+                == 1
+        }
+    };
+    let map = |t| {
+        // SAFETY: as above, for a map type.
+        unsafe { sys_::libbpf_probe_bpf_map_type(t, std::ptr::null()) == 1 }
+    };
+    let kfunc = |name: &str| {
+        fs::read_to_string("/proc/kallsyms")
+            .map(|k| k.lines().any(|l| l.split_whitespace().nth(2) == Some(name)))
+            .unwrap_or(false)
+    };
+    vec![
+        Feature {
+            name: "bpf_get_netns_cookie() in sock_addr hooks",
+            kernel: "5.7",
+            available: helper(sys_::BPF_FUNC_get_netns_cookie),
+        },
+        Feature {
+            name: "bpf_set_retval() (ECONNREFUSED without endpoints)",
+            kernel: "5.18",
+            available: helper(sys_::BPF_FUNC_set_retval),
+        },
+        Feature {
+            name: "socket-local storage (reverse translation)",
+            kernel: "5.2",
+            available: map(sys_::BPF_MAP_TYPE_SK_STORAGE),
+        },
+        Feature {
+            name: "ring buffer (trace)",
+            kernel: "5.8",
+            available: map(sys_::BPF_MAP_TYPE_RINGBUF),
+        },
+        Feature {
+            name: "bpf_sock_destroy() (stale sockets)",
+            kernel: "6.5",
+            available: kfunc("bpf_sock_destroy"),
+        },
+    ]
+}
+
+/// The mount point of the bpffs that holds `p`.
+fn bpffs_mount_of(p: &Path) -> Option<String> {
+    let mounts = sys::mounts().ok()?;
+    mounts
+        .iter()
+        .filter(|m| m.fstype == "bpf" && p.starts_with(&m.point))
+        .max_by_key(|m| m.point.as_os_str().len())
+        .map(|m| m.point.display().to_string())
 }
 
 #[derive(Tabled)]
@@ -547,9 +620,52 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
             .map(ToString::to_string)
             .collect(),
         bpf_stats_enabled: stats_on,
+        bpffs_mount: bpffs_mount_of(pin_dir),
+        cgroup2_mount: sys::cgroup2_mount().ok().map(|m| m.display().to_string()),
+        tracers: cfg.tracers,
+        features: probe_features(),
+        warnings: Vec::new(),
         programs,
         maps,
     };
+    let mut st = st;
+    for p in &st.programs {
+        if !p.attached_to_cgroup {
+            st.warnings.push(format!(
+                "{} is not attached{}; run netnsxl detach and attach again",
+                p.name,
+                if p.kind == "cgroup" {
+                    format!(" to {}", st.cgroup)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+    }
+    for m in &st.maps {
+        if let Some(cap) = m.capacity
+            && cap > 0
+            && m.used as f64 > 0.8 * cap as f64
+        {
+            st.warnings.push(format!(
+                "{} is {:.0}% full ({}/{cap}); attach with larger --max-* before it fills",
+                m.name,
+                100.0 * m.used as f64 / cap as f64,
+                m.used
+            ));
+        }
+    }
+    for f in &st.features {
+        if !f.available {
+            st.warnings.push(format!("kernel lacks {} (needs {})", f.name, f.kernel));
+        }
+    }
+    if st.tracers > 0 {
+        st.warnings.push(format!(
+            "{} tracer(s) registered: every decision is sent to the ring buffer (a killed trace leaves this set; run netnsxl trace --reset)",
+            st.tracers
+        ));
+    }
 
     let mut rows = vec![
         Row {
@@ -576,7 +692,25 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
             item: "node addresses".into(),
             value: st.node_addrs.join("\n"),
         },
+        Row {
+            item: "bpffs / cgroup2".into(),
+            value: format!(
+                "{} / {}",
+                output::opt(&st.bpffs_mount),
+                output::opt(&st.cgroup2_mount)
+            ),
+        },
+        Row {
+            item: "tracers".into(),
+            value: st.tracers.to_string(),
+        },
     ];
+    for f in &st.features {
+        rows.push(Row {
+            item: format!("kernel {}+", f.kernel),
+            value: format!("{} {}", if f.available { "yes" } else { "NO " }, f.name),
+        });
+    }
     for m in &st.maps {
         rows.push(Row {
             item: format!("map {}", m.name),
@@ -608,6 +742,18 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
             ),
         });
     }
+    rows.push(Row {
+        item: "health".into(),
+        value: if st.warnings.is_empty() {
+            "ok".into()
+        } else {
+            st.warnings
+                .iter()
+                .map(|w| format!("WARNING: {w}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    });
     if !st.bpf_stats_enabled {
         rows.push(Row {
             item: "run_cnt/run_time_ns".into(),

@@ -105,6 +105,10 @@ enum Cmd {
         netns: Option<String>,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         format: Format,
+        /// Forget tracers that were killed without cleaning up (status warns
+        /// about them), then exit.
+        #[arg(long)]
+        reset: bool,
     },
 }
 
@@ -471,7 +475,16 @@ fn run(cli: Cli) -> Result<()> {
             proto,
             netns,
             format,
+            reset,
         } => {
+            if reset {
+                let (state, _lock) = open_for_change(pin_dir)?;
+                let mut cfg = state.config()?;
+                cfg.tracers = 0;
+                state.write_config(&cfg)?;
+                println!("tracers reset to 0");
+                return Ok(());
+            }
             let frontend = frontend
                 .as_deref()
                 .map(FrontendSpec::parse)

@@ -430,3 +430,45 @@ fn errors_say_what_failed_and_the_fix() {
     assert!(netnsxl::sys::is_bpffs(std::path::Path::new("/sys/fs/bpf")));
     let _ = Instant::now();
 }
+
+#[test]
+fn status_shows_health_features_and_warnings() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::new();
+    let st = lab.cli().json(&["status"]);
+    assert_eq!(st["bpffs_mount"], netnsxl::sys::BPFFS_DEFAULT, "{st}");
+    assert_eq!(st["cgroup2_mount"], netnsxl::sys::cgroup2_mount().unwrap().to_str().unwrap());
+    assert_eq!(st["layout_version"], netnsxl::bpf::LAYOUT_VERSION);
+    let features = st["features"].as_array().unwrap();
+    assert_eq!(features.len(), 5);
+    assert!(features.iter().all(|f| f["available"] == true), "kernel 6.18 has them all: {st}");
+    assert!(st["warnings"].as_array().unwrap().is_empty(), "{st}");
+    assert!(lab.cli().ok(&["status"]).contains("health"));
+
+    // A tracer killed without cleaning up is reported, and reset.
+    let mut child = lab.cli().cmd(&["trace"]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let st = lab.cli().json(&["status"]);
+    assert_eq!(st["tracers"], 1);
+    assert!(st["warnings"][0].as_str().unwrap().contains("trace --reset"), "{st}");
+    lab.cli().ok(&["trace", "--reset"]);
+    assert!(lab.cli().json(&["status"])["warnings"].as_array().unwrap().is_empty());
+
+    // A map over 80 % full is a warning that names it.
+    let small = Cgroup::new();
+    let pins = PinDir::new();
+    let cli = Cli { pins: &pins };
+    cli.attach(&small, &["--max-services", "4", "--max-backends", "6"]);
+    for i in 1..=4 {
+        cli.ok(&["svc", "add", "--type", "clusterip", "--frontend", &format!("198.18.21.{i}:80"), "--backend", "203.0.113.1:8080"]);
+    }
+    let st = cli.json(&["status"]);
+    let w: Vec<&str> = st["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert!(w.iter().any(|w| w.starts_with("meta_map is 100% full")), "{w:?}");
+    assert!(!w.iter().any(|w| w.starts_with("backend_map")), "4/6 is under 80%: {w:?}");
+}
