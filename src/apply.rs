@@ -82,7 +82,7 @@ impl Report {
     }
 }
 
-type Identity = (IpAddr, u16, Proto);
+pub type Identity = (IpAddr, u16, Proto);
 
 fn describe(spec: &ServiceSpec) -> String {
     let mut s = format!(
@@ -182,6 +182,17 @@ fn check(entries: &[Entry], state: &State, node_addrs: &[IpAddr]) -> Result<()> 
 
 pub fn apply(state: &State, text: &str, opts: &ApplyOpts) -> Result<Report> {
     let parsed = manifest::parse(text, &opts.node_name)?;
+    apply_parsed(state, &parsed, opts, None)
+}
+
+/// Apply what a file (or a watch stream's objects) says. `prune_only`:
+/// prune just these identities (a watch prunes only what it wrote itself).
+pub fn apply_parsed(
+    state: &State,
+    parsed: &manifest::Parsed,
+    opts: &ApplyOpts,
+    prune_only: Option<&HashSet<Identity>>,
+) -> Result<Report> {
     let mut cur = Current::full(state)?;
     let node_addrs = cur.node_addrs.clone();
     check(&parsed.entries, state, &node_addrs)?;
@@ -226,7 +237,11 @@ pub fn apply(state: &State, text: &str, opts: &ApplyOpts) -> Result<Report> {
         store::plan_delete(&mut cur, &mut tx, id)?;
     }
     for (idk, svc_id) in &have {
-        if !want.contains(idk) && opts.prune {
+        let prunable = match prune_only {
+            Some(set) => set.contains(idk),
+            None => opts.prune,
+        };
+        if !want.contains(idk) && prunable {
             if let Some(spec) = cur.spec(*svc_id)? {
                 report.removed.push(describe(&spec));
             }
@@ -290,4 +305,108 @@ pub fn apply(state: &State, text: &str, opts: &ApplyOpts) -> Result<Report> {
         report.sockets_destroyed = crate::stale::after_change(state, &done, opts.destroy_tcp)?;
     }
     Ok(report)
+}
+
+/// The identities a parsed file names (for a watch's ownership set).
+pub fn identities(state: &State, parsed: &manifest::Parsed) -> Result<HashSet<Identity>> {
+    let node_addrs = state.node_addrs()?;
+    Ok(parsed
+        .entries
+        .iter()
+        .map(|e| service::identity_key(&e.spec, &node_addrs))
+        .collect())
+}
+
+/// `apply --watch`: read the stream `kubectl get services,endpointslices -A
+/// --watch -o json --output-watch-events` prints, one
+/// `{"type": ADDED|MODIFIED|DELETED, "object": {...}}` after another, and
+/// after each event make the maps hold what all objects seen so far say, as
+/// one change. Services the stream produced and no longer describes are
+/// deleted; services it never produced are left alone. Replaying a stream
+/// from its start onto existing state converges to the same maps.
+pub fn watch(state: &State, input: impl std::io::Read, opts: &ApplyOpts) -> Result<usize> {
+    use serde_json::Value;
+    let mut objects: BTreeMap<(String, String, String), Value> = BTreeMap::new();
+    let mut owned: HashSet<Identity> = HashSet::new();
+    let mut failed = 0;
+    let stream = serde_json::Deserializer::from_reader(input).into_iter::<Value>();
+    for (n, ev) in stream.enumerate() {
+        let ev = ev.map_err(|e| anyhow!("event {}: not valid JSON: {e}", n + 1))?;
+        let at = format!("event {}", n + 1);
+        let kind = ev["type"].as_str().unwrap_or_default().to_string();
+        let obj = &ev["object"];
+        let key = (
+            obj["kind"].as_str().unwrap_or_default().to_string(),
+            obj["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string(),
+            obj["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        let what = format!("{kind} {} {}/{}", key.0, key.1, key.2);
+        match kind.as_str() {
+            "ADDED" | "MODIFIED" | "DELETED" if key.0.is_empty() || key.2.is_empty() => {
+                eprintln!(
+                    "netnsxl: {at} ({what}): object.kind or object.metadata.name is missing; event skipped"
+                );
+                failed += 1;
+                continue;
+            }
+            "ADDED" | "MODIFIED" => {
+                objects.insert(key.clone(), obj.clone());
+            }
+            "DELETED" => {
+                objects.remove(&key);
+            }
+            "BOOKMARK" => continue,
+            "ERROR" => {
+                eprintln!("netnsxl: {at}: the API server sent an error: {}", obj);
+                failed += 1;
+                continue;
+            }
+            other => {
+                eprintln!(
+                    "netnsxl: {at}: type {other:?} is not one of ADDED, MODIFIED, DELETED, BOOKMARK, ERROR; event skipped"
+                );
+                failed += 1;
+                continue;
+            }
+        }
+        let list = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": objects.values().collect::<Vec<_>>(),
+        });
+        // One event, one change; the lock is held per event only, so other
+        // commands run between events.
+        let result = manifest::parse(&list.to_string(), &opts.node_name).and_then(|parsed| {
+            let _lock = crate::sys::StateLock::take(&state.pins.root)?;
+            let report = apply_parsed(state, &parsed, opts, Some(&owned))?;
+            Ok((parsed, report))
+        });
+        match result {
+            Ok((parsed, report)) => {
+                owned.extend(identities(state, &parsed)?);
+                println!(
+                    "{at} {what}: {} added, {} changed, {} removed, {} unchanged",
+                    report.added.len(),
+                    report.changed.len(),
+                    report.removed.len(),
+                    report.unchanged
+                );
+            }
+            Err(e) => {
+                // Keep the maps as they were; forget the bad object.
+                eprintln!("netnsxl: {at} ({what}): {e:#}; nothing changed");
+                objects.remove(&key);
+                failed += 1;
+            }
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    Ok(failed)
 }

@@ -469,8 +469,11 @@ fn probe_features() -> Vec<Feature> {
     let helper = |id| {
         // SAFETY: a probe with no options loads and unloads a tiny program.
         unsafe {
-            sys_::libbpf_probe_bpf_helper(sys_::BPF_PROG_TYPE_CGROUP_SOCK_ADDR, id, std::ptr::null())
-                == 1
+            sys_::libbpf_probe_bpf_helper(
+                sys_::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+                id,
+                std::ptr::null(),
+            ) == 1
         }
     };
     let map = |t| {
@@ -657,7 +660,8 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
     }
     for f in &st.features {
         if !f.available {
-            st.warnings.push(format!("kernel lacks {} (needs {})", f.name, f.kernel));
+            st.warnings
+                .push(format!("kernel lacks {} (needs {})", f.name, f.kernel));
         }
     }
     if st.tracers > 0 {

@@ -123,6 +123,11 @@ struct ApplyArgs {
     /// Delete the services the file does not name.
     #[arg(long)]
     prune: bool,
+    /// Read a Kubernetes watch stream (kubectl get services,endpointslices
+    /// -A --watch -o json --output-watch-events) and keep the maps in step,
+    /// one change per event, until the stream ends.
+    #[arg(long, conflicts_with_all = ["dry_run", "prune"])]
+    watch: bool,
     /// Also destroy TCP sockets connected to removed backends (UDP ones
     /// always are).
     #[arg(long)]
@@ -518,6 +523,36 @@ fn run(cli: Cli) -> Result<()> {
 
 fn apply_cmd(pin_dir: &Path, a: ApplyArgs) -> Result<()> {
     use std::io::Read;
+    if a.watch {
+        let node_name = match a.node_name {
+            Some(n) => n,
+            None => nix::unistd::gethostname()
+                .map_err(|e| anyhow::anyhow!("read the hostname for --node-name: {e}"))?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        let input: Box<dyn Read> = if a.file == "-" {
+            Box::new(std::io::stdin())
+        } else {
+            Box::new(
+                std::fs::File::open(&a.file).map_err(|e| anyhow::anyhow!("-f {}: {e}", a.file))?,
+            )
+        };
+        let opts = apply::ApplyOpts {
+            dry_run: false,
+            prune: false,
+            node_name,
+            destroy_tcp: a.destroy_tcp,
+        };
+        sys::require_privileges()?;
+        let state = State::open(pin_dir)?;
+        // The lock is taken per event, so other commands can run between.
+        let failed = apply::watch(&state, input, &opts)?;
+        if failed > 0 {
+            bail!("{failed} events could not be applied (see above); the others were");
+        }
+        return Ok(());
+    }
     let text = if a.file == "-" {
         let mut t = String::new();
         std::io::stdin()

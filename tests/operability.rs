@@ -439,25 +439,50 @@ fn status_shows_health_features_and_warnings() {
     let lab = Lab::new();
     let st = lab.cli().json(&["status"]);
     assert_eq!(st["bpffs_mount"], netnsxl::sys::BPFFS_DEFAULT, "{st}");
-    assert_eq!(st["cgroup2_mount"], netnsxl::sys::cgroup2_mount().unwrap().to_str().unwrap());
+    assert_eq!(
+        st["cgroup2_mount"],
+        netnsxl::sys::cgroup2_mount().unwrap().to_str().unwrap()
+    );
     assert_eq!(st["layout_version"], netnsxl::bpf::LAYOUT_VERSION);
     let features = st["features"].as_array().unwrap();
     assert_eq!(features.len(), 5);
-    assert!(features.iter().all(|f| f["available"] == true), "kernel 6.18 has them all: {st}");
+    assert!(
+        features.iter().all(|f| f["available"] == true),
+        "kernel 6.18 has them all: {st}"
+    );
     assert!(st["warnings"].as_array().unwrap().is_empty(), "{st}");
     assert!(lab.cli().ok(&["status"]).contains("health"));
 
     // A tracer killed without cleaning up is reported, and reset.
-    let mut child = lab.cli().cmd(&["trace"]).stderr(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    let mut child = lab
+        .cli()
+        .cmd(&["trace"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     let st = lab.cli().json(&["status"]);
     assert_eq!(st["tracers"], 1);
-    assert!(st["warnings"][0].as_str().unwrap().contains("trace --reset"), "{st}");
+    assert!(
+        st["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("trace --reset"),
+        "{st}"
+    );
     lab.cli().ok(&["trace", "--reset"]);
-    assert!(lab.cli().json(&["status"])["warnings"].as_array().unwrap().is_empty());
+    assert!(
+        lab.cli().json(&["status"])["warnings"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 
     // A map over 80 % full is a warning that names it.
     let small = Cgroup::new();
@@ -465,10 +490,230 @@ fn status_shows_health_features_and_warnings() {
     let cli = Cli { pins: &pins };
     cli.attach(&small, &["--max-services", "4", "--max-backends", "6"]);
     for i in 1..=4 {
-        cli.ok(&["svc", "add", "--type", "clusterip", "--frontend", &format!("198.18.21.{i}:80"), "--backend", "203.0.113.1:8080"]);
+        cli.ok(&[
+            "svc",
+            "add",
+            "--type",
+            "clusterip",
+            "--frontend",
+            &format!("198.18.21.{i}:80"),
+            "--backend",
+            "203.0.113.1:8080",
+        ]);
     }
     let st = cli.json(&["status"]);
-    let w: Vec<&str> = st["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
-    assert!(w.iter().any(|w| w.starts_with("meta_map is 100% full")), "{w:?}");
-    assert!(!w.iter().any(|w| w.starts_with("backend_map")), "4/6 is under 80%: {w:?}");
+    let w: Vec<&str> = st["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(
+        w.iter().any(|w| w.starts_with("meta_map is 100% full")),
+        "{w:?}"
+    );
+    assert!(
+        !w.iter().any(|w| w.starts_with("backend_map")),
+        "4/6 is under 80%: {w:?}"
+    );
+}
+
+fn k8s_service(ty: &str, node_port: Option<u16>) -> Value {
+    let mut port =
+        serde_json::json!({"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080});
+    if let Some(np) = node_port {
+        port["nodePort"] = np.into();
+    }
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "1"},
+        "spec": {"type": ty, "clusterIP": "198.18.30.1", "clusterIPs": ["198.18.30.1"], "ports": [port]}
+    })
+}
+
+fn k8s_slice(endpoints: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-a", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints
+    })
+}
+
+fn ev(kind: &str, object: Value) -> String {
+    // kubectl prints each event as a pretty-printed object.
+    serde_json::to_string_pretty(&serde_json::json!({"type": kind, "object": object})).unwrap()
+}
+
+/// The recorded stream: a Service, its endpoints going ready, terminating
+/// and away, the Service turning into a NodePort, then everything deleted.
+fn stream() -> Vec<String> {
+    let ready = |ip: &str, node: &str| serde_json::json!({"addresses": [ip], "conditions": {"ready": true, "serving": true, "terminating": false}, "nodeName": node});
+    let draining = |ip: &str| serde_json::json!({"addresses": [ip], "conditions": {"ready": false, "serving": true, "terminating": true}, "nodeName": "node-a"});
+    vec![
+        ev("ADDED", k8s_service("ClusterIP", None)),
+        ev(
+            "ADDED",
+            k8s_slice(serde_json::json!([ready("203.0.113.1", "node-a")])),
+        ),
+        ev(
+            "MODIFIED",
+            k8s_slice(serde_json::json!([
+                draining("203.0.113.1"),
+                ready("203.0.113.2", "node-b")
+            ])),
+        ),
+        ev(
+            "MODIFIED",
+            k8s_slice(serde_json::json!([draining("203.0.113.1")])),
+        ),
+        ev("MODIFIED", k8s_service("NodePort", Some(30100))),
+        ev("DELETED", k8s_slice(serde_json::json!([]))),
+        ev("DELETED", k8s_service("NodePort", Some(30100))),
+    ]
+}
+
+fn replies(lab: &Lab, target: &str, n: u32) -> std::collections::BTreeSet<String> {
+    probe(lab.pod(), "tcp", false, target, n)
+        .into_iter()
+        .map(|a| {
+            a.reply
+                .unwrap_or_else(|| format!("errno {}", a.errno.unwrap_or(0)))
+        })
+        .collect()
+}
+
+#[test]
+fn apply_watch_keeps_the_maps_in_step_with_a_kubernetes_stream() {
+    if !require_root() {
+        return;
+    }
+    use std::collections::BTreeSet;
+    use std::io::Write;
+    let lab = Lab::new();
+    let before: Vec<Value> = lab.cli().json(&["svc", "list"]).as_array().unwrap().clone();
+    let mut child = lab
+        .cli()
+        .cmd(&["apply", "-f", "-", "--watch", "--node-name", "node-a"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let events = stream();
+    let mut step = |i: usize| -> String {
+        writeln!(stdin, "{}", events[i]).unwrap();
+        stdin.flush().unwrap();
+        out.next().unwrap().unwrap()
+    };
+    let set = |v: &[&str]| {
+        v.iter()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<String>>()
+    };
+    let refused = format!("errno {}", libc::ECONNREFUSED);
+    const VIP: &str = "198.18.30.1:80";
+
+    let l = step(0);
+    assert!(l.contains("ADDED Service shop/web: 1 added"), "{l}");
+    assert_eq!(replies(&lab, VIP, 3), set(&[&refused]), "no endpoints yet");
+
+    let l = step(1);
+    assert!(l.contains("1 changed"), "{l}");
+    assert_eq!(replies(&lab, VIP, 5), set(&["be-1"]));
+    let web = |lab: &Lab| -> Value {
+        lab.cli()
+            .json(&["svc", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["frontend"] == VIP)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        web(&lab)["backends"][0]["local"],
+        true,
+        "nodeName node-a is this node"
+    );
+
+    step(2);
+    assert_eq!(
+        replies(&lab, VIP, 20),
+        set(&["be-2"]),
+        "ready beats terminating"
+    );
+    step(3);
+    assert_eq!(
+        replies(&lab, VIP, 5),
+        set(&["be-1"]),
+        "serving-terminating when nothing is ready"
+    );
+    assert_eq!(web(&lab)["backends"][0]["terminating"], true);
+
+    let l = step(4);
+    assert!(l.contains("1 added"), "the NodePort: {l}");
+    assert_eq!(replies(&lab, "198.51.100.1:30100", 3), set(&["be-1"]));
+    let at_step_5 = lab.cli().json(&["svc", "list"]);
+
+    step(5);
+    assert_eq!(replies(&lab, VIP, 3), set(&[&refused]), "endpoints gone");
+    let l = step(6);
+    assert!(l.contains("0 added, 0 changed, 2 removed"), "{l}");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+    let after: Vec<Value> = lab.cli().json(&["svc", "list"]).as_array().unwrap().clone();
+    assert_eq!(
+        after, before,
+        "services the stream never wrote are left alone"
+    );
+
+    // Replaying the stream from its start onto existing state converges.
+    let dir = std::env::temp_dir().join(unique("netnsxl-watch-"));
+    std::fs::create_dir(&dir).unwrap();
+    let f = dir.join("stream.json");
+    std::fs::write(&f, events[..5].join("\n")).unwrap();
+    let fs_ = f.to_str().unwrap();
+    // Ids are allocated afresh (the services were deleted at step 7).
+    let no_ids = |mut v: Value| {
+        for s in v.as_array_mut().unwrap() {
+            s.as_object_mut().unwrap().remove("svc_id");
+            for b in s["backends"].as_array_mut().unwrap() {
+                b.as_object_mut().unwrap().remove("id");
+            }
+        }
+        v
+    };
+    lab.cli()
+        .ok(&["apply", "-f", fs_, "--watch", "--node-name", "node-a"]);
+    let replayed = lab.cli().json(&["svc", "list"]);
+    assert_eq!(no_ids(replayed.clone()), no_ids(at_step_5));
+    lab.cli()
+        .ok(&["apply", "-f", fs_, "--watch", "--node-name", "node-a"]);
+    // (Backend ids change on the way: the replay passes through the state
+    // without endpoints, as the stream did.)
+    assert_eq!(
+        no_ids(lab.cli().json(&["svc", "list"])),
+        no_ids(replayed),
+        "a replay onto its own result"
+    );
+    // A bad event is reported, changes nothing, and the stream goes on.
+    std::fs::write(&f, format!("{}\n{}", ev("ADDED", serde_json::json!({"kind": "Service", "apiVersion": "v1", "metadata": {"name": "bad"}})), events[6])).unwrap();
+    let out = lab
+        .cli()
+        .cmd(&["apply", "-f", fs_, "--watch", "--node-name", "node-a"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("event 1")
+            && err.contains("spec is missing")
+            && err.contains("nothing changed"),
+        "{err}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("event 2 DELETED Service shop/web"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
