@@ -25,6 +25,24 @@ pub struct ApplyOpts {
     pub prune: bool,
     pub node_name: String,
     pub destroy_tcp: bool,
+    /// No progress bar even on a terminal.
+    pub quiet: bool,
+}
+
+/// A progress bar on stderr when it is a terminal (and not --quiet); hidden
+/// otherwise, so scripts and logs see nothing.
+fn progress(opts: &ApplyOpts, len: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if opts.quiet || len < 1000 || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:>10} [{bar:40}] {pos}/{len} services ({elapsed})",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -282,7 +300,17 @@ pub fn apply_parsed(
         (first, Ids::alloc(state, fresh_backends)?)
     };
 
+    struct Clear(indicatif::ProgressBar);
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            self.0.finish_and_clear();
+        }
+    }
+    let pb = progress(opts, parsed.entries.len() as u64);
+    let _clear = Clear(pb.clone());
+    pb.set_message("planning");
     for e in &parsed.entries {
+        pb.inc(1);
         let idk = service::identity_key(&e.spec, &node_addrs);
         let (svc_id, old) = match have.get(&idk) {
             Some(id) => (*id, cur.spec(*id)?),
@@ -300,8 +328,16 @@ pub fn apply_parsed(
         }
     }
     report.strays_removed = store::plan_strays(&mut cur, &mut tx)?;
-    if !opts.dry_run {
-        let done = store::execute(state, tx)?;
+    pb.set_message("writing");
+    pb.tick();
+    let written = if opts.dry_run {
+        None
+    } else {
+        Some(store::execute(state, tx))
+    };
+    pb.finish_and_clear();
+    if let Some(done) = written {
+        let done = done?;
         report.sockets_destroyed = crate::stale::after_change(state, &done, opts.destroy_tcp)?;
     }
     Ok(report)

@@ -128,6 +128,10 @@ struct ApplyArgs {
     /// one change per event, until the stream ends.
     #[arg(long, conflicts_with_all = ["dry_run", "prune"])]
     watch: bool,
+    /// No progress bar (it is shown only on a terminal, for 1,000 services
+    /// or more).
+    #[arg(short, long)]
+    quiet: bool,
     /// Also destroy TCP sockets connected to removed backends (UDP ones
     /// always are).
     #[arg(long)]
@@ -543,6 +547,7 @@ fn apply_cmd(pin_dir: &Path, a: ApplyArgs) -> Result<()> {
             prune: false,
             node_name,
             destroy_tcp: a.destroy_tcp,
+            quiet: true,
         };
         sys::require_privileges()?;
         let state = State::open(pin_dir)?;
@@ -574,6 +579,7 @@ fn apply_cmd(pin_dir: &Path, a: ApplyArgs) -> Result<()> {
         prune: a.prune,
         node_name,
         destroy_tcp: a.destroy_tcp,
+        quiet: a.quiet,
     };
     let (state, _lock) = if a.dry_run {
         (State::open(pin_dir)?, None)

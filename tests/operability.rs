@@ -717,3 +717,57 @@ fn apply_watch_keeps_the_maps_in_step_with_a_kubernetes_stream() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("event 2 DELETED Service shop/web"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn apply_shows_progress_only_on_a_terminal() {
+    if !require_root() {
+        return;
+    }
+    let cg = Cgroup::new();
+    let pins = PinDir::new();
+    let cli = Cli { pins: &pins };
+    cli.attach(&cg, &[]);
+    let dir = std::env::temp_dir().join(unique("netnsxl-progress-"));
+    std::fs::create_dir(&dir).unwrap();
+    let f = dir.join("many.json");
+    let items: Vec<String> = (1..=1500)
+        .map(|i| format!("{{\"type\": \"clusterip\", \"frontend\": \"198.18.{}.{}:80\", \"backends\": [\"203.0.113.1:8080\"]}}", 40 + i / 250, i % 250 + 1))
+        .collect();
+    std::fs::write(&f, format!("[{}]", items.join(","))).unwrap();
+    let apply = |extra: &str| -> String {
+        // script(1) gives the command a terminal.
+        let cmd = format!(
+            "{NETNSXL} --pin-dir {} apply --prune {extra} -f {}",
+            pins.path.display(),
+            f.display()
+        );
+        let out = Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let tty = apply("");
+    assert!(
+        tty.contains("planning") && tty.contains("services ("),
+        "progress on a terminal"
+    );
+    cli.ok(&["apply", "-f", f.to_str().unwrap(), "--dry-run"]);
+    let quiet = apply("--quiet");
+    assert!(!quiet.contains("planning"), "--quiet: {quiet}");
+    let out = cli
+        .cmd(&["apply", "--prune", "-f", f.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.stderr.is_empty(),
+        "no terminal, no progress: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
