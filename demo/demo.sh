@@ -124,6 +124,22 @@ client "$PODA" --proto udp --unconnected 203.0.113.53:53
 say "affinity entries, keyed by netns cookie"
 nxl affinity dump
 
+say "trace: live decisions while pod a connects (ClusterIP with affinity, no endpoints, ExternalIP from the host)"
+"$NXL" --pin-dir "$PINS" trace > "$WORK/trace.txt" 2> "$WORK/trace.err" &
+TRACER=$!
+SERVERS+=("$TRACER")
+for _ in $(seq 50); do grep -q tracing "$WORK/trace.err" 2>/dev/null && break; sleep 0.1; done
+client "$PODA" --count 2 203.0.113.80:80 >/dev/null
+client "$PODA" 203.0.113.99:80 >/dev/null || true
+client "$NODE" --timeout-ms 300 203.0.113.50:80 >/dev/null || true
+sleep 0.3
+kill -INT "$TRACER"; wait "$TRACER" 2>/dev/null || true
+echo "\$ netnsxl trace   (stopped with Ctrl-C)"
+cat "$WORK/trace.txt"
+
+say "stats: counters per reason and per service, summed over CPUs"
+nxl stats
+
 say "svc list -o json is a backup that apply restores: applying it changes nothing"
 echo "\$ $NXL --pin-dir $PINS svc list -o json > services.json"
 "$NXL" --pin-dir "$PINS" svc list -o json > "$WORK/services.json"

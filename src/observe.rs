@@ -419,10 +419,17 @@ pub fn trace(state: &State, opts: &TraceOpts) -> Result<()> {
     let _untrace = Untrace(state);
     let mut refreshed = Instant::now();
     while !STOP.load(Ordering::SeqCst) {
+        // Events come without wakeups (see trace() in the BPF): wait up to
+        // 100 ms, then drain whatever is there.
         match ring.poll(Duration::from_millis(100)) {
             Ok(()) => {}
             Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
             Err(e) => return Err(anyhow::Error::new(e).context("poll the event ring buffer")),
+        }
+        if let Err(e) = ring.consume()
+            && e.kind() != libbpf_rs::ErrorKind::Interrupted
+        {
+            return Err(anyhow::Error::new(e).context("read the event ring buffer"));
         }
         while let Ok(raw) = rx.try_recv() {
             if !names.contains_key(&raw.netns_cookie)
@@ -441,6 +448,14 @@ pub fn trace(state: &State, opts: &TraceOpts) -> Result<()> {
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();
+    }
+    // What came in since the last drain.
+    let _ = ring.consume();
+    while let Ok(raw) = rx.try_recv() {
+        let ev = event_of(&raw, &names);
+        if wanted(&ev, &raw, opts) {
+            print_event(&ev, opts.format);
+        }
     }
     Ok(())
 }
