@@ -121,7 +121,9 @@ struct {
 	__type(key, __u32);
 	__type(value, struct svc_stats);
 	__uint(max_entries, NXL_DEFAULT_MAX_SERVICES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
+	/* Preallocated: a service's first count takes a free element instead
+	 * of allocating per-CPU memory in the hot path (which cost several
+	 * microseconds per first connect). */
 } svc_stats_map SEC(".maps");
 
 /* Decisions for `netnsxl trace`, written only while config.tracers > 0. */
