@@ -525,16 +525,21 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn apply_cmd(pin_dir: &Path, a: ApplyArgs) -> Result<()> {
+/// --node-name, or the hostname.
+fn node_name(given: Option<String>) -> Result<String> {
+    match given {
+        Some(n) => Ok(n),
+        None => Ok(nix::unistd::gethostname()
+            .map_err(|e| anyhow::anyhow!("read the hostname for --node-name: {e}"))?
+            .to_string_lossy()
+            .into_owned()),
+    }
+}
+
+fn apply_cmd(pin_dir: &Path, mut a: ApplyArgs) -> Result<()> {
     use std::io::Read;
     if a.watch {
-        let node_name = match a.node_name {
-            Some(n) => n,
-            None => nix::unistd::gethostname()
-                .map_err(|e| anyhow::anyhow!("read the hostname for --node-name: {e}"))?
-                .to_string_lossy()
-                .into_owned(),
-        };
+        let node_name = node_name(a.node_name.take())?;
         let input: Box<dyn Read> = if a.file == "-" {
             Box::new(std::io::stdin())
         } else {
@@ -567,13 +572,7 @@ fn apply_cmd(pin_dir: &Path, a: ApplyArgs) -> Result<()> {
     } else {
         std::fs::read_to_string(&a.file).map_err(|e| anyhow::anyhow!("-f {}: {e}", a.file))?
     };
-    let node_name = match a.node_name {
-        Some(n) => n,
-        None => nix::unistd::gethostname()
-            .map_err(|e| anyhow::anyhow!("read the hostname for --node-name: {e}"))?
-            .to_string_lossy()
-            .into_owned(),
-    };
+    let node_name = node_name(a.node_name.take())?;
     let opts = apply::ApplyOpts {
         dry_run: a.dry_run,
         prune: a.prune,

@@ -908,6 +908,20 @@ fn delete_all(map: &MapHandle, keys: &[Vec<u8>]) {
     }
 }
 
+/// Elements keyed by a u32 id, as the bytes a write phase takes.
+fn by_id<T: plain::Plain>(elems: &[(u32, T, Option<T>)]) -> Vec<Elem<[u8; 4]>> {
+    elems
+        .iter()
+        .map(|(id, v, p)| {
+            (
+                id.to_ne_bytes(),
+                bpf::bytes(v).to_vec(),
+                p.as_ref().map(|p| bpf::bytes(p).to_vec()),
+            )
+        })
+        .collect()
+}
+
 /// Statistics of one executed change.
 #[derive(Debug, Default)]
 pub struct Done {
@@ -925,28 +939,8 @@ pub fn execute(state: &State, tx: Tx) -> Result<Done> {
         .map(|(k, _, _)| *k)
         .chain(tx.masters.iter().map(|(k, _, _)| *k))
         .collect();
-    let meta: Vec<_> = tx
-        .meta
-        .iter()
-        .map(|(id, v, p)| {
-            (
-                id.to_ne_bytes(),
-                bpf::bytes(v).to_vec(),
-                p.map(|p| bpf::bytes(&p).to_vec()),
-            )
-        })
-        .collect();
-    let backends: Vec<_> = tx
-        .backends
-        .iter()
-        .map(|(id, v, p)| {
-            (
-                id.to_ne_bytes(),
-                bpf::bytes(v).to_vec(),
-                p.map(|p| bpf::bytes(&p).to_vec()),
-            )
-        })
-        .collect();
+    let meta = by_id(&tx.meta);
+    let backends = by_id(&tx.backends);
     let svc = |elems: &[(SvcKeyBytes, types::svc_value, Option<types::svc_value>)]| {
         elems
             .iter()

@@ -326,6 +326,22 @@ impl Drop for Netns {
     }
 }
 
+/// A veth pair between two namespaces: (netns, interface name, address) per end.
+fn veth(a: (&Netns, &str, &str), b: (&Netns, &str, &str)) -> Result<()> {
+    sh(
+        "ip",
+        &[
+            "link", "add", a.1, "netns", &a.0.0, "type", "veth", "peer", "name", b.1, "netns",
+            &b.0.0,
+        ],
+    )?;
+    for (ns, ifname, cidr) in [a, b] {
+        ns.ip(&["addr", "add", cidr, "dev", ifname])?;
+        ns.ip(&["link", "set", ifname, "up"])?;
+    }
+    Ok(())
+}
+
 struct Cgroup(PathBuf);
 
 impl Drop for Cgroup {
@@ -434,30 +450,18 @@ impl Lab {
             let pod = Netns::new(format!("{tag}-pod-{name}"))?;
             let node = Netns::new(format!("{tag}-node-{name}"))?;
             let base = 16 * k as u8;
-            let (pod_if, node_if) = (format!("{tag}p{k}"), format!("{tag}n{k}"));
-            sh(
-                "ip",
-                &[
-                    "link", "add", &pod_if, "netns", &pod.0, "type", "veth", "peer", "name",
-                    &node_if, "netns", &node.0,
-                ],
+            veth(
+                (
+                    &pod,
+                    &format!("{tag}p{k}"),
+                    &format!("198.51.100.{}/28", base + 2),
+                ),
+                (
+                    &node,
+                    &format!("{tag}n{k}"),
+                    &format!("198.51.100.{}/28", base + 1),
+                ),
             )?;
-            pod.ip(&[
-                "addr",
-                "add",
-                &format!("198.51.100.{}/28", base + 2),
-                "dev",
-                &pod_if,
-            ])?;
-            node.ip(&[
-                "addr",
-                "add",
-                &format!("198.51.100.{}/28", base + 1),
-                "dev",
-                &node_if,
-            ])?;
-            pod.ip(&["link", "set", &pod_if, "up"])?;
-            node.ip(&["link", "set", &node_if, "up"])?;
             pod.ip(&[
                 "route",
                 "add",
@@ -465,31 +469,19 @@ impl Lab {
                 "via",
                 &format!("198.51.100.{}", base + 1),
             ])?;
-            let (nb, bn) = (format!("{tag}b{k}"), format!("{tag}x{k}"));
             let lbase = 48 + 16 * k as u8;
-            sh(
-                "ip",
-                &[
-                    "link", "add", &nb, "netns", &node.0, "type", "veth", "peer", "name", &bn,
-                    "netns", &backend.0,
-                ],
+            veth(
+                (
+                    &node,
+                    &format!("{tag}b{k}"),
+                    &format!("198.51.100.{}/28", lbase + 1),
+                ),
+                (
+                    &backend,
+                    &format!("{tag}x{k}"),
+                    &format!("198.51.100.{}/28", lbase + 2),
+                ),
             )?;
-            node.ip(&[
-                "addr",
-                "add",
-                &format!("198.51.100.{}/28", lbase + 1),
-                "dev",
-                &nb,
-            ])?;
-            backend.ip(&[
-                "addr",
-                "add",
-                &format!("198.51.100.{}/28", lbase + 2),
-                "dev",
-                &bn,
-            ])?;
-            node.ip(&["link", "set", &nb, "up"])?;
-            backend.ip(&["link", "set", &bn, "up"])?;
             node.ip(&[
                 "route",
                 "add",
