@@ -132,7 +132,6 @@ for _ in $(seq 50); do grep -q tracing "$WORK/trace.err" 2>/dev/null && break; s
 client "$PODA" --count 2 203.0.113.80:80 >/dev/null
 client "$PODA" 203.0.113.99:80 >/dev/null || true
 client "$NODE" --timeout-ms 300 203.0.113.50:80 >/dev/null || true
-sleep 0.3
 kill -INT "$TRACER"; wait "$TRACER" 2>/dev/null || true
 echo "\$ netnsxl trace   (stopped with Ctrl-C)"
 cat "$WORK/trace.txt"

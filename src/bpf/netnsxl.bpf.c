@@ -282,8 +282,10 @@ pick_backend(struct svc_key *key, struct svc_value **masterp)
 	return NULL;
 }
 
+/* The client netns' affinity backend, if its entry is live and the backend
+ * still usable; *had_entry says whether an entry existed at all. */
 static __always_inline struct backend_value *
-affinity_backend(struct svc_value *master, struct affinity_key *akey, __u64 now)
+affinity_backend(struct svc_value *master, struct affinity_key *akey, __u64 now, bool *had_entry)
 {
 	struct affinity_value *av;
 	struct backend_value *be;
@@ -291,6 +293,7 @@ affinity_backend(struct svc_value *master, struct affinity_key *akey, __u64 now)
 	av = bpf_map_lookup_elem(&affinity_map, akey);
 	if (!av)
 		return NULL;
+	*had_entry = true;
 	if (now - av->last_used_ns > (__u64)master->affinity_timeout * NS_PER_SEC)
 		return NULL;
 	be = bpf_map_lookup_elem(&backend_map, &av->backend_id);
@@ -457,8 +460,7 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 
 	if (master->flags & NXL_SVC_F_AFFINITY) {
 		now = bpf_ktime_get_ns();
-		had_entry = bpf_map_lookup_elem(&affinity_map, &akey) != NULL;
-		be = affinity_backend(master, &akey, now);
+		be = affinity_backend(master, &akey, now, &had_entry);
 	}
 	if (be) {
 		to_addr = be->addr;
