@@ -203,13 +203,21 @@ pub fn apply(state: &State, text: &str, opts: &ApplyOpts) -> Result<Report> {
     apply_parsed(state, &parsed, opts, None)
 }
 
+/// What a watch may prune: the identities it wrote itself, and once it has
+/// seen the whole state (`kubernetes`), every service written from
+/// Kubernetes objects that they no longer describe.
+pub struct PruneScope<'a> {
+    pub owned: &'a HashSet<Identity>,
+    pub kubernetes: bool,
+}
+
 /// Apply what a file (or a watch stream's objects) says. `prune_only`:
 /// prune just these identities (a watch prunes only what it wrote itself).
 pub fn apply_parsed(
     state: &State,
     parsed: &manifest::Parsed,
     opts: &ApplyOpts,
-    prune_only: Option<&HashSet<Identity>>,
+    prune_only: Option<&PruneScope>,
 ) -> Result<Report> {
     let mut cur = Current::full(state)?;
     let node_addrs = cur.node_addrs.clone();
@@ -256,7 +264,10 @@ pub fn apply_parsed(
     }
     for (idk, svc_id) in &have {
         let prunable = match prune_only {
-            Some(set) => set.contains(idk),
+            Some(scope) => {
+                scope.owned.contains(idk)
+                    || (scope.kubernetes && cur.spec(*svc_id)?.is_some_and(|s| s.from_kubernetes))
+            }
             None => opts.prune,
         };
         if !want.contains(idk) && prunable {
@@ -360,15 +371,75 @@ pub fn identities(state: &State, parsed: &manifest::Parsed) -> Result<HashSet<Id
 /// one change. Services the stream produced and no longer describes are
 /// deleted; services it never produced are left alone. Replaying a stream
 /// from its start onto existing state converges to the same maps.
-pub fn watch(state: &State, input: impl std::io::Read, opts: &ApplyOpts) -> Result<usize> {
+/// How long the stream must be quiet before the watch takes what it has
+/// seen as the whole state (kubectl sends no marker after its initial list).
+const SYNC_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+pub fn watch(
+    state: &State,
+    input: impl std::io::Read + Send + 'static,
+    opts: &ApplyOpts,
+) -> Result<usize> {
     use serde_json::Value;
+    use std::sync::mpsc::RecvTimeoutError;
     let mut objects: BTreeMap<(String, String, String), Value> = BTreeMap::new();
     let mut owned: HashSet<Identity> = HashSet::new();
     let mut failed = 0;
-    let stream = serde_json::Deserializer::from_reader(input).into_iter::<Value>();
-    for (n, ev) in stream.enumerate() {
-        let ev = ev.map_err(|e| anyhow!("event {}: not valid JSON: {e}", n + 1))?;
-        let at = format!("event {}", n + 1);
+    // Events are read on a thread so that a quiet stream can be noticed.
+    let (tx, rx) = std::sync::mpsc::channel::<std::result::Result<Value, String>>();
+    std::thread::spawn(move || {
+        for v in serde_json::Deserializer::from_reader(input).into_iter::<Value>() {
+            let end = v.is_err();
+            if tx.send(v.map_err(|e| e.to_string())).is_err() || end {
+                break;
+            }
+        }
+    });
+    let mut synced = false;
+    let mut n = 0;
+    // Once the stream is quiet (or ends), what it described is all there
+    // is: services written from Kubernetes objects it no longer describes
+    // (deleted while no watch ran) go too.
+    let sync = |objects: &BTreeMap<(String, String, String), Value>,
+                owned: &HashSet<Identity>,
+                n: usize|
+     -> Result<()> {
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects.values().collect::<Vec<_>>()});
+        let parsed = manifest::parse(&list.to_string(), &opts.node_name)?;
+        let _lock = crate::sys::StateLock::take(&state.pins.root)?;
+        let scope = PruneScope {
+            owned,
+            kubernetes: true,
+        };
+        let report = apply_parsed(state, &parsed, opts, Some(&scope))?;
+        eprintln!(
+            "netnsxl: in sync after {n} events: {} added, {} changed, {} removed (services of Kubernetes objects that are gone)",
+            report.added.len(),
+            report.changed.len(),
+            report.removed.len()
+        );
+        Ok(())
+    };
+    loop {
+        let ev = match rx.recv_timeout(SYNC_IDLE) {
+            Ok(Ok(ev)) => ev,
+            Ok(Err(e)) => bail!("event {}: not valid JSON: {e}", n + 1),
+            Err(RecvTimeoutError::Timeout) => {
+                if !synced {
+                    sync(&objects, &owned, n)?;
+                    synced = true;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                if !synced {
+                    sync(&objects, &owned, n)?;
+                }
+                break;
+            }
+        };
+        n += 1;
+        let at = format!("event {n}");
         let kind = ev["type"].as_str().unwrap_or_default().to_string();
         let obj = &ev["object"];
         let key = (
@@ -420,7 +491,11 @@ pub fn watch(state: &State, input: impl std::io::Read, opts: &ApplyOpts) -> Resu
         // commands run between events.
         let result = manifest::parse(&list.to_string(), &opts.node_name).and_then(|parsed| {
             let _lock = crate::sys::StateLock::take(&state.pins.root)?;
-            let report = apply_parsed(state, &parsed, opts, Some(&owned))?;
+            let scope = PruneScope {
+                owned: &owned,
+                kubernetes: synced,
+            };
+            let report = apply_parsed(state, &parsed, opts, Some(&scope))?;
             Ok((parsed, report))
         });
         match result {

@@ -540,7 +540,7 @@ fn apply_cmd(pin_dir: &Path, mut a: ApplyArgs) -> Result<()> {
     use std::io::Read;
     if a.watch {
         let node_name = node_name(a.node_name.take())?;
-        let input: Box<dyn Read> = if a.file == "-" {
+        let input: Box<dyn Read + Send> = if a.file == "-" {
             Box::new(std::io::stdin())
         } else {
             Box::new(
@@ -654,6 +654,7 @@ fn svc_add(pin_dir: &Path, a: SvcAddArgs) -> Result<()> {
         affinity_timeout,
         internal_local: a.internal_traffic_policy == Policy::Local,
         external_local: a.external_traffic_policy == Policy::Local,
+        from_kubernetes: false,
     };
     spec.validate()?;
     let (state, _lock) = open_for_change(pin_dir)?;

@@ -157,6 +157,7 @@ const NATIVE_FIELDS: &[&str] = &[
     "affinity_timeout",
     "internal_traffic_policy",
     "external_traffic_policy",
+    "origin",
     // Printed by `svc list -o json`, ignored on input.
     "svc_id",
     "frontends",
@@ -236,7 +237,7 @@ fn native_service(v: &Value, at: &str) -> Result<ServiceSpec> {
         if !NATIVE_FIELDS.contains(&k.as_str()) {
             bail!(
                 "{at}: unknown field {k:?}; the fields are {}",
-                NATIVE_FIELDS[..10].join(", ")
+                NATIVE_FIELDS[..11].join(", ")
             );
         }
     }
@@ -326,6 +327,7 @@ fn native_service(v: &Value, at: &str) -> Result<ServiceSpec> {
         affinity_timeout,
         internal_local: policy(o, "internal_traffic_policy", at)?,
         external_local: policy(o, "external_traffic_policy", at)?,
+        from_kubernetes: opt_str(o, "origin", at)? == Some("kubernetes"),
     };
     spec.validate()
         .map_err(|e| anyhow!("{at}: {}", file_terms(&e)))?;
@@ -686,6 +688,7 @@ fn k8s_service(
                 affinity_timeout,
                 internal_local,
                 external_local,
+                from_kubernetes: true,
             };
             out.entries.push(Entry {
                 source: format!("{pat} ({what} {}/{proto})", spec.frontend.display()),

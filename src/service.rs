@@ -125,6 +125,9 @@ pub struct ServiceSpec {
     pub affinity_timeout: Option<u32>,
     pub internal_local: bool,
     pub external_local: bool,
+    /// Written from Kubernetes objects (apply of Services/EndpointSlices,
+    /// or a watch): a watch may delete it once Kubernetes no longer has it.
+    pub from_kubernetes: bool,
 }
 
 impl ServiceSpec {
@@ -324,6 +327,11 @@ pub fn meta_of(spec: &ServiceSpec) -> types::svc_meta {
         node_port: spec.node_port.map_or(0, to_map_port),
         affinity_timeout: spec.affinity_timeout.unwrap_or(0),
         backend_count: spec.backends.len() as u32,
+        origin: if spec.from_kubernetes {
+            types::nxl_origin::NXL_ORIGIN_KUBERNETES.0 as u16
+        } else {
+            types::nxl_origin::NXL_ORIGIN_USER.0 as u16
+        },
         ..Default::default()
     }
 }
@@ -358,6 +366,7 @@ pub fn spec_from(
         affinity_timeout: (meta.affinity_timeout != 0).then_some(meta.affinity_timeout),
         internal_local: meta.int_policy_local != 0,
         external_local: meta.ext_policy_local != 0,
+        from_kubernetes: meta.origin == types::nxl_origin::NXL_ORIGIN_KUBERNETES.0 as u16,
     })
 }
 
@@ -504,6 +513,8 @@ pub struct ServiceView {
     pub external_traffic_policy: &'static str,
     /// "ok", or what an interrupted command left and how to repair it.
     pub state: String,
+    /// "kubernetes" when written from Kubernetes objects, else "user".
+    pub origin: &'static str,
 }
 
 fn policy(local: bool) -> &'static str {
@@ -586,6 +597,11 @@ pub fn read_all(state: &State) -> Result<(Vec<ServiceView>, usize)> {
             internal_traffic_policy: policy(spec.internal_local),
             external_traffic_policy: policy(spec.external_local),
             state: svc_state,
+            origin: if spec.from_kubernetes {
+                "kubernetes"
+            } else {
+                "user"
+            },
         });
     }
     out.sort_by(|a, b| (&a.frontend, a.proto.to_string()).cmp(&(&b.frontend, b.proto.to_string())));

@@ -770,3 +770,175 @@ fn apply_shows_progress_only_on_a_terminal() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The other Service shapes kubectl prints, through the watch: a
+/// LoadBalancer with an ingress IP, external IPs, a NodePort, session
+/// affinity and a UDP port; then its status changing and its deletion.
+#[test]
+fn apply_watch_handles_loadbalancer_externalip_and_udp_shapes() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::new();
+    let svc = |ingress: &str| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "gw", "namespace": "edge"},
+            "spec": {
+                "type": "LoadBalancer", "clusterIP": "198.18.31.1", "clusterIPs": ["198.18.31.1"],
+                "externalIPs": ["198.18.31.2"], "externalTrafficPolicy": "Local",
+                "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 30}},
+                "ports": [
+                    {"name": "https", "port": 443, "protocol": "TCP", "targetPort": 8080, "nodePort": 30443},
+                    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 8080, "nodePort": 30053}
+                ]
+            },
+            "status": {"loadBalancer": {"ingress": [{"ip": ingress}]}}
+        })
+    };
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "gw-1", "namespace": "edge", "labels": {"kubernetes.io/service-name": "gw"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "https", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 8080, "protocol": "UDP"}],
+        "endpoints": [{"addresses": ["203.0.113.2"], "conditions": {"ready": true}, "nodeName": "node-a"}]
+    });
+    let dir = std::env::temp_dir().join(unique("netnsxl-watch-"));
+    std::fs::create_dir(&dir).unwrap();
+    let f = dir.join("stream.json");
+    let run = |events: &[String]| {
+        std::fs::write(&f, events.join("\n")).unwrap();
+        lab.cli().ok(&[
+            "apply",
+            "-f",
+            f.to_str().unwrap(),
+            "--watch",
+            "--node-name",
+            "node-a",
+        ])
+    };
+    let out = run(&[ev("ADDED", svc("198.18.31.3")), ev("ADDED", slice.clone())]);
+    assert!(
+        out.contains("event 1 ADDED Service edge/gw: 8 added"),
+        "2 ports x (cluster IP, node port, external IP, ingress): {out}"
+    );
+    let list = lab.cli().json(&["svc", "list"]);
+    let gw: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"].as_str().unwrap_or("").starts_with("edge/gw"))
+        .collect();
+    let shapes: std::collections::BTreeSet<(String, String, String)> = gw
+        .iter()
+        .map(|s| {
+            (
+                s["type"].as_str().unwrap().into(),
+                s["frontend"].as_str().unwrap().into(),
+                s["proto"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want: std::collections::BTreeSet<(String, String, String)> = [
+        ("clusterip", "198.18.31.1:443", "tcp"),
+        ("nodeport", ":30443", "tcp"),
+        ("externalip", "198.18.31.2:443", "tcp"),
+        ("loadbalancer", "198.18.31.3:443", "tcp"),
+        ("clusterip", "198.18.31.1:53", "udp"),
+        ("nodeport", ":30053", "udp"),
+        ("externalip", "198.18.31.2:53", "udp"),
+        ("loadbalancer", "198.18.31.3:53", "udp"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(shapes, want);
+    assert!(
+        gw.iter()
+            .all(|s| s["affinity_timeout"] == 30 && s["external_traffic_policy"] == "local")
+    );
+    assert!(
+        gw.iter()
+            .all(|s| s["backends"][0]["addr"] == "203.0.113.2:8080")
+    );
+    // Real traffic through the ingress IP and the external IP from the pod.
+    assert_eq!(
+        replies(&lab, "198.18.31.3:443", 3),
+        ["be-2".to_string()].into()
+    );
+    assert_eq!(
+        replies(&lab, "198.18.31.2:443", 3),
+        ["be-2".to_string()].into()
+    );
+
+    // The load balancer moves: its old ingress frontends go, new ones come.
+    let out = run(&[
+        ev("ADDED", svc("198.18.31.3")),
+        ev("ADDED", slice.clone()),
+        ev("MODIFIED", svc("198.18.31.4")),
+    ]);
+    assert!(
+        out.contains("event 3 MODIFIED Service edge/gw: 2 added, 0 changed, 2 removed"),
+        "{out}"
+    );
+    assert_eq!(
+        replies(&lab, "198.18.31.4:443", 2),
+        ["be-2".to_string()].into()
+    );
+    let gw_count = || {
+        lab.cli()
+            .json(&["svc", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["name"].as_str().unwrap_or("").starts_with("edge/gw"))
+            .count()
+    };
+    assert_eq!(gw_count(), 8);
+    // The services were written from Kubernetes objects.
+    assert!(
+        lab.cli()
+            .json(&["svc", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["name"].as_str().unwrap_or("").starts_with("edge/gw"))
+            .all(|s| s["origin"] == "kubernetes")
+    );
+    let out = run(&[
+        ev("ADDED", svc("198.18.31.4")),
+        ev("ADDED", slice.clone()),
+        ev("DELETED", svc("198.18.31.4")),
+    ]);
+    assert!(
+        out.contains("event 3 DELETED Service edge/gw: 0 added, 0 changed, 8 removed"),
+        "{out}"
+    );
+    assert_eq!(gw_count(), 0);
+
+    // A watch that restarts after the Service was deleted never hears of it
+    // again: once its stream has ended (or gone quiet), what it saw is the
+    // whole state, and the leftovers go. Services not written from
+    // Kubernetes objects stay.
+    run(&[ev("ADDED", svc("198.18.31.4")), ev("ADDED", slice.clone())]);
+    assert_eq!(gw_count(), 8);
+    let out = lab
+        .cli()
+        .cmd(&["apply", "-f", "-", "--watch", "--node-name", "node-a"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in sync after 0 events") && err.contains("8 removed"),
+        "{err}"
+    );
+    assert_eq!(gw_count(), 0);
+    assert_eq!(
+        lab.cli().json(&["svc", "list"]).as_array().unwrap().len(),
+        4,
+        "the lab's own services stay"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -88,6 +88,12 @@ struct nxl_event {
 	__u8 pad0;
 };
 
+/* Who wrote a service (svc_meta.origin): a watch owns what Kubernetes wrote. */
+enum nxl_origin {
+	NXL_ORIGIN_USER = 0,
+	NXL_ORIGIN_KUBERNETES = 1,
+};
+
 /* port_map[port] bits: some frontend uses this port with this protocol. */
 enum nxl_port_bits {
 	NXL_PORT_TCP = 1 << 0,
@@ -172,7 +178,7 @@ struct svc_meta {
 	__u8 int_policy_local;
 	__be16 node_port; /* LoadBalancer's NodePort; 0 when none */
 	__u16 pad0;
-	__u16 pad1; /* no implicit hole: Rust writes every byte as it is */
+	__u16 origin; /* NXL_ORIGIN_*: who wrote the service (no implicit hole here) */
 	__u32 affinity_timeout; /* seconds; 0 when affinity is off */
 	/* member_map holds this service's backend ids at indexes 0..n-1, so a
 	 * command finds them without scanning backend_map. */
@@ -251,6 +257,7 @@ struct nxl_abi {
 	enum nxl_stat stat;
 	enum nxl_hook hook;
 	struct nxl_event event; /* a ring buffer record has no map type of its own */
+	enum nxl_origin origin;
 };
 
 #endif /* __NETNSXL_H */
