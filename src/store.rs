@@ -354,19 +354,6 @@ impl Tx {
         self.deleting.insert(svc_id);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.meta.is_empty()
-            && self.backends.is_empty()
-            && self.members.is_empty()
-            && self.del_members.is_empty()
-            && self.slots.is_empty()
-            && self.masters.is_empty()
-            && self.del_masters.is_empty()
-            && self.del_slots.is_empty()
-            && self.del_backends.is_empty()
-            && self.del_meta.is_empty()
-    }
-
     fn len(&self) -> usize {
         self.meta.len()
             + self.backends.len()

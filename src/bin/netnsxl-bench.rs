@@ -1030,7 +1030,6 @@ fn run_size(
                         "nxl_getpeername4",
                         &mut r,
                     );
-                    hook("sock_release", "nxl_sock_release", &mut r);
                 }
                 System::NetnsxlAffinity => hook("connect4 hit, affinity", "nxl_connect4", &mut r),
                 System::NetnsxlMiss => {
