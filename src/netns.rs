@@ -38,9 +38,24 @@ impl NetnsInfo {
     }
 }
 
-/// Every netns with a name under /run/netns or a process in it.
+/// Every netns with a name under /run/netns or a process in it, with its
+/// cookie (each netns is entered once to read it).
 pub fn discover() -> Vec<NetnsInfo> {
-    // (dev, ino) identifies a namespace; enter each once to read its cookie.
+    let mut out: Vec<NetnsInfo> = find()
+        .into_iter()
+        .filter_map(|mut n| {
+            n.cookie = crate::sys::netns_cookie_of(&n.path).ok()?;
+            Some(n)
+        })
+        .collect();
+    out.sort_by_key(|n| n.cookie);
+    out
+}
+
+/// Every netns that can be found, once each (by inode), without entering
+/// them: the cookie is left 0.
+pub fn find() -> Vec<NetnsInfo> {
+    // (dev, ino) identifies a namespace.
     let mut by_ino: BTreeMap<(u64, u64), NetnsInfo> = BTreeMap::new();
     if let Ok(dir) = fs::read_dir(NETNS_RUN_DIR) {
         for e in dir.flatten() {
@@ -72,17 +87,14 @@ pub fn discover() -> Vec<NetnsInfo> {
             entry.pids.push(pid);
         }
     }
-    let mut out: Vec<NetnsInfo> = by_ino
+    by_ino
         .into_values()
-        .filter_map(|mut n| {
-            n.cookie = crate::sys::netns_cookie_of(&n.path).ok()?;
+        .map(|mut n| {
             n.names.sort();
             n.pids.sort_unstable();
-            Some(n)
+            n
         })
-        .collect();
-    out.sort_by_key(|n| n.cookie);
-    out
+        .collect()
 }
 
 /// How a user names a netns on the command line.

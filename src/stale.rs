@@ -51,7 +51,7 @@ fn netns_paths() -> Vec<PathBuf> {
         }
     };
     push(PathBuf::from("/proc/self/ns/net"));
-    for ns in netns::discover() {
+    for ns in netns::find() {
         push(ns.path);
     }
     out

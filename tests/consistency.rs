@@ -517,29 +517,6 @@ fn killed_apply_is_reported_truthfully_and_a_rerun_converges() {
     assert!(["be-1", "be-2", "be-3"].contains(&r.as_str()), "{r}");
 }
 
-/// A temporary directory under /tmp, removed on drop... kept simple: the
-/// path is unique and the test removes it.
-fn tempdir() -> TempDir {
-    let p = std::env::temp_dir().join(unique("netnsxl-test-"));
-    std::fs::create_dir(&p).unwrap();
-    TempDir(p)
-}
-
-struct TempDir(std::path::PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = std::path::Path;
-    fn deref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A pin dir written by another layout version is refused, with the way out.
 #[test]
 fn incompatible_layout_is_refused_with_a_migration_hint() {

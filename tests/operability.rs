@@ -216,13 +216,15 @@ fn stats_count_exactly_what_happened() {
 fn trace_during(lab: &Lab, extra: &[&str], f: impl FnOnce()) -> Vec<Value> {
     let mut args = vec!["trace", "-o", "json"];
     args.extend_from_slice(extra);
-    let mut child = lab
-        .cli()
-        .cmd(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut tracer = Reaped(
+        lab.cli()
+            .cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut tracer.0;
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     err.read_line(&mut line).unwrap();
@@ -453,13 +455,15 @@ fn status_shows_health_features_and_warnings() {
     assert!(lab.cli().ok(&["status"]).contains("health"));
 
     // A tracer killed without cleaning up is reported, and reset.
-    let mut child = lab
-        .cli()
-        .cmd(&["trace"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut tracer = Reaped(
+        lab.cli()
+            .cmd(&["trace"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut tracer.0;
     let mut line = String::new();
     BufReader::new(child.stderr.take().unwrap())
         .read_line(&mut line)
@@ -592,13 +596,15 @@ fn apply_watch_keeps_the_maps_in_step_with_a_kubernetes_stream() {
     use std::io::Write;
     let lab = Lab::new();
     let before: Vec<Value> = lab.cli().json(&["svc", "list"]).as_array().unwrap().clone();
-    let mut child = lab
-        .cli()
-        .cmd(&["apply", "-f", "-", "--watch", "--node-name", "node-a"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut watcher = Reaped(
+        lab.cli()
+            .cmd(&["apply", "-f", "-", "--watch", "--node-name", "node-a"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut watcher.0;
     let mut stdin = child.stdin.take().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
     let events = stream();
@@ -670,8 +676,7 @@ fn apply_watch_keeps_the_maps_in_step_with_a_kubernetes_stream() {
     );
 
     // Replaying the stream from its start onto existing state converges.
-    let dir = std::env::temp_dir().join(unique("netnsxl-watch-"));
-    std::fs::create_dir(&dir).unwrap();
+    let dir = tempdir();
     let f = dir.join("stream.json");
     std::fs::write(&f, events[..5].join("\n")).unwrap();
     let fs_ = f.to_str().unwrap();
@@ -714,7 +719,6 @@ fn apply_watch_keeps_the_maps_in_step_with_a_kubernetes_stream() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("event 2 DELETED Service shop/web"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -726,8 +730,7 @@ fn apply_shows_progress_only_on_a_terminal() {
     let pins = PinDir::new();
     let cli = Cli { pins: &pins };
     cli.attach(&cg, &[]);
-    let dir = std::env::temp_dir().join(unique("netnsxl-progress-"));
-    std::fs::create_dir(&dir).unwrap();
+    let dir = tempdir();
     let f = dir.join("many.json");
     let items: Vec<String> = (1..=1500)
         .map(|i| format!("{{\"type\": \"clusterip\", \"frontend\": \"198.18.{}.{}:80\", \"backends\": [\"203.0.113.1:8080\"]}}", 40 + i / 250, i % 250 + 1))
@@ -768,7 +771,6 @@ fn apply_shows_progress_only_on_a_terminal() {
         "no terminal, no progress: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The other Service shapes kubectl prints, through the watch: a
@@ -803,8 +805,7 @@ fn apply_watch_handles_loadbalancer_externalip_and_udp_shapes() {
         "ports": [{"name": "https", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 8080, "protocol": "UDP"}],
         "endpoints": [{"addresses": ["203.0.113.2"], "conditions": {"ready": true}, "nodeName": "node-a"}]
     });
-    let dir = std::env::temp_dir().join(unique("netnsxl-watch-"));
-    std::fs::create_dir(&dir).unwrap();
+    let dir = tempdir();
     let f = dir.join("stream.json");
     let run = |events: &[String]| {
         std::fs::write(&f, events.join("\n")).unwrap();
@@ -940,5 +941,4 @@ fn apply_watch_handles_loadbalancer_externalip_and_udp_shapes() {
         4,
         "the lab's own services stay"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

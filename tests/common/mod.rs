@@ -127,6 +127,45 @@ impl Drop for PinDir {
     }
 }
 
+/// A directory of the test's own under the temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+pub fn tempdir() -> TempDir {
+    let p = std::env::temp_dir().join(unique("netnsxl-test-"));
+    fs::create_dir(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+    TempDir(p)
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed by pid on drop (also when the test fails).
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        // A child already waited for has no pid any more (it may be reused).
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.0.wait();
+    }
+}
+
 /// A named network namespace, deleted on drop (with its veth ends).
 pub struct Netns {
     pub name: String,
@@ -197,9 +236,9 @@ pub fn veth(a: &Netns, a_cidr: &str, b: &Netns, b_cidr: &str) -> (String, String
     (ea, eb)
 }
 
-/// A netnsxl-probe server, killed by pid on drop.
+/// A netnsxl-probe server, killed by pid on drop (Reaped).
 pub struct Server {
-    child: Child,
+    _child: Reaped,
     pub addr: String,
 }
 
@@ -236,7 +275,7 @@ impl Server {
             .read_line(&mut line)
             .expect("read the server's ready line");
         let mut server = Server {
-            child,
+            _child: Reaped(child),
             addr: String::new(),
         };
         let Some(addr) = line.trim().strip_prefix("ready ") else {
@@ -248,16 +287,6 @@ impl Server {
 
     pub fn port(&self) -> u16 {
         self.addr.rsplit_once(':').unwrap().1.parse().unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = self.child.wait();
     }
 }
 
@@ -344,7 +373,7 @@ pub fn reply_of(from: From<'_>, proto: &str, target: &str) -> String {
 /// A netnsxl-probe client holding one connected socket (`connect --hold`),
 /// driven line by line; killed by pid on drop.
 pub struct Held {
-    child: Child,
+    _child: Reaped,
     stdin: std::process::ChildStdin,
     lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
 }
@@ -375,7 +404,7 @@ impl Held {
         let stdin = child.stdin.take().unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut h = Held {
-            child,
+            _child: Reaped(child),
             stdin,
             lines,
         };
@@ -397,16 +426,6 @@ impl Held {
         use std::io::Write;
         writeln!(self.stdin, "{cmd}").expect("write to the held probe");
         self.read()
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = self.child.wait();
     }
 }
 
