@@ -16,6 +16,7 @@ use tabled::Tabled;
 
 use crate::addr::to_map_addr;
 use crate::bpf::{self, LAYOUT_VERSION, NetnsxlSkelBuilder, types};
+use crate::features::{self, Feature, Id};
 use crate::output::{self, Format};
 use crate::state::{CGROUP_PROGS, ITER_PROGS, MAPS, Pins, State};
 use crate::sys;
@@ -182,6 +183,13 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         remove_pins(&pins)?;
     }
 
+    // Refuse a kernel below the floor with the missing feature's name, before
+    // the loader can fail with a bare EINVAL; turn optional parts off.
+    let probed = features::probe();
+    if let Some(refusal) = probed.refusal() {
+        bail!(refusal);
+    }
+
     let host_cookie = match &opts.host_netns {
         Some(p) => {
             Some(sys::netns_cookie_of(p).with_context(|| format!("--host-netns {}", p.display()))?)
@@ -197,6 +205,15 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         .context("open the BPF object")?;
     let cap = opts.capacity;
     cap.check()?;
+    let feature_bits = probed.bits();
+    open.maps
+        .rodata_data
+        .as_deref_mut()
+        .context("the BPF object has no .rodata")?
+        .nxl_features = feature_bits;
+    open.progs
+        .nxl_probe_init_cookie
+        .set_autoload(probed.has(Id::InitCookieTc));
     open.maps
         .svc_map
         .set_max_entries(cap.svc_entries()?)
@@ -223,12 +240,13 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         .context("size affinity_map")?;
     let skel = open.load().map_err(|e| {
         anyhow!(
-            "load the BPF object: {e}\nlast lines of the libbpf/verifier log:\n{}",
+            "load the BPF object on kernel {}: {e}\nlast lines of the libbpf/verifier log:\n{}",
+            probed.kernel_release,
             libbpf_log_tail(25)
         )
     })?;
 
-    let init_cookie = probe_init_cookie(&skel)?;
+    let (init_cookie, cookie_from_bpf) = probe_init_cookie(&skel, probed.has(Id::InitCookieTc))?;
     let host_cookie = host_cookie.unwrap_or(init_cookie);
 
     let mut cleanup = PinCleanup {
@@ -284,7 +302,12 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         cgroup_path: bpf::to_cstr(&cgroup.to_string_lossy()),
         bypass_count: 0,
         tracers: 0,
-        pad0: 0,
+        features: feature_bits
+            | if cookie_from_bpf {
+                features::bits::INIT_COOKIE_BPF
+            } else {
+                0
+            },
     };
     state.write_config(&cfg)?;
     write_node_addrs(&state, &node_addrs)?;
@@ -334,13 +357,19 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         node_addrs.len(),
         pin_dir.display()
     );
+    println!("{}", probed.optional_summary());
     Ok(())
 }
 
 /// bpf_get_netns_cookie(NULL) as the kernel returns it, read by running the
-/// probe program once; falls back to SO_NETNS_COOKIE when this process is in
-/// the initial netns and the kernel cannot run the probe.
-fn probe_init_cookie(skel: &bpf::NetnsxlSkel<'_>) -> Result<u64> {
+/// probe program once (when it `loaded`), with whether it came from there;
+/// falls back to SO_NETNS_COOKIE when this process is in the initial netns
+/// and the kernel cannot run the probe.
+fn probe_init_cookie(skel: &bpf::NetnsxlSkel<'_>, loaded: bool) -> Result<(u64, bool)> {
+    if !loaded {
+        return init_cookie_from_sockopt("the kernel cannot run the probe program")
+            .map(|c| (c, false));
+    }
     let pkt = [0u8; 64];
     let input = ProgramInput {
         data_in: Some(&pkt),
@@ -355,17 +384,22 @@ fn probe_init_cookie(skel: &bpf::NetnsxlSkel<'_>) -> Result<u64> {
         .flatten()
         .and_then(|v| bpf::from_bytes(&v).ok());
     match (ran, cfg) {
-        (Ok(_), Some(c)) if c.init_netns_cookie != 0 => Ok(c.init_netns_cookie),
+        (Ok(_), Some(c)) if c.init_netns_cookie != 0 => Ok((c.init_netns_cookie, true)),
         (res, _) => {
-            if same_netns_as_init() {
-                sys::current_netns_cookie()
-            } else {
-                bail!(
-                    "could not read the initial netns cookie (probe: {:?}) and this process is not in the initial netns; pass --host-netns PATH",
-                    res.err()
-                )
-            }
+            init_cookie_from_sockopt(&format!("probe: {:?}", res.err())).map(|c| (c, false))
         }
+    }
+}
+
+/// The initial netns cookie from SO_NETNS_COOKIE, which is exact only when
+/// this process is in the initial netns.
+fn init_cookie_from_sockopt(why: &str) -> Result<u64> {
+    if same_netns_as_init() {
+        sys::current_netns_cookie()
+    } else {
+        bail!(
+            "could not read the initial netns cookie ({why}) and this process is not in the initial netns; run attach from the initial netns"
+        )
     }
 }
 
@@ -451,67 +485,13 @@ struct Status {
     tracers: u32,
     programs: Vec<ProgStatus>,
     maps: Vec<MapStatus>,
+    /// Where init_netns_cookie came from: "bpf_get_netns_cookie(NULL)",
+    /// "SO_NETNS_COOKIE" (read in the initial netns), or "not recorded".
+    init_netns_cookie_source: &'static str,
+    kernel_release: String,
     features: Vec<Feature>,
     /// Everything that needs attention; empty when healthy.
     warnings: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct Feature {
-    name: &'static str,
-    kernel: &'static str,
-    available: bool,
-}
-
-/// What the datapath needs from the kernel, probed on this one.
-fn probe_features() -> Vec<Feature> {
-    use libbpf_rs::libbpf_sys as sys_;
-    let helper = |id| {
-        // SAFETY: a probe with no options loads and unloads a tiny program.
-        unsafe {
-            sys_::libbpf_probe_bpf_helper(
-                sys_::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
-                id,
-                std::ptr::null(),
-            ) == 1
-        }
-    };
-    let map = |t| {
-        // SAFETY: as above, for a map type.
-        unsafe { sys_::libbpf_probe_bpf_map_type(t, std::ptr::null()) == 1 }
-    };
-    let kfunc = |name: &str| {
-        fs::read_to_string("/proc/kallsyms")
-            .map(|k| k.lines().any(|l| l.split_whitespace().nth(2) == Some(name)))
-            .unwrap_or(false)
-    };
-    vec![
-        Feature {
-            name: "bpf_get_netns_cookie() in sock_addr hooks",
-            kernel: "5.7",
-            available: helper(sys_::BPF_FUNC_get_netns_cookie),
-        },
-        Feature {
-            name: "bpf_set_retval() (ECONNREFUSED without endpoints)",
-            kernel: "5.18",
-            available: helper(sys_::BPF_FUNC_set_retval),
-        },
-        Feature {
-            name: "socket-local storage (reverse translation)",
-            kernel: "5.2",
-            available: map(sys_::BPF_MAP_TYPE_SK_STORAGE),
-        },
-        Feature {
-            name: "ring buffer (trace)",
-            kernel: "5.8",
-            available: map(sys_::BPF_MAP_TYPE_RINGBUF),
-        },
-        Feature {
-            name: "bpf_sock_destroy() (stale sockets)",
-            kernel: "6.5",
-            available: kfunc("bpf_sock_destroy"),
-        },
-    ]
 }
 
 /// The mount point of the bpffs that holds `p`.
@@ -610,7 +590,16 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
         capacity: None,
     });
 
+    let probed = features::probe();
     let st = Status {
+        init_netns_cookie_source: match features::recorded(cfg.features) {
+            None => "not recorded",
+            Some(_) if cfg.features & features::bits::INIT_COOKIE_BPF != 0 => {
+                "bpf_get_netns_cookie(NULL)"
+            }
+            Some(_) => "SO_NETNS_COOKIE",
+        },
+        kernel_release: probed.kernel_release.clone(),
         pin_dir: pin_dir.display().to_string(),
         cgroup: bpf::from_cstr(&cfg.cgroup_path),
         cgroup_id: cfg.cgroup_id,
@@ -626,7 +615,7 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
         bpffs_mount: bpffs_mount_of(pin_dir),
         cgroup2_mount: sys::cgroup2_mount().ok().map(|m| m.display().to_string()),
         tracers: cfg.tracers,
-        features: probe_features(),
+        features: probed.features,
         warnings: Vec::new(),
         programs,
         maps,
@@ -659,9 +648,23 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
         }
     }
     for f in &st.features {
-        if !f.available {
-            st.warnings
-                .push(format!("kernel lacks {} (needs {})", f.name, f.kernel));
+        if f.required && !f.available {
+            st.warnings.push(format!(
+                "kernel lacks {} (Linux {}), which netnsxl needs",
+                f.name, f.kernel
+            ));
+        }
+    }
+    if let Some(rec) = features::recorded(cfg.features) {
+        for (id, on) in rec {
+            let now = st.features.iter().any(|f| f.id == id && f.available);
+            if on != now {
+                st.warnings.push(format!(
+                    "{id} was {} at attach and is {} now (another kernel?); run netnsxl detach and attach again",
+                    if on { "on" } else { "off" },
+                    if now { "available" } else { "missing" }
+                ));
+            }
         }
     }
     if st.tracers > 0 {
@@ -690,7 +693,10 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
         },
         Row {
             item: "initial netns cookie".into(),
-            value: format!("{} (bpf_get_netns_cookie(NULL))", st.init_netns_cookie),
+            value: format!(
+                "{} (from {})",
+                st.init_netns_cookie, st.init_netns_cookie_source
+            ),
         },
         Row {
             item: "node addresses".into(),
@@ -709,10 +715,18 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
             value: st.tracers.to_string(),
         },
     ];
+    rows.push(Row {
+        item: "kernel".into(),
+        value: st.kernel_release.clone(),
+    });
     for f in &st.features {
         rows.push(Row {
             item: format!("kernel {}+", f.kernel),
-            value: format!("{} {}", if f.available { "yes" } else { "NO " }, f.name),
+            value: match (f.available, f.required) {
+                (true, _) => format!("yes {}", f.name),
+                (false, true) => format!("NO  {} (required)", f.name),
+                (false, false) => format!("NO  {}: {}", f.name, f.without),
+            },
         });
     }
     for m in &st.maps {

@@ -8,6 +8,7 @@ pub mod affinity;
 pub mod apply;
 pub mod attach;
 pub mod bpf;
+pub mod features;
 pub mod manifest;
 pub mod netns;
 pub mod observe;

@@ -120,6 +120,16 @@ pub fn destroy(state: &State, doomed: &[Doomed], tcp: bool) -> Result<usize> {
     if doomed.is_empty() {
         return Ok(0);
     }
+    let feats = state.config()?.features;
+    if feats & crate::features::bits::RECORDED != 0
+        && feats & crate::features::bits::SOCK_DESTROY == 0
+    {
+        eprintln!(
+            "netnsxl: stale sockets were not closed: this kernel lacks bpf_sock_destroy (6.5); sockets connected to {} removed backend(s) stay open until their owners close them",
+            doomed.len()
+        );
+        return Ok(0);
+    }
     let spaces = netns_paths();
     let mut destroyed = 0;
     for chunk in doomed.chunks(MAX_DOOMED) {

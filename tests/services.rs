@@ -231,7 +231,7 @@ fn loadbalancer_from_every_netns_and_its_nodeport() {
     let a = probe(lab.host_client(), "tcp", false, "127.0.0.1:30090", 1).remove(0);
     assert_eq!(
         a.errno,
-        Some(libc::ECONNREFUSED),
+        Some(refused_errno()),
         "the NodePort went with the service: {a:?}"
     );
     let status = lab.cli().json(&["status"]);
@@ -273,7 +273,7 @@ fn hostport_on_node_addresses_and_host_loopback() {
     let a = probe(lab.pod_client(), "tcp", false, "127.0.0.1:8081", 1).remove(0);
     assert_eq!(
         a.errno,
-        Some(libc::ECONNREFUSED),
+        Some(refused_errno()),
         "pod loopback untouched (nothing listens there): {a:?}"
     );
 
@@ -293,7 +293,7 @@ fn hostport_on_node_addresses_and_host_loopback() {
     let a = probe(lab.pod_client(), "tcp", false, &format!("{NODE4}:8082"), 1).remove(0);
     assert_eq!(
         a.errno,
-        Some(libc::ECONNREFUSED),
+        Some(refused_errno()),
         "other node addresses untouched: {a:?}"
     );
 }
@@ -369,7 +369,7 @@ fn ipv6_clusterip_and_nodeport_over_tcp_and_udp() {
     let a = probe(lab.pod_client(), "tcp", false, "[::1]:30081", 1).remove(0);
     assert_eq!(
         a.errno,
-        Some(libc::ECONNREFUSED),
+        Some(refused_errno()),
         "pod's own ::1 untouched: {a:?}"
     );
 }
@@ -511,7 +511,7 @@ fn no_usable_backend_refuses_at_once() {
         ("tcp", false, "203.0.113.84:80"),
     ] {
         let a = probe(lab.pod_client(), proto, unconnected, target, 1).remove(0);
-        assert_eq!(a.errno, Some(libc::ECONNREFUSED), "{proto} {target}: {a:?}");
+        assert_eq!(a.errno, Some(refused_errno()), "{proto} {target}: {a:?}");
         // The probe's timeout is 2 s; a refusal from the hook takes microseconds.
         assert!(a.elapsed_us < 100_000, "did not wait for a timeout: {a:?}");
     }

@@ -49,6 +49,11 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Anchors the shared enums in BTF for the Rust skeleton; never read. */
 const volatile struct nxl_abi nxl_abi = {};
 
+/* NXL_FEAT_* bits, set by attach before load from its probes of this kernel.
+ * Read-only data is frozen at load, so the verifier knows the value and
+ * drops the branches of a feature the kernel lacks. */
+const volatile __u32 nxl_features = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__type(key, struct svc_key);
@@ -492,7 +497,9 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 	goto out;
 
 refuse:
-	bpf_set_retval(-ECONNREFUSED);
+	/* Without bpf_set_retval (before 5.18) a rejecting hook gives EPERM. */
+	if (nxl_features & NXL_FEAT_SET_RETVAL)
+		bpf_set_retval(-ECONNREFUSED);
 	ret = SYS_REJECT;
 	verdict = NXL_STAT_REFUSED;
 	count_svc(svc_id, true);
@@ -681,7 +688,9 @@ int nxl_getpeername6(struct bpf_sock_addr *ctx)
  * that backend; one byte is written per destroyed socket, so the reader
  * counts them.
  */
-int bpf_sock_destroy(struct sock_common *sk) __ksym;
+/* A kfunc of 6.5: weak, so the object loads without it; bpf_ksym_exists()
+ * is then false and the verifier drops the call. */
+extern int bpf_sock_destroy(struct sock_common *sk) __weak __ksym;
 
 static __always_inline int destroy_if_doomed(struct seq_file *seq, struct sock_common *skc,
 					     struct sock *sk, __u8 proto)
@@ -711,7 +720,7 @@ static __always_inline int destroy_if_doomed(struct seq_file *seq, struct sock_c
 		if (e->backend_port == key.port && addr_eq(e->backend_addr, key.addr))
 			ours = true;
 	}
-	if (ours && bpf_sock_destroy(skc) == 0)
+	if (ours && bpf_ksym_exists(bpf_sock_destroy) && bpf_sock_destroy(skc) == 0)
 		bpf_seq_write(seq, &mark, 1);
 	return 0;
 }
@@ -776,7 +785,9 @@ int nxl_count_tcp(struct bpf_iter__tcp *ctx)
 
 /*
  * Run once by `attach` with BPF_PROG_TEST_RUN: records the initial netns
- * cookie as the kernel sees it, bpf_get_netns_cookie(NULL).
+ * cookie as the kernel sees it, bpf_get_netns_cookie(NULL). tc programs may
+ * call that helper only on newer kernels (6.1 and 6.12 refuse it): attach
+ * probes first and turns this program's autoload off where it cannot load.
  */
 SEC("tc")
 int nxl_probe_init_cookie(struct __sk_buff *skb)

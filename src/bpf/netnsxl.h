@@ -244,7 +244,25 @@ struct nxl_config {
 	char cgroup_path[NXL_PATH_LEN];
 	__u32 bypass_count; /* entries in bypass_map: 0 skips its lookup */
 	__u32 tracers;      /* running `netnsxl trace`s: 0 sends no events */
-	__u32 pad0;
+	__u32 features;     /* NXL_FEAT_* that attach found on this kernel */
+};
+
+/*
+ * Optional kernel features, probed by `attach` before it loads the object.
+ * The datapath reads them from .rodata (nxl_features), so the verifier
+ * removes a branch the kernel cannot run; nxl_config.features records them
+ * for `status` and for the commands that depend on one. Pins written before
+ * this field existed hold 0, which NXL_FEAT_RECORDED tells apart.
+ */
+enum nxl_feature {
+	NXL_FEAT_RECORDED = 1 << 0,
+	/* bpf_set_retval() in sock_addr hooks (5.18): ECONNREFUSED, else EPERM */
+	NXL_FEAT_SET_RETVAL = 1 << 1,
+	/* the bpf_sock_destroy() kfunc (6.5): stale sockets are closed */
+	NXL_FEAT_SOCK_DESTROY = 1 << 2,
+	/* init_netns_cookie came from bpf_get_netns_cookie(NULL) in the probe
+	 * program; else from SO_NETNS_COOKIE in the initial netns */
+	NXL_FEAT_INIT_COOKIE_BPF = 1 << 3,
 };
 
 /* Referenced by one .rodata variable so every enum above is in BTF. */
@@ -258,6 +276,7 @@ struct nxl_abi {
 	enum nxl_hook hook;
 	struct nxl_event event; /* a ring buffer record has no map type of its own */
 	enum nxl_origin origin;
+	enum nxl_feature feature;
 };
 
 #endif /* __NETNSXL_H */

@@ -43,6 +43,24 @@ pub fn require_root() -> bool {
     false
 }
 
+/// Whether the running kernel has an optional feature, as attach probes it.
+/// Tests expect the behaviour of the kernel they run on and print which.
+pub fn kernel_has(id: netnsxl::features::Id) -> bool {
+    static PROBED: std::sync::OnceLock<netnsxl::features::Probed> = std::sync::OnceLock::new();
+    PROBED.get_or_init(netnsxl::features::probe).has(id)
+}
+
+/// The errno connect() gets from a frontend with no usable backend:
+/// ECONNREFUSED with bpf_set_retval (5.18), EPERM without.
+pub fn refused_errno() -> i32 {
+    if kernel_has(netnsxl::features::Id::SetRetval) {
+        libc::ECONNREFUSED
+    } else {
+        eprintln!("kernel lacks bpf_set_retval: expecting EPERM for a frontend with no backend");
+        libc::EPERM
+    }
+}
+
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     assert!(
@@ -146,6 +164,36 @@ impl std::ops::Deref for TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An empty tmpfs of the test's own, mounted on a fresh temp dir; unmounted
+/// and removed on drop. Stands for "a directory that is not cgroup v2"
+/// without pointing at any path of the machine's.
+pub struct Tmpfs(TempDir);
+
+impl Tmpfs {
+    pub fn new() -> Tmpfs {
+        let dir = tempdir();
+        nix::mount::mount(
+            Some("none"),
+            &*dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=64k"),
+        )
+        .unwrap_or_else(|e| panic!("mount a tmpfs on {}: {e}", dir.display()));
+        Tmpfs(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&*self.0, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -444,6 +492,15 @@ impl Cli<'_> {
     /// Run and require success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         String::from_utf8(run_ok(&mut self.cmd(args)).stdout).unwrap()
+    }
+
+    /// Run and require success; returns (stdout, stderr).
+    pub fn ok_with_stderr(&self, args: &[&str]) -> (String, String) {
+        let out = run_ok(&mut self.cmd(args));
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
     }
 
     /// Run and require failure; returns (exit code, stderr).
