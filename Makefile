@@ -4,7 +4,7 @@ DEBS := clang libelf-dev pkg-config zlib1g-dev bpftool iproute2
 CARGO ?= cargo
 ARCH := $(shell uname -m)
 
-.PHONY: all build deps test demo bench lint vmlinux fuzz clean
+.PHONY: all build deps test test-kernels demo bench lint vmlinux fuzz clean
 
 all: build
 
@@ -24,6 +24,12 @@ build: deps
 # Every test: unit tests and the integration tests with real sockets (root).
 test: deps
 	$(CARGO) test --release
+
+# The whole suite again inside Debian 12's newest 6.1 and 6.12 kernels, each
+# booted in QEMU (TCG) with virtme-ng; about 7 minutes per kernel. KERNELS
+# overrides the series (regexes for the package version, space separated).
+test-kernels: deps
+	./tests/kernels/run.sh
 
 # A self-contained demo: its own cgroup, namespaces and backends; cleans up.
 demo: build
