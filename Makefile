@@ -21,9 +21,11 @@ deps:
 build: deps
 	$(CARGO) build --release --bins
 
-# Every test: unit tests and the integration tests with real sockets (root).
+# Every test: unit tests and the integration tests with real sockets. Those
+# need root and are marked #[ignore = "needs root ..."], so a plain
+# `cargo test` lists them as ignored; here they run.
 test: deps
-	$(CARGO) test --release
+	$(CARGO) test --release -- --include-ignored
 
 # The whole suite again inside Debian 12's newest 6.1 and 6.12 kernels, each
 # booted in QEMU (TCG) with virtme-ng; about 7 minutes per kernel. KERNELS

@@ -125,10 +125,9 @@ impl Lcg {
 /// connect to the always-backed service may fail, and no reply may come
 /// from a backend after the command that removed it returned.
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn churn_never_fails_and_never_reaches_a_removed_backend() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::new(&[]);
     let cli = lab.cli();
     const VIP: &str = "198.18.0.1:80";
@@ -268,10 +267,9 @@ fn churn_never_fails_and_never_reaches_a_removed_backend() {
 /// Ten `svc add` at once: the state lock serializes them and all land, with
 /// distinct ids.
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn parallel_svc_adds_all_land() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::new(&[]);
     let handles: Vec<_> = (0..10)
         .map(|i| {
@@ -444,10 +442,9 @@ fn check_list_is_truthful(lab: &Lab) -> (usize, bool) {
 /// `apply` killed with SIGKILL at random moments leaves state that
 /// `svc list` reports truthfully, and a re-run converges to the file.
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn killed_apply_is_reported_truthfully_and_a_rerun_converges() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::new(&[]);
     let dir = tempdir();
     let (a, b) = (dir.join("a.json"), dir.join("b.json"));
@@ -519,10 +516,9 @@ fn killed_apply_is_reported_truthfully_and_a_rerun_converges() {
 
 /// A pin dir written by another layout version is refused, with the way out.
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn incompatible_layout_is_refused_with_a_migration_hint() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::new(&[]);
     let state = netnsxl::state::State::open(&lab.pins.path).unwrap();
     let mut cfg = state.config().unwrap();
@@ -568,10 +564,9 @@ fn fill(lab: &Lab) -> HashMap<String, String> {
 
 /// A full map: the error names the option to raise, and nothing changes.
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn full_maps_name_the_option_and_change_nothing() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::new(&["--max-services", "3", "--max-backends", "4"]);
     let cli = lab.cli();
     cli.ok(&[
@@ -669,10 +664,9 @@ fn full_maps_name_the_option_and_change_nothing() {
 /// Pins are 0600 in 0700 directories, and a user without root or
 /// CAP_BPF+CAP_NET_ADMIN gets a one-line error that says so; nothing changes.
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn pins_are_private_and_non_root_is_refused() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     use std::os::unix::fs::PermissionsExt;
     let lab = Lab::new(&[]);
     let cli = lab.cli();
@@ -753,10 +747,9 @@ const STALE_NOT_CLOSED: &str =
 /// A connected UDP client whose backend is removed has its socket aborted
 /// (bpf_sock_destroy) and reaches a live backend once it reconnects.
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn udp_socket_to_a_removed_backend_is_destroyed_and_reconnects() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::new(&[]);
     let cli = lab.cli();
     const VIP: &str = "198.18.6.1:53";
@@ -819,10 +812,9 @@ fn udp_socket_to_a_removed_backend_is_destroyed_and_reconnects() {
 /// TCP connections to a removed backend are left alone unless the command
 /// says --destroy-tcp; then only those to the removed backends go.
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn tcp_sockets_are_destroyed_only_with_destroy_tcp() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::new(&[]);
     let cli = lab.cli();
     let _keep: Vec<Server> = (1..=2)
@@ -892,10 +884,9 @@ fn tcp_sockets_are_destroyed_only_with_destroy_tcp() {
 /// Reverse-translation state goes with each socket: it lives in the
 /// socket's own storage, which the kernel frees with the socket.
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn revnat_map_is_empty_after_a_thousand_udp_sockets_close() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::new(&[]);
     const VIP: &str = "198.18.7.1:53";
     lab.cli().ok(&[
@@ -943,10 +934,9 @@ fn revnat_map_is_empty_after_a_thousand_udp_sockets_close() {
 /// netnsxl's own format: apply, apply again (0 changed), dry run, prune, and
 /// the list round-trips through apply.
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn apply_native_file_is_idempotent_and_prunes() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::new(&[]);
     let cli = lab.cli();
     let dir = tempdir();
@@ -1054,10 +1044,9 @@ fn apply_native_file_is_idempotent_and_prunes() {
 /// Kubernetes objects as kubectl prints them: Services of each type and
 /// EndpointSlices with ready, serving-terminating and not-serving endpoints.
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn apply_kubernetes_services_and_endpointslices() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::new(&[]);
     let cli = lab.cli();
     let doc = serde_json::json!({
@@ -1179,10 +1168,9 @@ fn apply_kubernetes_services_and_endpointslices() {
 
 /// Malformed files: one line naming where and what, and nothing changes.
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn apply_bad_files_name_the_field_and_change_nothing() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::new(&[]);
     let cli = lab.cli();
     cli.ok(&[

@@ -61,10 +61,9 @@ impl Lab {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn clusterip_tcp_from_pod_and_from_host_reaches_a_backend() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (cg, pins) = (Cgroup::new(), PinDir::new());
     let cli = Cli { pins: &pins };
     cli.attach(&cg, &[]);
@@ -114,10 +113,9 @@ fn clusterip_tcp_from_pod_and_from_host_reaches_a_backend() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn sockets_outside_the_cgroup_are_not_translated() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (cg, pins) = (Cgroup::new(), PinDir::new());
     let cli = Cli { pins: &pins };
     cli.attach(&cg, &[]);
@@ -151,10 +149,9 @@ fn sockets_outside_the_cgroup_are_not_translated() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn externalip_is_left_alone_from_the_host_netns_unless_it_is_a_node_address() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     // node: the host netns (--host-netns); pod: a client; ext: the real
     // external host that owns 203.0.113.50.
     let (node, pod, ext) = (Netns::new(), Netns::new(), Netns::new());
@@ -235,10 +232,9 @@ fn externalip_is_left_alone_from_the_host_netns_unless_it_is_a_node_address() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn affinity_sticks_per_netns_cookie_and_dump_shows_it() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (cg, pins) = (Cgroup::new(), PinDir::new());
     let cli = Cli { pins: &pins };
     cli.attach(&cg, &[]);
@@ -375,10 +371,9 @@ fn affinity_sticks_per_netns_cookie_and_dump_shows_it() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn udp_replies_and_peer_show_the_frontend() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (cg, pins) = (Cgroup::new(), PinDir::new());
     let cli = Cli { pins: &pins };
     cli.attach(&cg, &[]);
@@ -432,10 +427,9 @@ fn udp_replies_and_peer_show_the_frontend() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn init_netns_cookie_from_bpf_matches_so_netns_cookie() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (cg, pins) = (Cgroup::new(), PinDir::new());
     let cli = Cli { pins: &pins };
     cli.attach(&cg, &[]);
@@ -468,10 +462,9 @@ fn init_netns_cookie_from_bpf_matches_so_netns_cookie() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn detach_leaves_no_pin_and_no_program() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (cg, pins) = (Cgroup::new(), PinDir::new());
     let cli = Cli { pins: &pins };
     cli.attach(&cg, &[]);
@@ -490,10 +483,9 @@ fn detach_leaves_no_pin_and_no_program() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn bad_input_gets_one_line_errors_and_changes_nothing() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let (cg, pins) = (Cgroup::new(), PinDir::new());
     let cli = Cli { pins: &pins };
 

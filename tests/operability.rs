@@ -128,10 +128,9 @@ impl Lab {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn stats_count_exactly_what_happened() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     let zero = lab.cli().json(&["stats"]);
     assert!(
@@ -260,10 +259,9 @@ fn tracers(lab: &Lab) -> u32 {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn trace_shows_the_decisions_of_a_known_sequence() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     assert_eq!(tracers(&lab), 0);
     let events = trace_during(&lab, &[], || lab.traffic());
@@ -373,10 +371,9 @@ fn fails_with(args: &[&str], want: &[&str]) -> (i32, String) {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn errors_say_what_failed_and_the_fix() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let pins = PinDir::new();
     let p = pins.path.to_str().unwrap();
     let cg2 = netnsxl::sys::cgroup2_mount().unwrap();
@@ -437,10 +434,9 @@ fn errors_say_what_failed_and_the_fix() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn status_shows_health_features_and_warnings() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     let st = lab.cli().json(&["status"]);
     assert_eq!(st["bpffs_mount"], netnsxl::sys::BPFFS_DEFAULT, "{st}");
@@ -612,10 +608,9 @@ fn replies(lab: &Lab, target: &str, n: u32) -> std::collections::BTreeSet<String
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn apply_watch_keeps_the_maps_in_step_with_a_kubernetes_stream() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     use std::collections::BTreeSet;
     use std::io::Write;
     let lab = Lab::new();
@@ -746,10 +741,9 @@ fn apply_watch_keeps_the_maps_in_step_with_a_kubernetes_stream() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn apply_shows_progress_only_on_a_terminal() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let cg = Cgroup::new();
     let pins = PinDir::new();
     let cli = Cli { pins: &pins };
@@ -801,10 +795,9 @@ fn apply_shows_progress_only_on_a_terminal() {
 /// LoadBalancer with an ingress IP, external IPs, a NodePort, session
 /// affinity and a UDP port; then its status changing and its deletion.
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn apply_watch_handles_loadbalancer_externalip_and_udp_shapes() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = Lab::new();
     let svc = |ingress: &str| {
         serde_json::json!({

@@ -101,10 +101,9 @@ fn be6(i: usize) -> String {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn nodeport_on_node_addresses_and_on_loopback_only_from_the_host() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = NodeLab::new();
     lab.svc(&[
         "--type",
@@ -195,10 +194,9 @@ fn nodeport_on_node_addresses_and_on_loopback_only_from_the_host() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn loadbalancer_from_every_netns_and_its_nodeport() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = NodeLab::new();
     lab.svc(&[
         "--type",
@@ -245,10 +243,9 @@ fn loadbalancer_from_every_netns_and_its_nodeport() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn hostport_on_node_addresses_and_host_loopback() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = NodeLab::new();
     lab.svc(&[
         "--type",
@@ -299,10 +296,9 @@ fn hostport_on_node_addresses_and_host_loopback() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn ipv6_clusterip_and_nodeport_over_tcp_and_udp() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = NodeLab::new();
     lab.svc(&[
         "--type",
@@ -375,10 +371,9 @@ fn ipv6_clusterip_and_nodeport_over_tcp_and_udp() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn v4_mapped_destination_on_an_ipv6_socket_uses_the_ipv4_service() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = NodeLab::new();
     lab.svc(&[
         "--type",
@@ -405,10 +400,9 @@ fn v4_mapped_destination_on_an_ipv6_socket_uses_the_ipv4_service() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn internal_traffic_policy_local_and_terminating_fallback() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = NodeLab::new();
     let local = format!("{},local", be4(1));
     lab.svc(&[
@@ -479,10 +473,9 @@ fn internal_traffic_policy_local_and_terminating_fallback() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn no_usable_backend_refuses_at_once() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = NodeLab::new();
     lab.svc(&["--type", "clusterip", "--frontend", "203.0.113.83:80"]);
     lab.svc(&[
@@ -518,10 +511,9 @@ fn no_usable_backend_refuses_at_once() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn bypassed_netns_is_not_translated_until_bypass_del() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = NodeLab::new();
     lab.pod.add_lo_addr("203.0.113.85/32");
     let _decoy = Server::start(Some(&lab.pod), "tcp", "203.0.113.85:80", "untranslated");
@@ -568,10 +560,9 @@ fn bypassed_netns_is_not_translated_until_bypass_del() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn affinity_flush_by_frontend_and_netns() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = NodeLab::new();
     lab.svc(&[
         "--type",
@@ -613,10 +604,9 @@ fn affinity_flush_by_frontend_and_netns() {
 }
 
 #[test]
+#[ignore = "needs root (make test runs it)"]
 fn node_refresh_moves_nodeport_and_externalip_rules_to_new_addresses() {
-    if !require_root() {
-        return;
-    }
+    require_root();
     let lab = NodeLab::new();
     lab.svc(&[
         "--type",
