@@ -4,7 +4,13 @@
 //! `types` module has their `#[repr(C)]` twins, which become `plain` here so
 //! they convert to and from the bytes the map syscalls take.
 
-#[allow(clippy::all, clippy::pedantic, dead_code, non_camel_case_types)]
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::undocumented_unsafe_blocks,
+    dead_code,
+    non_camel_case_types
+)]
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/netnsxl.skel.rs"));
 }

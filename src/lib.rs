@@ -10,6 +10,7 @@ pub mod attach;
 pub mod bpf;
 pub mod features;
 pub mod manifest;
+pub mod maps;
 pub mod netns;
 pub mod observe;
 pub mod output;

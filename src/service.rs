@@ -17,6 +17,7 @@ use crate::addr::{
     to_map_addr, to_map_port,
 };
 use crate::bpf::{self, NAME_LEN, backend_flags, svc_flags, types};
+use crate::maps::Maps;
 use crate::output::{self, Format};
 use crate::state::State;
 use crate::store::{self, Current, Tx};
@@ -112,6 +113,10 @@ impl FrontendSpec {
     }
 }
 
+/// Backends one service may have: backend i lives in slot i + 1 and the
+/// master holds the count, both 16 bits.
+pub const MAX_BACKENDS_PER_SERVICE: usize = u16::MAX as usize - 1;
+
 /// A service as `svc add` describes it.
 #[derive(Clone, Debug)]
 pub struct ServiceSpec {
@@ -172,6 +177,13 @@ impl ServiceSpec {
         {
             bail!(
                 "--frontend {}: loopback frontends come with NodePort and HostPort by themselves; give a node or service address",
+                fe.display()
+            );
+        }
+        if self.backends.len() > MAX_BACKENDS_PER_SERVICE {
+            bail!(
+                "--backend: {} backends for {}; a service holds at most {MAX_BACKENDS_PER_SERVICE} (16-bit slot numbers); split it into several services",
+                self.backends.len(),
                 fe.display()
             );
         }
@@ -409,13 +421,13 @@ pub fn check_against_config(spec: &ServiceSpec, cfg: &types::nxl_config) -> Resu
 
 /// Add a service, or with `replace` swap the spec (backends, flags) of an
 /// existing one.
-pub fn add(state: &State, spec: &ServiceSpec, replace: bool) -> Result<store::Done> {
+pub fn add(maps: &dyn Maps, spec: &ServiceSpec, replace: bool) -> Result<store::Done> {
     spec.validate()?;
-    check_against_config(spec, &state.config()?)?;
-    let node_addrs = state.node_addrs()?;
+    check_against_config(spec, &crate::maps::config(maps)?)?;
+    let node_addrs = crate::maps::node_addrs(maps)?;
     let (ip, port, proto) = identity_key(spec, &node_addrs);
     let primary = Frontend { ip, port, flags: 0 };
-    let mut cur = Current::scoped(state, &primary, proto)?;
+    let mut cur = Current::scoped(maps, &primary, proto)?;
     let existing = cur.master(&primary, proto)?;
     let svc_id = match existing {
         Some(_) if !replace => bail!(
@@ -430,28 +442,28 @@ pub fn add(state: &State, spec: &ServiceSpec, replace: bool) -> Result<store::Do
     store::check_conflicts(&mut cur, &Tx::default(), spec, svc_id)?;
     let fresh = store::fresh_backends(spec, cur.backends_of(svc_id));
     let svc_id = if svc_id == 0 {
-        store::new_svc_id(state)?
+        store::new_svc_id(maps)?
     } else {
         svc_id
     };
-    let mut ids = store::Ids::alloc(state, fresh)?;
+    let mut ids = store::Ids::alloc(maps, fresh)?;
     let mut tx = Tx::default();
     store::plan_write(&mut cur, &mut tx, spec, svc_id, &mut ids)?;
-    store::execute(state, tx)
+    store::execute(maps, tx)
 }
 
 /// The service a `--frontend` names, if any.
-pub fn find(state: &State, frontend: &FrontendSpec, proto: Proto) -> Result<Option<u32>> {
+pub fn find(maps: &dyn Maps, frontend: &FrontendSpec, proto: Proto) -> Result<Option<u32>> {
     let id = identity(frontend);
-    let mut cur = Current::scoped(state, &id, proto)?;
+    let mut cur = Current::scoped(maps, &id, proto)?;
     Ok(cur.master(&id, proto)?.map(|m| m.svc_id))
 }
 
 /// Delete a service: its frontends' master entries first, so no new
 /// connection finds it, then slots, backends, affinity and metadata.
-pub fn del(state: &State, frontend: &FrontendSpec, proto: Proto) -> Result<store::Done> {
+pub fn del(maps: &dyn Maps, frontend: &FrontendSpec, proto: Proto) -> Result<store::Done> {
     let id = identity(frontend);
-    let mut cur = Current::scoped(state, &id, proto)?;
+    let mut cur = Current::scoped(maps, &id, proto)?;
     let Some(m) = cur.master(&id, proto)? else {
         bail!(
             "--frontend {}/{proto}: no such service (svc list shows them)",
@@ -460,7 +472,7 @@ pub fn del(state: &State, frontend: &FrontendSpec, proto: Proto) -> Result<store
     };
     let mut tx = Tx::default();
     store::plan_delete(&mut cur, &mut tx, m.svc_id)?;
-    store::execute(state, tx)
+    store::execute(maps, tx)
 }
 
 /// Re-read the node addresses and rewrite every service whose frontends
@@ -677,4 +689,52 @@ pub fn list(state: &State, format: Format) -> Result<()> {
         })
         .collect();
     output::print(format, &rows, &services)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clusterip(backends: usize) -> ServiceSpec {
+        ServiceSpec {
+            name: "big".into(),
+            svc_type: SvcType::Clusterip,
+            frontend: FrontendSpec {
+                ip: Some("198.18.0.1".parse().unwrap()),
+                port: 80,
+                ipv6: false,
+            },
+            proto: Proto::Tcp,
+            node_port: None,
+            backends: (0..backends)
+                .map(|i| BackendSpec {
+                    addr: SocketAddr::new(
+                        std::net::Ipv4Addr::from(0xc612_0000 + i as u32).into(),
+                        8080,
+                    ),
+                    local: false,
+                    terminating: false,
+                })
+                .collect(),
+            affinity_timeout: None,
+            internal_local: false,
+            external_local: false,
+            from_kubernetes: false,
+        }
+    }
+
+    /// Slot i + 1 and the master's count are 16 bits: a set that would wrap
+    /// onto the master entry (slot 0) is refused before anything is planned.
+    #[test]
+    fn backends_past_sixteen_bit_slots_are_refused() {
+        let err = clusterip(MAX_BACKENDS_PER_SERVICE + 1)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("65535 backends for 198.18.0.1:80") && err.contains("at most 65534"),
+            "{err}"
+        );
+        assert!(clusterip(3).validate().is_ok());
+    }
 }

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::bpf::{self, LAYOUT_VERSION, types};
+use crate::maps::{self, MapId, Maps, WriteError};
 
 /// Names of the pinned maps: the object's own map names.
 pub const MAPS: &[&str] = &[
@@ -175,32 +176,85 @@ impl State {
 
     /// Every node address recorded at attach (or refresh).
     pub fn node_addrs(&self) -> Result<Vec<std::net::IpAddr>> {
-        let mut out: Vec<std::net::IpAddr> = self
-            .node_addr
-            .keys()
-            .filter_map(|k| <[u8; 16]>::try_from(k.as_slice()).ok())
-            .map(crate::addr::from_map_addr)
-            .collect();
-        out.sort();
-        Ok(out)
+        maps::node_addrs(self)
     }
 
-    /// Allocate `n` consecutive ids from a config counter. The counter is
-    /// written before the ids are used, so an interrupted command only leaks
-    /// ids; it never hands one out twice.
+    /// Allocate `n` consecutive ids from a config counter (maps::alloc_ids).
     pub fn alloc_ids(&self, which: IdKind, n: u32) -> Result<u32> {
-        let mut cfg = self.config()?;
-        let counter = match which {
-            IdKind::Service => &mut cfg.next_svc_id,
-            IdKind::Backend => &mut cfg.next_backend_id,
+        maps::alloc_ids(self, which, n)
+    }
+
+    fn handle(&self, map: MapId) -> &MapHandle {
+        match map {
+            MapId::Svc => &self.svc,
+            MapId::Backend => &self.backend,
+            MapId::Meta => &self.meta,
+            MapId::Member => &self.member,
+            MapId::Ports => &self.ports,
+            MapId::Affinity => &self.affinity,
+            MapId::NodeAddr => &self.node_addr,
+            MapId::SvcStats => &self.svc_stats,
+            MapId::Config => &self.config,
+        }
+    }
+}
+
+/// The pinned maps, through BPF syscalls.
+impl Maps for State {
+    fn lookup(&self, map: MapId, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.handle(map)
+            .lookup(key, MapFlags::ANY)
+            .with_context(|| format!("read {}", map.name()))
+    }
+
+    fn update(&self, map: MapId, elems: &[(&[u8], &[u8])]) -> Result<(), WriteError> {
+        let h = self.handle(map);
+        let res = match elems {
+            [] => return Ok(()),
+            [(k, v)] => h.update(k, v, MapFlags::ANY),
+            _ => {
+                let keys: Vec<u8> = elems.iter().flat_map(|(k, _)| k.iter().copied()).collect();
+                let vals: Vec<u8> = elems.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+                h.update_batch(
+                    &keys,
+                    &vals,
+                    elems.len() as u32,
+                    MapFlags::ANY,
+                    MapFlags::ANY,
+                )
+            }
         };
-        let first = (*counter).max(1);
-        let Some(next) = first.checked_add(n) else {
-            bail!("id space exhausted; run netnsxl detach and attach again");
-        };
-        *counter = next;
-        self.write_config(&cfg)?;
-        Ok(first)
+        res.map_err(|e| {
+            if e.kind() == libbpf_rs::ErrorKind::TooBig {
+                WriteError::Full
+            } else {
+                WriteError::Other(anyhow::Error::new(e))
+            }
+        })
+    }
+
+    fn delete(&self, map: MapId, keys: &[&[u8]]) {
+        let h = self.handle(map);
+        if keys.len() > 1 {
+            let flat: Vec<u8> = keys.iter().flat_map(|k| k.iter().copied()).collect();
+            if h.delete_batch(&flat, keys.len() as u32, MapFlags::ANY, MapFlags::ANY)
+                .is_ok()
+            {
+                return;
+            }
+        }
+        // One at a time: an element already gone is not an error.
+        for k in keys {
+            let _ = h.delete(k);
+        }
+    }
+
+    fn dump(&self, map: MapId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        crate::store::read_raw(self.handle(map))
+    }
+
+    fn max_entries(&self, map: MapId) -> u32 {
+        self.handle(map).max_entries()
     }
 }
 

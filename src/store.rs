@@ -22,11 +22,13 @@ use std::net::IpAddr;
 use anyhow::{Context, Result, anyhow, bail};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
+use crate::maps::{self, MapId, Maps, WriteError};
+
 use crate::addr::{BackendSpec, Proto, to_map_addr, to_map_port};
 use crate::bpf::{self, backend_flags, svc_flags, types};
 use crate::service::{self, Frontend, ServiceSpec};
 use crate::stale::Doomed;
-use crate::state::{IdKind, State};
+use crate::state::IdKind;
 
 const BATCH: u32 = 8192;
 
@@ -64,6 +66,14 @@ pub fn svc_key(addr: IpAddr, port: u16, proto: Proto, slot: u16) -> types::svc_k
 pub fn read_map<K: plain::Plain + Default, V: plain::Plain + Default>(
     map: &MapHandle,
 ) -> Result<Vec<(K, V)>> {
+    read_raw(map)?
+        .iter()
+        .map(|(k, v)| Ok((bpf::from_bytes(k)?, bpf::from_bytes(v)?)))
+        .collect()
+}
+
+/// Every element of a map as bytes (see [`read_map`]).
+pub fn read_raw(map: &MapHandle) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     use std::os::fd::{AsFd, AsRawFd};
     let (ks, vs) = (map.key_size() as usize, map.value_size() as usize);
     let mut out = Vec::new();
@@ -113,8 +123,8 @@ pub fn read_map<K: plain::Plain + Default, V: plain::Plain + Default>(
         }
         for i in 0..count as usize {
             out.push((
-                bpf::from_bytes(&keys[i * ks..(i + 1) * ks])?,
-                bpf::from_bytes(&vals[i * vs..(i + 1) * vs])?,
+                keys[i * ks..(i + 1) * ks].to_vec(),
+                vals[i * vs..(i + 1) * vs].to_vec(),
             ));
         }
         if err.is_some() {
@@ -126,13 +136,11 @@ pub fn read_map<K: plain::Plain + Default, V: plain::Plain + Default>(
 }
 
 /// One element at a time, for kernels or maps without batch lookup.
-fn read_map_slow<K: plain::Plain + Default, V: plain::Plain + Default>(
-    map: &MapHandle,
-) -> Result<Vec<(K, V)>> {
+fn read_map_slow(map: &MapHandle) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut out = Vec::new();
     for k in map.keys() {
         if let Some(v) = map.lookup(&k, MapFlags::ANY)? {
-            out.push((bpf::from_bytes(&k)?, bpf::from_bytes(&v)?));
+            out.push((k, v));
         }
     }
     Ok(out)
@@ -142,7 +150,7 @@ fn read_map_slow<K: plain::Plain + Default, V: plain::Plain + Default>(
 /// (`full`, for apply, list and refresh), or one service with its svc_map
 /// elements looked up on demand (svc add and del).
 pub struct Current<'a> {
-    pub state: &'a State,
+    pub maps: &'a dyn Maps,
     full: bool,
     pub metas: BTreeMap<u32, types::svc_meta>,
     pub backends: HashMap<u32, Vec<(u32, types::backend_value)>>,
@@ -153,45 +161,45 @@ pub struct Current<'a> {
 }
 
 impl<'a> Current<'a> {
-    pub fn full(state: &'a State) -> Result<Current<'a>> {
+    pub fn full(maps: &'a dyn Maps) -> Result<Current<'a>> {
         let mut backends: HashMap<u32, Vec<(u32, types::backend_value)>> = HashMap::new();
-        for (id, b) in read_map::<u32, types::backend_value>(&state.backend)? {
+        for (id, b) in maps::read::<u32, types::backend_value>(maps, MapId::Backend)? {
             backends.entry(b.svc_id).or_default().push((id, b));
         }
         for v in backends.values_mut() {
             v.sort_by_key(|(id, _)| *id);
         }
-        let svc = read_map::<types::svc_key, types::svc_value>(&state.svc)?
+        let svc = maps::read::<types::svc_key, types::svc_value>(maps, MapId::Svc)?
             .into_iter()
             .map(|(k, v)| (key_bytes(&k), Some(v)))
             .collect();
-        let members = read_map::<types::member_key, u32>(&state.member)?
+        let members = maps::read::<types::member_key, u32>(maps, MapId::Member)?
             .into_iter()
             .map(|(k, v)| ((k.svc_id, k.index), v))
             .collect();
         Ok(Current {
-            state,
+            maps,
             full: true,
-            metas: read_map::<u32, types::svc_meta>(&state.meta)?
+            metas: maps::read::<u32, types::svc_meta>(maps, MapId::Meta)?
                 .into_iter()
                 .collect(),
             backends,
             svc,
             members,
-            node_addrs: state.node_addrs()?,
+            node_addrs: maps::node_addrs(maps)?,
         })
     }
 
     /// Only the service that owns `identity` (if any) is read.
-    pub fn scoped(state: &'a State, identity: &Frontend, proto: Proto) -> Result<Current<'a>> {
+    pub fn scoped(maps: &'a dyn Maps, identity: &Frontend, proto: Proto) -> Result<Current<'a>> {
         let mut cur = Current {
-            state,
+            maps,
             full: false,
             metas: BTreeMap::new(),
             backends: HashMap::new(),
             svc: HashMap::new(),
             members: HashMap::new(),
-            node_addrs: state.node_addrs()?,
+            node_addrs: maps::node_addrs(maps)?,
         };
         if let Some(m) = cur.svc_get(&svc_key(identity.ip, identity.port, proto, 0))? {
             cur.load_service(m.svc_id)?;
@@ -204,12 +212,8 @@ impl<'a> Current<'a> {
         if self.full || self.metas.contains_key(&svc_id) {
             return Ok(());
         }
-        if let Some(v) = self
-            .state
-            .meta
-            .lookup(&svc_id.to_ne_bytes(), MapFlags::ANY)?
-        {
-            self.metas.insert(svc_id, bpf::from_bytes(&v)?);
+        if let Some(m) = maps::get(self.maps, MapId::Meta, &svc_id.to_ne_bytes())? {
+            self.metas.insert(svc_id, m);
         }
         // The backends by index (member_map): a few lookups. If the index
         // does not add up (a killed command), scan backend_map instead.
@@ -218,19 +222,13 @@ impl<'a> Current<'a> {
         let mut whole = true;
         for i in 0..count {
             let key = types::member_key { svc_id, index: i };
-            let Some(v) = self.state.member.lookup(bpf::bytes(&key), MapFlags::ANY)? else {
+            let Some(id) = maps::get::<u32>(self.maps, MapId::Member, bpf::bytes(&key))? else {
                 whole = false;
                 break;
             };
-            let id = u32::from_ne_bytes(v.as_slice().try_into().unwrap_or_default());
             self.members.insert((svc_id, i), id);
-            match self
-                .state
-                .backend
-                .lookup(&id.to_ne_bytes(), MapFlags::ANY)?
-            {
+            match maps::get::<types::backend_value>(self.maps, MapId::Backend, &id.to_ne_bytes())? {
                 Some(b) => {
-                    let b: types::backend_value = bpf::from_bytes(&b)?;
                     if b.svc_id != svc_id {
                         whole = false;
                         break;
@@ -244,7 +242,7 @@ impl<'a> Current<'a> {
             }
         }
         if !whole {
-            bes = read_map::<u32, types::backend_value>(&self.state.backend)?
+            bes = maps::read::<u32, types::backend_value>(self.maps, MapId::Backend)?
                 .into_iter()
                 .filter(|(_, b)| b.svc_id == svc_id)
                 .collect();
@@ -266,11 +264,7 @@ impl<'a> Current<'a> {
             return Ok(None);
         }
         let key = types::member_key { svc_id, index };
-        let v = self
-            .state
-            .member
-            .lookup(bpf::bytes(&key), MapFlags::ANY)?
-            .map(|v| u32::from_ne_bytes(v.as_slice().try_into().unwrap_or_default()));
+        let v = maps::get::<u32>(self.maps, MapId::Member, bpf::bytes(&key))?;
         if let Some(id) = v {
             self.members.insert((svc_id, index), id);
         }
@@ -285,10 +279,7 @@ impl<'a> Current<'a> {
         if self.full {
             return Ok(None);
         }
-        let v = match self.state.svc.lookup(&kb, MapFlags::ANY)? {
-            Some(b) => Some(bpf::from_bytes(&b)?),
-            None => None,
-        };
+        let v = maps::get::<types::svc_value>(self.maps, MapId::Svc, &kb)?;
         self.svc.insert(kb, v);
         Ok(v)
     }
@@ -433,11 +424,11 @@ pub struct Ids {
 }
 
 impl Ids {
-    pub fn alloc(state: &State, n: u32) -> Result<Ids> {
+    pub fn alloc(maps: &dyn Maps, n: u32) -> Result<Ids> {
         if n == 0 {
             return Ok(Ids { next: 0, end: 0 });
         }
-        let first = state.alloc_ids(IdKind::Backend, n)?;
+        let first = maps::alloc_ids(maps, IdKind::Backend, n)?;
         Ok(Ids {
             next: first,
             end: first + n,
@@ -499,6 +490,8 @@ pub fn plan_write(
     let old_backends = cur.backends_of(svc_id).to_vec();
 
     check_conflicts(cur, tx, spec, svc_id)?;
+    // ServiceSpec::validate caps the backends (MAX_BACKENDS_PER_SERVICE), so
+    // the 16-bit slot numbers below cannot wrap onto the master entry.
 
     // Keep the id of every backend that stays, so affinity to it survives.
     let mut layout = Layout {
@@ -571,7 +564,8 @@ pub fn plan_write(
             }
         };
         for (i, id) in slots.iter().enumerate().skip(INLINE) {
-            let key = svc_key(f.ip, f.port, proto, i as u16 + 1);
+            let slot = u16::try_from(i + 1).context("slot number past 16 bits")?;
+            let key = svc_key(f.ip, f.port, proto, slot);
             let mut val = types::svc_value {
                 svc_id,
                 ..Default::default()
@@ -584,7 +578,7 @@ pub fn plan_write(
         }
         let mut master = types::svc_value {
             svc_id,
-            count: slots.len() as u16,
+            count: u16::try_from(slots.len()).context("backend count past 16 bits")?,
             flags,
             affinity_timeout: spec.affinity_timeout.unwrap_or(0),
             ..Default::default()
@@ -599,7 +593,7 @@ pub fn plan_write(
         tx.ports.insert((f.port, proto.number()));
         // Slots past the new count: stale once the master is written.
         let old_count = prior_master.map_or(0, |m| m.count);
-        for slot in first_slot(slots.len() as u16 + 1)..=old_count {
+        for slot in first_slot(master.count + 1)..=old_count {
             let key = svc_key(f.ip, f.port, proto, slot);
             if cur.svc_get(&key)?.is_some() {
                 tx.del_slots.push(key_bytes(&key));
@@ -799,26 +793,18 @@ pub fn plan_strays(cur: &mut Current, tx: &mut Tx) -> Result<usize> {
     Ok(tx.len() - before)
 }
 
-/// Which `attach` option sizes a map, for the "full" error.
-fn raise_with(map: &MapHandle) -> &'static str {
-    match map.name().to_str().unwrap_or_default() {
-        "backend_map" => "--max-backends",
-        _ => "--max-services",
-    }
-}
-
-fn full_error(map: &MapHandle, what: &str) -> anyhow::Error {
+fn full_error(maps: &dyn Maps, map: MapId, what: &str) -> anyhow::Error {
     anyhow!(
         "{what} is full ({} entries); nothing was changed; attach with a larger {} (netnsxl detach, netnsxl attach ... {} N, then apply the services again)",
-        map.max_entries(),
-        raise_with(map),
-        raise_with(map)
+        maps.max_entries(map),
+        map.sized_by(),
+        map.sized_by()
     )
 }
 
 /// What a failed command puts back.
-struct Undo<'m> {
-    map: &'m MapHandle,
+struct Undo {
+    map: MapId,
     key: Vec<u8>,
     prior: Option<Vec<u8>>,
 }
@@ -826,15 +812,18 @@ struct Undo<'m> {
 /// One element to write: key, new value, the value it replaces.
 type Elem<K> = (K, Vec<u8>, Option<Vec<u8>>);
 
-fn write_phase<'m, K: AsRef<[u8]>>(
-    map: &'m MapHandle,
+fn write_phase<K: AsRef<[u8]>>(
+    maps: &dyn Maps,
+    map: MapId,
     what: &str,
     elems: &[Elem<K>],
-    undo: &mut Vec<Undo<'m>>,
+    undo: &mut Vec<Undo>,
 ) -> Result<()> {
     if elems.is_empty() {
         return Ok(());
     }
+    // Recorded before the write: a batch that fails half-way may have
+    // written some of its elements.
     for (k, _, prior) in elems {
         undo.push(Undo {
             map,
@@ -842,57 +831,33 @@ fn write_phase<'m, K: AsRef<[u8]>>(
             prior: prior.clone(),
         });
     }
-    let res = if elems.len() == 1 {
-        map.update(elems[0].0.as_ref(), &elems[0].1, MapFlags::ANY)
-    } else {
-        let keys: Vec<u8> = elems
-            .iter()
-            .flat_map(|(k, _, _)| k.as_ref().to_vec())
-            .collect();
-        let vals: Vec<u8> = elems.iter().flat_map(|(_, v, _)| v.clone()).collect();
-        map.update_batch(
-            &keys,
-            &vals,
-            elems.len() as u32,
-            MapFlags::ANY,
-            MapFlags::ANY,
-        )
-    };
-    res.map_err(|e| {
-        if e.kind() == libbpf_rs::ErrorKind::TooBig {
-            full_error(map, what)
-        } else {
-            anyhow::Error::new(e).context(format!("write {what}"))
-        }
+    let pairs: Vec<(&[u8], &[u8])> = elems
+        .iter()
+        .map(|(k, v, _)| (k.as_ref(), v.as_slice()))
+        .collect();
+    maps.update(map, &pairs).map_err(|e| match e {
+        WriteError::Full => full_error(maps, map, what),
+        WriteError::Other(e) => e.context(format!("write {what}")),
     })
 }
 
-fn rollback(undo: Vec<Undo>) {
+fn rollback(maps: &dyn Maps, undo: Vec<Undo>) {
     for u in undo.into_iter().rev() {
-        let _ = match &u.prior {
-            Some(v) => u.map.update(&u.key, v, MapFlags::ANY),
-            None => u.map.delete(&u.key),
-        };
+        match &u.prior {
+            Some(v) => {
+                let _ = maps.update(u.map, &[(&u.key, v)]);
+            }
+            None => maps.delete(u.map, &[&u.key]),
+        }
     }
 }
 
-fn delete_all(map: &MapHandle, keys: &[Vec<u8>]) {
+fn delete_all(maps: &dyn Maps, map: MapId, keys: &[Vec<u8>]) {
     if keys.is_empty() {
         return;
     }
-    if keys.len() > 1 {
-        let flat: Vec<u8> = keys.iter().flatten().copied().collect();
-        if map
-            .delete_batch(&flat, keys.len() as u32, MapFlags::ANY, MapFlags::ANY)
-            .is_ok()
-        {
-            return;
-        }
-    }
-    // One at a time: an element already gone is not an error.
-    for k in keys {
-        let _ = map.delete(k);
-    }
+    let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    maps.delete(map, &keys);
 }
 
 /// Elements keyed by a u32 id, as the bytes a write phase takes.
@@ -919,7 +884,7 @@ pub struct Done {
 }
 
 /// Run a planned change in the order described at the top of this file.
-pub fn execute(state: &State, tx: Tx) -> Result<Done> {
+pub fn execute(maps: &dyn Maps, tx: Tx) -> Result<Done> {
     let written: HashSet<SvcKeyBytes> = tx
         .slots
         .iter()
@@ -957,30 +922,45 @@ pub fn execute(state: &State, tx: Tx) -> Result<Done> {
     let mut undo = Vec::new();
     let res = (|| {
         write_phase(
-            &state.meta,
+            maps,
+            MapId::Meta,
             "the service metadata map (meta_map)",
             &meta,
             &mut undo,
         )?;
         write_phase(
-            &state.backend,
+            maps,
+            MapId::Backend,
             "the backend map (backend_map)",
             &backends,
             &mut undo,
         )?;
         write_phase(
-            &state.member,
+            maps,
+            MapId::Member,
             "the backend index (member_map)",
             &members,
             &mut undo,
         )?;
-        write_phase(&state.svc, "the service map (svc_map)", &slots, &mut undo)?;
+        write_phase(
+            maps,
+            MapId::Svc,
+            "the service map (svc_map)",
+            &slots,
+            &mut undo,
+        )?;
         // Before any master on a port exists, the prefilter lets it through.
-        set_port_bits(state, &tx.ports)?;
-        write_phase(&state.svc, "the service map (svc_map)", &masters, &mut undo)
+        set_port_bits(maps, &tx.ports)?;
+        write_phase(
+            maps,
+            MapId::Svc,
+            "the service map (svc_map)",
+            &masters,
+            &mut undo,
+        )
     })();
     if let Err(e) = res {
-        rollback(undo);
+        rollback(maps, undo);
         return Err(e);
     }
 
@@ -1000,8 +980,8 @@ pub fn execute(state: &State, tx: Tx) -> Result<Done> {
         .filter(|k| seen.insert(**k))
         .map(|k| k.to_vec())
         .collect();
-    delete_all(&state.svc, &del_masters);
-    delete_all(&state.svc, &del_slots);
+    delete_all(maps, MapId::Svc, &del_masters);
+    delete_all(maps, MapId::Svc, &del_slots);
     let written_backends: HashSet<u32> = tx.backends.iter().map(|(id, _, _)| *id).collect();
     let mut seen = HashSet::new();
     let del_backends: Vec<Vec<u8>> = tx
@@ -1010,7 +990,7 @@ pub fn execute(state: &State, tx: Tx) -> Result<Done> {
         .filter(|id| !written_backends.contains(id) && seen.insert(**id))
         .map(|id| id.to_ne_bytes().to_vec())
         .collect();
-    delete_all(&state.backend, &del_backends);
+    delete_all(maps, MapId::Backend, &del_backends);
     let written_members: HashSet<Vec<u8>> = members.iter().map(|(k, _, _)| k.clone()).collect();
     let mut seen = HashSet::new();
     let del_members: Vec<Vec<u8>> = tx
@@ -1019,32 +999,36 @@ pub fn execute(state: &State, tx: Tx) -> Result<Done> {
         .map(|k| bpf::bytes(k).to_vec())
         .filter(|k| !written_members.contains(k) && seen.insert(k.clone()))
         .collect();
-    delete_all(&state.member, &del_members);
+    delete_all(maps, MapId::Member, &del_members);
     let del_meta: Vec<Vec<u8>> = tx
         .del_meta
         .iter()
         .map(|id| id.to_ne_bytes().to_vec())
         .collect();
-    delete_all(&state.meta, &del_meta);
+    delete_all(maps, MapId::Meta, &del_meta);
     // Counters of services that went.
-    for id in &tx.del_meta {
-        let _ = state.svc_stats.delete(&id.to_ne_bytes());
-    }
+    let stats: Vec<[u8; 4]> = tx.del_meta.iter().map(|id| id.to_ne_bytes()).collect();
+    maps.delete(
+        MapId::SvcStats,
+        &stats.iter().map(|k| k.as_slice()).collect::<Vec<_>>(),
+    );
     // Only after the masters went may their ports' bits go.
     if let Some(exact) = &tx.exact_ports {
-        write_exact_ports(state, exact)?;
+        write_exact_ports(maps, exact)?;
     }
 
     if !tx.drop_affinity_svcs.is_empty() || !tx.drop_affinity_backends.is_empty() {
         let mut drop = Vec::new();
-        for (k, v) in read_map::<types::affinity_key, types::affinity_value>(&state.affinity)? {
+        for (k, v) in
+            maps::read::<types::affinity_key, types::affinity_value>(maps, MapId::Affinity)?
+        {
             if tx.drop_affinity_svcs.contains(&k.svc_id)
                 || tx.drop_affinity_backends.contains(&v.backend_id)
             {
                 drop.push(bpf::bytes(&k).to_vec());
             }
         }
-        delete_all(&state.affinity, &drop);
+        delete_all(maps, MapId::Affinity, &drop);
     }
     Ok(Done {
         written: meta.len() + backends.len() + members.len() + slots.len() + masters.len(),
@@ -1067,42 +1051,38 @@ fn port_bit(proto: u8) -> u32 {
 }
 
 /// Set the port_map bits of these (port, protocol) pairs (never clears).
-fn set_port_bits(state: &State, ports: &HashSet<(u16, u8)>) -> Result<()> {
+fn set_port_bits(maps: &dyn Maps, ports: &HashSet<(u16, u8)>) -> Result<()> {
     for &(port, proto) in ports {
         let key = u32::from(port).to_ne_bytes();
-        let cur = state.ports.lookup(&key, MapFlags::ANY)?.map_or(0, |v| {
-            u32::from_ne_bytes(v.as_slice().try_into().unwrap_or_default())
-        });
+        let cur = maps::get::<u32>(maps, MapId::Ports, &key)?.unwrap_or(0);
         let want = cur | port_bit(proto);
         if want != cur {
-            state
-                .ports
-                .update(&key, &want.to_ne_bytes(), MapFlags::ANY)
-                .context("write port_map")?;
+            maps::put(maps, MapId::Ports, &key, &want.to_ne_bytes())?;
         }
     }
     Ok(())
 }
 
 /// Make port_map exactly `ports` (after a full rewrite).
-fn write_exact_ports(state: &State, ports: &HashSet<(u16, u8)>) -> Result<()> {
+fn write_exact_ports(maps: &dyn Maps, ports: &HashSet<(u16, u8)>) -> Result<()> {
     let mut want: HashMap<u32, u32> = HashMap::new();
     for &(port, proto) in ports {
         *want.entry(u32::from(port)).or_default() |= port_bit(proto);
     }
-    for (port, bits) in read_map::<u32, u32>(&state.ports)? {
+    for (port, bits) in maps::read::<u32, u32>(maps, MapId::Ports)? {
         let w = want.get(&port).copied().unwrap_or(0);
         if w != bits {
-            state
-                .ports
-                .update(&port.to_ne_bytes(), &w.to_ne_bytes(), MapFlags::ANY)
-                .context("write port_map")?;
+            maps::put(maps, MapId::Ports, &port.to_ne_bytes(), &w.to_ne_bytes())?;
         }
     }
     Ok(())
 }
 
 /// Allocate a service id (for a service the maps do not have yet).
-pub fn new_svc_id(state: &State) -> Result<u32> {
-    state.alloc_ids(IdKind::Service, 1)
+pub fn new_svc_id(maps: &dyn Maps) -> Result<u32> {
+    maps::alloc_ids(maps, IdKind::Service, 1)
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;
