@@ -31,6 +31,24 @@ macro_rules! plain_types {
     };
 }
 
+/// The structs netnsxl.h shares with the datapath (map keys, values, events).
+const SHARED: &[&str] = &[
+    "svc_key",
+    "svc_value",
+    "backend_value",
+    "svc_meta",
+    "affinity_key",
+    "affinity_value",
+    "revnat_value",
+    "revnat_entry",
+    "nxl_config",
+    "doomed_key",
+    "member_key",
+    "svc_backend",
+    "svc_stats",
+    "nxl_event",
+];
+
 plain_types!(
     svc_key,
     svc_value,
@@ -45,6 +63,30 @@ plain_types!(
     svc_backend,
     svc_stats,
     nxl_event,
+);
+
+/// The shared structs' sizes, fixed: a change here is a layout change
+/// (bump NXL_LAYOUT_VERSION). netnsxl.h asserts the same sizes on the C side.
+macro_rules! sizes {
+    ($($t:ident = $n:expr),* $(,)?) => {
+        $( const _: () = assert!(std::mem::size_of::<types::$t>() == $n); )*
+    };
+}
+
+sizes!(
+    svc_key = 24,
+    svc_value = 112,
+    svc_backend = 24,
+    backend_value = 24,
+    svc_meta = 100,
+    affinity_key = 16,
+    affinity_value = 16,
+    revnat_value = 152,
+    nxl_config = 312,
+    doomed_key = 20,
+    member_key = 8,
+    svc_stats = 16,
+    nxl_event = 80,
 );
 
 pub const LAYOUT_VERSION: u32 = types::nxl_limits::NXL_LAYOUT_VERSION.0;
@@ -102,4 +144,27 @@ pub fn from_cstr(s: &[i8]) -> String {
         .map(|&c| c as u8)
         .collect();
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every shared struct is written without implicit holes (explicit pad
+    /// fields instead): a hole would carry whatever bytes the writer had, and
+    /// keys and `apply`'s comparisons are byte for byte. libbpf-cargo turns a
+    /// C hole into a `__pad_N` field in the generated Rust, so none may
+    /// appear in the structs netnsxl.h shares.
+    #[test]
+    fn shared_structs_have_no_implicit_holes() {
+        let skel = include_str!(concat!(env!("OUT_DIR"), "/netnsxl.skel.rs"));
+        for name in super::SHARED {
+            let start = skel
+                .find(&format!("pub struct {name} {{"))
+                .unwrap_or_else(|| panic!("{name} is not in the skeleton"));
+            let body = &skel[start..start + skel[start..].find("\n        }").unwrap()];
+            assert!(
+                !body.contains("__pad_"),
+                "struct {name} has an implicit hole: add an explicit pad field in netnsxl.h\n{body}"
+            );
+        }
+    }
 }

@@ -21,7 +21,10 @@ use crate::sys;
 /// The counters, in NXL_STAT_* order, with the names `stats` prints.
 pub const REASONS: [(&str, &str); 9] = [
     ("translated", "sent to a backend"),
-    ("refused", "no usable backend: ECONNREFUSED"),
+    (
+        "refused",
+        "no usable backend: connect refused (ECONNREFUSED; EPERM before 5.18)",
+    ),
     (
         "affinity_hit",
         "the client netns' affinity backend was used",
@@ -462,6 +465,48 @@ pub fn trace(state: &State, opts: &TraceOpts) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use crate::bpf::types::{nxl_hook as H, nxl_stat as S};
+
+    /// The counters and trace verdicts are indexed by the C enum nxl_stat:
+    /// each name must sit at its constant's value.
+    #[test]
+    fn reasons_follow_the_c_enum() {
+        let c = [
+            (S::NXL_STAT_TRANSLATED, "translated"),
+            (S::NXL_STAT_REFUSED, "refused"),
+            (S::NXL_STAT_AFFINITY_HIT, "affinity_hit"),
+            (S::NXL_STAT_AFFINITY_MISS, "affinity_miss"),
+            (S::NXL_STAT_AFFINITY_REPLACED, "affinity_replaced"),
+            (S::NXL_STAT_BYPASSED, "bypassed"),
+            (S::NXL_STAT_HOST_SKIPPED, "host_skipped"),
+            (S::NXL_STAT_POD_SKIPPED, "pod_skipped"),
+            (S::NXL_STAT_REVERSED, "reversed"),
+        ];
+        assert_eq!(super::REASONS.len(), S::NXL_STAT_MAX.0 as usize);
+        assert_eq!(c.len(), super::REASONS.len());
+        for (v, name) in c {
+            assert_eq!(super::REASONS[v.0 as usize].0, name);
+        }
+    }
+
+    #[test]
+    fn hooks_follow_the_c_enum() {
+        let c = [
+            (H::NXL_HOOK_CONNECT4, "connect4"),
+            (H::NXL_HOOK_SENDMSG4, "sendmsg4"),
+            (H::NXL_HOOK_RECVMSG4, "recvmsg4"),
+            (H::NXL_HOOK_GETPEERNAME4, "getpeername4"),
+            (H::NXL_HOOK_CONNECT6, "connect6"),
+            (H::NXL_HOOK_SENDMSG6, "sendmsg6"),
+            (H::NXL_HOOK_RECVMSG6, "recvmsg6"),
+            (H::NXL_HOOK_GETPEERNAME6, "getpeername6"),
+        ];
+        assert_eq!(super::HOOKS.len(), c.len() + 1, "index 0 is no hook");
+        for (v, name) in c {
+            assert_eq!(super::HOOKS[v.0 as usize], name);
+        }
+    }
+
     #[test]
     fn rfc3339_formats_known_instants() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000000Z");

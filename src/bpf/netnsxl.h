@@ -265,6 +265,25 @@ enum nxl_feature {
 	NXL_FEAT_INIT_COOKIE_BPF = 1 << 3,
 };
 
+/*
+ * The sizes the pinned maps were created with: a change is a layout change
+ * (bump NXL_LAYOUT_VERSION). src/bpf.rs asserts the same on the Rust side,
+ * and a unit test checks that no struct here has an implicit hole.
+ */
+_Static_assert(sizeof(struct svc_key) == 24, "svc_key layout");
+_Static_assert(sizeof(struct svc_backend) == 24, "svc_backend layout");
+_Static_assert(sizeof(struct svc_value) == 112, "svc_value layout");
+_Static_assert(sizeof(struct backend_value) == 24, "backend_value layout");
+_Static_assert(sizeof(struct svc_meta) == 100, "svc_meta layout");
+_Static_assert(sizeof(struct member_key) == 8, "member_key layout");
+_Static_assert(sizeof(struct affinity_key) == 16, "affinity_key layout");
+_Static_assert(sizeof(struct affinity_value) == 16, "affinity_value layout");
+_Static_assert(sizeof(struct revnat_value) == 152, "revnat_value layout");
+_Static_assert(sizeof(struct doomed_key) == 20, "doomed_key layout");
+_Static_assert(sizeof(struct nxl_config) == 312, "nxl_config layout");
+_Static_assert(sizeof(struct svc_stats) == 16, "svc_stats layout");
+_Static_assert(sizeof(struct nxl_event) == 80, "nxl_event layout");
+
 /* Referenced by one .rodata variable so every enum above is in BTF. */
 struct nxl_abi {
 	enum nxl_limits limits;
