@@ -32,6 +32,7 @@ macro_rules! plain_types {
 }
 
 /// The structs netnsxl.h shares with the datapath (map keys, values, events).
+#[cfg(test)]
 const SHARED: &[&str] = &[
     "svc_key",
     "svc_value",
