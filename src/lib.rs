@@ -1,21 +1,23 @@
 //! netnsxl: Kubernetes-style service translation in BPF cgroup hooks, aware
 //! of the network namespace of every socket (`bpf_get_netns_cookie()`).
 //!
-//! One module per idea; `src/main.rs` is only the command line.
+//! Layers, each importing only those below it (src/main.rs is the command
+//! line above them all):
+//!
+//! - `control` (the write engine, service commands, apply, affinity, the
+//!   bypass list, stale-socket passes) and `observe` (status, stats, trace),
+//!   which do not import each other;
+//! - `datapath`: the BPF object (loader), the pinned maps behind the `Maps`
+//!   trait, kernel feature probes, socket iterators;
+//! - `sys`: mounts, cgroups, network namespaces, privileges;
+//! - usable by all: `model` (addresses, the service model, manifest
+//!   parsing; pure, no I/O), `bpf` (the C types shared with the datapath)
+//!   and `output` (tables and JSON).
 
-pub mod addr;
-pub mod affinity;
-pub mod apply;
-pub mod attach;
 pub mod bpf;
-pub mod features;
-pub mod manifest;
-pub mod maps;
-pub mod netns;
+pub mod control;
+pub mod datapath;
+pub mod model;
 pub mod observe;
 pub mod output;
-pub mod service;
-pub mod stale;
-pub mod state;
-pub mod store;
 pub mod sys;

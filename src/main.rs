@@ -9,14 +9,17 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use netnsxl::addr::{BackendSpec, Proto, parse_ip};
-use netnsxl::netns::NetnsRef;
-use netnsxl::output::Format;
-use netnsxl::service::{
+use netnsxl::control::{affinity, apply, netns, service};
+use netnsxl::datapath::loader as attach;
+use netnsxl::datapath::state::State;
+use netnsxl::model::addr::{BackendSpec, Proto, parse_ip};
+use netnsxl::model::service::{
     AFFINITY_TIMEOUT_DEFAULT, FrontendSpec, NODE_PORT_RANGE_DEFAULT, ServiceSpec, SvcType,
 };
-use netnsxl::state::State;
-use netnsxl::{affinity, apply, attach, netns, service, sys};
+use netnsxl::observe::status;
+use netnsxl::output::Format;
+use netnsxl::sys;
+use netnsxl::sys::netns::NetnsRef;
 
 #[derive(Parser)]
 #[command(name = "netnsxl", version, about, long_about = None)]
@@ -407,14 +410,18 @@ fn run(cli: Cli) -> Result<()> {
             attach::attach(pin_dir, &opts)
         }
         Cmd::Detach => attach::detach(pin_dir),
-        Cmd::Status(o) => attach::status(pin_dir, o.format),
+        Cmd::Status(o) => status::status(pin_dir, o.format),
         Cmd::Svc(SvcCmd::Add(a)) => svc_add(pin_dir, a),
         Cmd::Svc(SvcCmd::Del(f)) => {
             let frontend = FrontendSpec::parse(&f.frontend)?;
             let (state, _lock) = open_for_change(pin_dir)?;
             let done = service::del(&state, &frontend, f.proto)?;
             println!("deleted {}/{}", frontend.display(), f.proto);
-            report_destroyed(netnsxl::stale::after_change(&state, &done, f.destroy_tcp)?);
+            report_destroyed(netnsxl::control::stale::after_change(
+                &state,
+                &done,
+                f.destroy_tcp,
+            )?);
             Ok(())
         }
         Cmd::Svc(SvcCmd::List(o)) => service::list(&State::open(pin_dir)?, o.format),
@@ -477,7 +484,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Stats { format, watch } => {
-            netnsxl::observe::stats(&State::open(pin_dir)?, format, watch)
+            netnsxl::observe::stats::stats(&State::open(pin_dir)?, format, watch)
         }
         Cmd::Trace {
             frontend,
@@ -502,9 +509,9 @@ fn run(cli: Cli) -> Result<()> {
             let netns_cookie = netns.map(|n| NetnsRef::Name(n).cookie()).transpose()?;
             sys::require_privileges()?;
             let state = State::open(pin_dir)?;
-            netnsxl::observe::trace(
+            netnsxl::observe::stats::trace(
                 &state,
-                &netnsxl::observe::TraceOpts {
+                &netnsxl::observe::stats::TraceOpts {
                     frontend,
                     netns_cookie,
                     format,
@@ -667,7 +674,11 @@ fn svc_add(pin_dir: &Path, a: SvcAddArgs) -> Result<()> {
         spec.proto,
         spec.backends.len()
     );
-    report_destroyed(netnsxl::stale::after_change(&state, &done, a.destroy_tcp)?);
+    report_destroyed(netnsxl::control::stale::after_change(
+        &state,
+        &done,
+        a.destroy_tcp,
+    )?);
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use netnsxl::bpf::types;
-use netnsxl::store::read_map;
+use netnsxl::datapath::state::read_map;
 use serde_json::Value;
 
 const BACKENDS: usize = 6;
@@ -358,7 +358,7 @@ fn check_list_is_truthful(lab: &Lab) -> (usize, bool) {
     let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let warned = String::from_utf8_lossy(&out.stderr).contains("belong to no service");
 
-    let state = netnsxl::state::State::open(&lab.pins.path).unwrap();
+    let state = netnsxl::datapath::state::State::open(&lab.pins.path).unwrap();
     let svc: HashMap<Vec<u8>, types::svc_value> =
         read_map::<types::svc_key, types::svc_value>(&state.svc)
             .unwrap()
@@ -382,7 +382,12 @@ fn check_list_is_truthful(lab: &Lab) -> (usize, bool) {
             continue;
         }
         let fe: std::net::SocketAddr = s["frontend"].as_str().unwrap().parse().unwrap();
-        let key = netnsxl::store::svc_key(fe.ip(), fe.port(), netnsxl::addr::Proto::Tcp, 0);
+        let key = netnsxl::control::store::svc_key(
+            fe.ip(),
+            fe.port(),
+            netnsxl::model::addr::Proto::Tcp,
+            0,
+        );
         let m = svc
             .get(netnsxl::bpf::bytes(&key))
             .unwrap_or_else(|| panic!("listed ok but no master: {s}"));
@@ -396,12 +401,16 @@ fn check_list_is_truthful(lab: &Lab) -> (usize, bool) {
         assert_eq!(m.count as usize, listed_bes.len(), "{s}");
         for idx in 0..m.count as usize {
             // The first INLINE backends are in the master itself.
-            let e = if idx < netnsxl::store::INLINE {
+            let e = if idx < netnsxl::control::store::INLINE {
                 m.be[idx]
             } else {
                 let slot = idx as u16 + 1;
-                let k =
-                    netnsxl::store::svc_key(fe.ip(), fe.port(), netnsxl::addr::Proto::Tcp, slot);
+                let k = netnsxl::control::store::svc_key(
+                    fe.ip(),
+                    fe.port(),
+                    netnsxl::model::addr::Proto::Tcp,
+                    slot,
+                );
                 svc.get(netnsxl::bpf::bytes(&k))
                     .unwrap_or_else(|| panic!("slot {slot} missing: {s}"))
                     .be[0]
@@ -416,8 +425,8 @@ fn check_list_is_truthful(lab: &Lab) -> (usize, bool) {
                 "backend {idx} copies its backend's address: {s}"
             );
             let addr = std::net::SocketAddr::new(
-                netnsxl::addr::from_map_addr(b.addr),
-                netnsxl::addr::from_map_port(b.port),
+                netnsxl::model::addr::from_map_addr(b.addr),
+                netnsxl::model::addr::from_map_port(b.port),
             );
             assert!(
                 listed_bes.contains(&addr.to_string()),
@@ -520,7 +529,7 @@ fn killed_apply_is_reported_truthfully_and_a_rerun_converges() {
 fn incompatible_layout_is_refused_with_a_migration_hint() {
     require_root();
     let lab = Lab::new(&[]);
-    let state = netnsxl::state::State::open(&lab.pins.path).unwrap();
+    let state = netnsxl::datapath::state::State::open(&lab.pins.path).unwrap();
     let mut cfg = state.config().unwrap();
     let real = cfg.layout_version;
     cfg.layout_version = real + 1;
@@ -782,7 +791,7 @@ fn udp_socket_to_a_removed_backend_is_destroyed_and_reconnects() {
         "--backend",
         &be_addr(1),
     ]);
-    if !kernel_has(netnsxl::features::Id::SockDestroy) {
+    if !kernel_has(netnsxl::datapath::features::Id::SockDestroy) {
         // Without the kfunc the command says so once and the socket stays
         // connected to the old backend (which still runs here).
         eprintln!("kernel lacks bpf_sock_destroy: checking that nothing is closed");
@@ -864,7 +873,7 @@ fn tcp_sockets_are_destroyed_only_with_destroy_tcp() {
     let (mut b, first) = Held::start(lab.pod(1), "tcp", VIP);
     assert_eq!(first.reply.as_deref(), Some("ka-2"), "{first:?}");
     let (out, err) = cli.ok_with_stderr(&["svc", "del", "--frontend", VIP, "--destroy-tcp"]);
-    if !kernel_has(netnsxl::features::Id::SockDestroy) {
+    if !kernel_has(netnsxl::datapath::features::Id::SockDestroy) {
         eprintln!("kernel lacks bpf_sock_destroy: checking that nothing is closed");
         assert_eq!(err.matches(STALE_NOT_CLOSED).count(), 1, "{err}");
         assert_eq!(b.step("send").reply.as_deref(), Some("ka-2"));
@@ -903,8 +912,8 @@ fn revnat_map_is_empty_after_a_thousand_udp_sockets_close() {
         "--backend",
         &be_addr(1),
     ]);
-    let state = netnsxl::state::State::open(&lab.pins.path).unwrap();
-    let count = || netnsxl::attach::revnat_entries(&state).unwrap();
+    let state = netnsxl::datapath::state::State::open(&lab.pins.path).unwrap();
+    let count = || netnsxl::observe::status::revnat_entries(&state).unwrap();
     assert_eq!(count(), 0);
     // One socket kept open: counted, so the counter can see entries.
     let (held, first) = Held::start(lab.pod(1), "udp", VIP);

@@ -251,7 +251,7 @@ fn trace_during(lab: &Lab, extra: &[&str], f: impl FnOnce()) -> Vec<Value> {
 }
 
 fn tracers(lab: &Lab) -> u32 {
-    netnsxl::state::State::open(&lab.pins.path)
+    netnsxl::datapath::state::State::open(&lab.pins.path)
         .unwrap()
         .config()
         .unwrap()
@@ -449,7 +449,7 @@ fn status_shows_health_features_and_warnings() {
     // each optional one is reported as the probe found it, and its absence
     // is not a health warning.
     let features = st["features"].as_array().unwrap();
-    let probed = netnsxl::features::probe();
+    let probed = netnsxl::datapath::features::probe();
     assert_eq!(features.len(), probed.features.len(), "{st}");
     assert_eq!(st["kernel_release"], probed.kernel_release.as_str());
     for f in features {
@@ -461,7 +461,7 @@ fn status_shows_health_features_and_warnings() {
         }
         eprintln!("feature {id}: {}", f["available"]);
     }
-    let from_bpf = kernel_has(netnsxl::features::Id::InitCookieTc);
+    let from_bpf = kernel_has(netnsxl::datapath::features::Id::InitCookieTc);
     assert_eq!(
         st["init_netns_cookie_source"],
         if from_bpf {

@@ -4,8 +4,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use netnsxl::addr::BackendSpec;
-use netnsxl::service::FrontendSpec;
+use netnsxl::model::addr::BackendSpec;
+use netnsxl::model::service::FrontendSpec;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {

@@ -774,9 +774,9 @@ impl Runner {
 /// (run_cnt, run_time_ns) of each program of the attachment, by name: the
 /// programs its pinned links point at.
 fn prog_stats(att: &Attachment) -> Result<BTreeMap<String, (u64, u64)>> {
-    let pins = netnsxl::state::Pins::new(&att.pins);
+    let pins = netnsxl::datapath::state::Pins::new(&att.pins);
     let mut ids = BTreeMap::new();
-    for name in netnsxl::state::CGROUP_PROGS {
+    for name in netnsxl::datapath::state::CGROUP_PROGS {
         if let Ok(info) = libbpf_rs::Link::open(pins.link(name)).and_then(|l| l.info()) {
             ids.insert(info.prog_id, name.to_string());
         }

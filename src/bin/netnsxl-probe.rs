@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use netnsxl::addr::{Proto, parse_endpoint};
+use netnsxl::model::addr::{Proto, parse_endpoint};
 use nix::sched::{CloneFlags, setns};
 use serde::Serialize;
 
@@ -252,7 +252,7 @@ fn enter(place: &Place) -> Result<()> {
         let path = if ns.contains('/') {
             PathBuf::from(ns)
         } else {
-            PathBuf::from(netnsxl::netns::NETNS_RUN_DIR).join(ns)
+            PathBuf::from(netnsxl::sys::netns::NETNS_RUN_DIR).join(ns)
         };
         let f = File::open(&path).with_context(|| format!("open netns {}", path.display()))?;
         setns(f.as_fd(), CloneFlags::CLONE_NEWNET)

@@ -47,15 +47,18 @@ pub fn require_root() {
 
 /// Whether the running kernel has an optional feature, as attach probes it.
 /// Tests expect the behaviour of the kernel they run on and print which.
-pub fn kernel_has(id: netnsxl::features::Id) -> bool {
-    static PROBED: std::sync::OnceLock<netnsxl::features::Probed> = std::sync::OnceLock::new();
-    PROBED.get_or_init(netnsxl::features::probe).has(id)
+pub fn kernel_has(id: netnsxl::datapath::features::Id) -> bool {
+    static PROBED: std::sync::OnceLock<netnsxl::datapath::features::Probed> =
+        std::sync::OnceLock::new();
+    PROBED
+        .get_or_init(netnsxl::datapath::features::probe)
+        .has(id)
 }
 
 /// The errno connect() gets from a frontend with no usable backend:
 /// ECONNREFUSED with bpf_set_retval (5.18), EPERM without.
 pub fn refused_errno() -> i32 {
-    if kernel_has(netnsxl::features::Id::SetRetval) {
+    if kernel_has(netnsxl::datapath::features::Id::SetRetval) {
         libc::ECONNREFUSED
     } else {
         eprintln!("kernel lacks bpf_set_retval: expecting EPERM for a frontend with no backend");

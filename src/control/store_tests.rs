@@ -5,10 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use super::*;
-use crate::addr::{BackendSpec, from_map_addr, from_map_port};
 use crate::bpf::LAYOUT_VERSION;
-use crate::maps::fake::{Contents, FakeMaps, Op};
-use crate::service::{FrontendSpec, SvcType};
+use crate::control::service;
+use crate::datapath::maps::fake::{Contents, FakeMaps, Op};
+use crate::model::addr::{BackendSpec, from_map_addr, from_map_port};
+use crate::model::service::{FrontendSpec, SvcType};
 
 const NODE: &str = "192.0.2.10";
 
@@ -535,7 +536,7 @@ fn more_backends_than_sixteen_bit_slots_are_refused_before_any_write() {
     let huge = spec(
         SvcType::Clusterip,
         "198.18.0.1:80",
-        (0..=service::MAX_BACKENDS_PER_SERVICE)
+        (0..=crate::model::service::MAX_BACKENDS_PER_SERVICE)
             .map(|i| BackendSpec {
                 addr: SocketAddr::new(
                     std::net::Ipv4Addr::from(0xc612_0000u32 + i as u32).into(),

@@ -1,7 +1,7 @@
 //! The maps the control plane reads and writes, behind one trait.
 //!
 //! The write engine (src/store.rs) plans and executes against [`Maps`]; the
-//! pinned maps of an attachment ([`crate::state::State`]) implement it with
+//! pinned maps of an attachment ([`crate::datapath::state::State`]) implement it with
 //! BPF syscalls, and [`fake::FakeMaps`] implements it in memory with fixed
 //! capacities and injectable failures, so the engine's plans, write order,
 //! rollback and repair are unit-tested without root or a kernel (as
@@ -123,6 +123,12 @@ pub fn put(maps: &dyn Maps, map: MapId, key: &[u8], val: &[u8]) -> Result<()> {
     })
 }
 
+/// Which id counter of the config to allocate from.
+pub enum IdKind {
+    Service,
+    Backend,
+}
+
 /// The single config element.
 pub fn config(maps: &dyn Maps) -> Result<crate::bpf::types::nxl_config> {
     get(maps, MapId::Config, &0u32.to_ne_bytes())?
@@ -139,7 +145,7 @@ pub fn node_addrs(maps: &dyn Maps) -> Result<Vec<std::net::IpAddr>> {
         .dump(MapId::NodeAddr)?
         .into_iter()
         .filter_map(|(k, _)| <[u8; 16]>::try_from(k.as_slice()).ok())
-        .map(crate::addr::from_map_addr)
+        .map(crate::model::addr::from_map_addr)
         .collect();
     out.sort();
     Ok(out)
@@ -148,11 +154,11 @@ pub fn node_addrs(maps: &dyn Maps) -> Result<Vec<std::net::IpAddr>> {
 /// Allocate `n` consecutive ids from a config counter. The counter is
 /// written before the ids are used, so an interrupted command only leaks
 /// ids; it never hands one out twice.
-pub fn alloc_ids(maps: &dyn Maps, which: crate::state::IdKind, n: u32) -> Result<u32> {
+pub fn alloc_ids(maps: &dyn Maps, which: IdKind, n: u32) -> Result<u32> {
     let mut cfg = config(maps)?;
     let counter = match which {
-        crate::state::IdKind::Service => &mut cfg.next_svc_id,
-        crate::state::IdKind::Backend => &mut cfg.next_backend_id,
+        IdKind::Service => &mut cfg.next_svc_id,
+        IdKind::Backend => &mut cfg.next_backend_id,
     };
     let first = (*counter).max(1);
     let Some(next) = first.checked_add(n) else {

@@ -18,9 +18,9 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Map, Value};
 
-use crate::addr::{BackendSpec, Proto, parse_endpoint};
 use crate::bpf::NAME_LEN;
-use crate::service::{AFFINITY_TIMEOUT_DEFAULT, FrontendSpec, ServiceSpec, SvcType};
+use crate::model::addr::{BackendSpec, Proto, parse_endpoint};
+use crate::model::service::{AFFINITY_TIMEOUT_DEFAULT, FrontendSpec, ServiceSpec, SvcType};
 
 /// A service from a file, with where it came from (for errors).
 #[derive(Clone, Debug)]

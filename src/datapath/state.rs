@@ -9,11 +9,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::bpf::{self, LAYOUT_VERSION, types};
-use crate::maps::{self, MapId, Maps, WriteError};
+use crate::datapath::maps::{self, IdKind, MapId, Maps, WriteError};
 
 /// Names of the pinned maps: the object's own map names.
 pub const MAPS: &[&str] = &[
@@ -250,7 +250,7 @@ impl Maps for State {
     }
 
     fn dump(&self, map: MapId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        crate::store::read_raw(self.handle(map))
+        crate::datapath::state::read_raw(self.handle(map))
     }
 
     fn max_entries(&self, map: MapId) -> u32 {
@@ -258,7 +258,94 @@ impl Maps for State {
     }
 }
 
-pub enum IdKind {
-    Service,
-    Backend,
+/// Elements one batch syscall reads.
+const BATCH: u32 = 8192;
+
+/// Every element of a map, read with BPF_MAP_LOOKUP_BATCH.
+///
+/// Written against the syscall rather than libbpf-rs' batch iterator: for
+/// hash maps the kernel returns whole buckets, so a batch may come back
+/// short before the end, and only ENOENT says the map is done (the iterator
+/// stops at the first short batch and loses the rest).
+pub fn read_map<K: plain::Plain + Default, V: plain::Plain + Default>(
+    map: &MapHandle,
+) -> Result<Vec<(K, V)>> {
+    read_raw(map)?
+        .iter()
+        .map(|(k, v)| Ok((bpf::from_bytes(k)?, bpf::from_bytes(v)?)))
+        .collect()
+}
+
+/// Every element of a map as bytes (see [`read_map`]).
+pub fn read_raw(map: &MapHandle) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let (ks, vs) = (map.key_size() as usize, map.value_size() as usize);
+    let mut out = Vec::new();
+    let mut keys = vec![0u8; ks * BATCH as usize];
+    let mut vals = vec![0u8; vs * BATCH as usize];
+    // The batch cursor is an opaque u32 for hash maps (a bucket index).
+    let mut cursor = [0u8; 8];
+    let mut first = true;
+    let opts = libbpf_rs::libbpf_sys::bpf_map_batch_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_batch_opts>() as _,
+        ..Default::default()
+    };
+    loop {
+        let mut next = [0u8; 8];
+        let mut count = BATCH;
+        // SAFETY: the buffers hold BATCH keys and values of the map's sizes;
+        // the cursors are at least as large as the kernel's batch token.
+        let ret = unsafe {
+            libbpf_rs::libbpf_sys::bpf_map_lookup_batch(
+                map.as_fd().as_raw_fd(),
+                if first {
+                    std::ptr::null_mut()
+                } else {
+                    cursor.as_mut_ptr().cast()
+                },
+                next.as_mut_ptr().cast(),
+                keys.as_mut_ptr().cast(),
+                vals.as_mut_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        let err = (ret < 0).then(std::io::Error::last_os_error);
+        match err.as_ref().and_then(std::io::Error::raw_os_error) {
+            None | Some(libc::ENOENT) => {}
+            Some(libc::EINTR) => continue,
+            Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(libc::EOPNOTSUPP) if first => {
+                return read_map_slow(map);
+            }
+            _ => {
+                return Err(anyhow!(
+                    "read {} in batches: {}",
+                    map.name().to_string_lossy(),
+                    err.expect("an error")
+                ));
+            }
+        }
+        for i in 0..count as usize {
+            out.push((
+                keys[i * ks..(i + 1) * ks].to_vec(),
+                vals[i * vs..(i + 1) * vs].to_vec(),
+            ));
+        }
+        if err.is_some() {
+            return Ok(out);
+        }
+        cursor = next;
+        first = false;
+    }
+}
+
+/// One element at a time, for kernels or maps without batch lookup.
+fn read_map_slow(map: &MapHandle) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for k in map.keys() {
+        if let Some(v) = map.lookup(&k, MapFlags::ANY)? {
+            out.push((k, v));
+        }
+    }
+    Ok(out)
 }

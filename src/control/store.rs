@@ -19,18 +19,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
+use crate::datapath::maps::{self, MapId, Maps, WriteError};
 use anyhow::{Context, Result, anyhow, bail};
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use crate::maps::{self, MapId, Maps, WriteError};
-
-use crate::addr::{BackendSpec, Proto, to_map_addr, to_map_port};
 use crate::bpf::{self, backend_flags, svc_flags, types};
-use crate::service::{self, Frontend, ServiceSpec};
-use crate::stale::Doomed;
-use crate::state::IdKind;
-
-const BATCH: u32 = 8192;
+use crate::datapath::maps::IdKind;
+use crate::model::addr::{BackendSpec, Doomed, Proto, to_map_addr, to_map_port};
+use crate::model::service::{self, Frontend, ServiceSpec};
 
 /// Backends a master entry holds itself (NXL_INLINE).
 pub const INLINE: usize = types::nxl_limits::NXL_INLINE.0 as usize;
@@ -55,95 +50,6 @@ pub fn svc_key(addr: IpAddr, port: u16, proto: Proto, slot: u16) -> types::svc_k
         slot,
         ..Default::default()
     }
-}
-
-/// Every element of a map, read with BPF_MAP_LOOKUP_BATCH.
-///
-/// Written against the syscall rather than libbpf-rs' batch iterator: for
-/// hash maps the kernel returns whole buckets, so a batch may come back
-/// short before the end, and only ENOENT says the map is done (the iterator
-/// stops at the first short batch and loses the rest).
-pub fn read_map<K: plain::Plain + Default, V: plain::Plain + Default>(
-    map: &MapHandle,
-) -> Result<Vec<(K, V)>> {
-    read_raw(map)?
-        .iter()
-        .map(|(k, v)| Ok((bpf::from_bytes(k)?, bpf::from_bytes(v)?)))
-        .collect()
-}
-
-/// Every element of a map as bytes (see [`read_map`]).
-pub fn read_raw(map: &MapHandle) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    use std::os::fd::{AsFd, AsRawFd};
-    let (ks, vs) = (map.key_size() as usize, map.value_size() as usize);
-    let mut out = Vec::new();
-    let mut keys = vec![0u8; ks * BATCH as usize];
-    let mut vals = vec![0u8; vs * BATCH as usize];
-    // The batch cursor is an opaque u32 for hash maps (a bucket index).
-    let mut cursor = [0u8; 8];
-    let mut first = true;
-    let opts = libbpf_rs::libbpf_sys::bpf_map_batch_opts {
-        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_map_batch_opts>() as _,
-        ..Default::default()
-    };
-    loop {
-        let mut next = [0u8; 8];
-        let mut count = BATCH;
-        // SAFETY: the buffers hold BATCH keys and values of the map's sizes;
-        // the cursors are at least as large as the kernel's batch token.
-        let ret = unsafe {
-            libbpf_rs::libbpf_sys::bpf_map_lookup_batch(
-                map.as_fd().as_raw_fd(),
-                if first {
-                    std::ptr::null_mut()
-                } else {
-                    cursor.as_mut_ptr().cast()
-                },
-                next.as_mut_ptr().cast(),
-                keys.as_mut_ptr().cast(),
-                vals.as_mut_ptr().cast(),
-                &mut count,
-                &opts,
-            )
-        };
-        let err = (ret < 0).then(std::io::Error::last_os_error);
-        match err.as_ref().and_then(std::io::Error::raw_os_error) {
-            None | Some(libc::ENOENT) => {}
-            Some(libc::EINTR) => continue,
-            Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(libc::EOPNOTSUPP) if first => {
-                return read_map_slow(map);
-            }
-            _ => {
-                return Err(anyhow!(
-                    "read {} in batches: {}",
-                    map.name().to_string_lossy(),
-                    err.expect("an error")
-                ));
-            }
-        }
-        for i in 0..count as usize {
-            out.push((
-                keys[i * ks..(i + 1) * ks].to_vec(),
-                vals[i * vs..(i + 1) * vs].to_vec(),
-            ));
-        }
-        if err.is_some() {
-            return Ok(out);
-        }
-        cursor = next;
-        first = false;
-    }
-}
-
-/// One element at a time, for kernels or maps without batch lookup.
-fn read_map_slow(map: &MapHandle) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut out = Vec::new();
-    for k in map.keys() {
-        if let Some(v) = map.lookup(&k, MapFlags::ANY)? {
-            out.push((k, v));
-        }
-    }
-    Ok(out)
 }
 
 /// What the maps hold, as far as a command needs to know it: everything
@@ -627,8 +533,8 @@ pub fn plan_write(
 fn doomed(b: &types::backend_value, proto: Proto) -> Doomed {
     Doomed {
         addr: std::net::SocketAddr::new(
-            crate::addr::from_map_addr(b.addr),
-            crate::addr::from_map_port(b.port),
+            crate::model::addr::from_map_addr(b.addr),
+            crate::model::addr::from_map_port(b.port),
         ),
         proto,
     }
@@ -721,13 +627,20 @@ pub fn plan_strays(cur: &mut Current, tx: &mut Tx) -> Result<usize> {
         if k.slot == 0
             && let Some(fv) = final_of(&key_bytes(k), *v)
         {
-            masters.insert((crate::addr::from_map_addr(k.addr), k.port, k.proto), fv);
+            masters.insert(
+                (crate::model::addr::from_map_addr(k.addr), k.port, k.proto),
+                fv,
+            );
         }
     }
     for (k, v, _) in &tx.masters {
         let key: types::svc_key = bpf::from_bytes(k)?;
         masters.insert(
-            (crate::addr::from_map_addr(key.addr), key.port, key.proto),
+            (
+                crate::model::addr::from_map_addr(key.addr),
+                key.port,
+                key.proto,
+            ),
             *v,
         );
     }
@@ -739,7 +652,7 @@ pub fn plan_strays(cur: &mut Current, tx: &mut Tx) -> Result<usize> {
         let stray = if k.slot == 0 {
             !live.contains(&v.svc_id)
         } else {
-            match masters.get(&(crate::addr::from_map_addr(k.addr), k.port, k.proto)) {
+            match masters.get(&(crate::model::addr::from_map_addr(k.addr), k.port, k.proto)) {
                 Some(m) => {
                     m.svc_id != v.svc_id
                         || k.slot > m.count
@@ -776,7 +689,7 @@ pub fn plan_strays(cur: &mut Current, tx: &mut Tx) -> Result<usize> {
     let mut ports = HashSet::new();
     for ((_, port, proto), m) in masters.iter() {
         if live.contains(&m.svc_id) {
-            ports.insert((crate::addr::from_map_port(*port), *proto));
+            ports.insert((crate::model::addr::from_map_port(*port), *proto));
         }
     }
     tx.exact_ports = Some(ports);

@@ -11,11 +11,11 @@ use libbpf_rs::{MapCore, MapFlags};
 use serde::Serialize;
 use tabled::Tabled;
 
-use crate::addr::{Proto, from_map_addr, from_map_port};
 use crate::bpf::{self, types};
+use crate::datapath::state::State;
+use crate::model::addr::{Proto, from_map_addr, from_map_port};
+use crate::model::service::FrontendSpec;
 use crate::output::{self, Format};
-use crate::service::FrontendSpec;
-use crate::state::State;
 use crate::sys;
 
 /// The counters, in NXL_STAT_* order, with the names `stats` prints.
@@ -82,7 +82,7 @@ pub fn read_stats(state: &State) -> Result<Stats> {
         reasons.insert(name.to_string(), v);
     }
     let metas: HashMap<u32, types::svc_meta> =
-        crate::store::read_map::<u32, types::svc_meta>(&state.meta)?
+        crate::datapath::state::read_map::<u32, types::svc_meta>(&state.meta)?
             .into_iter()
             .collect();
     let mut services = Vec::new();
@@ -102,7 +102,7 @@ pub fn read_stats(state: &State) -> Result<Stats> {
         let Some(meta) = metas.get(&id) else {
             continue; // a service deleted meanwhile
         };
-        let spec = crate::service::spec_from(meta, &[])?;
+        let spec = crate::model::service::spec_from(meta, &[])?;
         services.push(SvcCounters {
             svc_id: id,
             name: spec.name.clone(),
@@ -396,7 +396,7 @@ fn print_event(ev: &TraceEvent, format: Format) {
 /// Stream decisions until Ctrl-C (or SIGTERM).
 pub fn trace(state: &State, opts: &TraceOpts) -> Result<()> {
     catch_stop()?;
-    let mut names: HashMap<u64, String> = crate::netns::discover()
+    let mut names: HashMap<u64, String> = crate::sys::netns::discover()
         .into_iter()
         .filter_map(|n| n.names.first().cloned().map(|name| (n.cookie, name)))
         .collect();
@@ -438,7 +438,7 @@ pub fn trace(state: &State, opts: &TraceOpts) -> Result<()> {
             if !names.contains_key(&raw.netns_cookie)
                 && refreshed.elapsed() > Duration::from_secs(1)
             {
-                names = crate::netns::discover()
+                names = crate::sys::netns::discover()
                     .into_iter()
                     .filter_map(|n| n.names.first().cloned().map(|name| (n.cookie, name)))
                     .collect();

@@ -14,11 +14,12 @@ use std::net::IpAddr;
 use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
 
-use crate::addr::Proto;
-use crate::manifest::{self, Entry};
-use crate::service::{self, ServiceSpec};
-use crate::state::{IdKind, State};
-use crate::store::{self, Current, Ids, Tx};
+use crate::control::store::{self, Current, Ids, Tx};
+use crate::datapath::maps::IdKind;
+use crate::datapath::state::State;
+use crate::model::addr::Proto;
+use crate::model::manifest::{self, Entry};
+use crate::model::service::{self, ServiceSpec};
 
 pub struct ApplyOpts {
     pub dry_run: bool,
@@ -349,7 +350,8 @@ pub fn apply_parsed(
     pb.finish_and_clear();
     if let Some(done) = written {
         let done = done?;
-        report.sockets_destroyed = crate::stale::after_change(state, &done, opts.destroy_tcp)?;
+        report.sockets_destroyed =
+            crate::control::stale::after_change(state, &done, opts.destroy_tcp)?;
     }
     Ok(report)
 }

@@ -10,24 +10,14 @@
 //! reverse-translation entry says netnsxl sent it there.
 
 use std::collections::HashSet;
-use std::io::Read;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use libbpf_rs::{Iter, Link, MapCore, MapFlags};
+use libbpf_rs::{MapCore, MapFlags};
 
-use crate::addr::{Proto, to_map_addr, to_map_port};
 use crate::bpf::{self, MAX_DOOMED, types};
-use crate::netns;
-use crate::state::State;
-
-/// A backend that is gone, with the protocol of the service it served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Doomed {
-    pub addr: SocketAddr,
-    pub proto: Proto,
-}
+use crate::datapath::iter::{netns_paths, run_iter};
+use crate::datapath::state::State;
+use crate::model::addr::{Doomed, Proto, to_map_addr, to_map_port};
 
 fn key(d: &Doomed) -> types::doomed_key {
     types::doomed_key {
@@ -38,58 +28,6 @@ fn key(d: &Doomed) -> types::doomed_key {
     }
 }
 
-/// Every netns to walk, each once (by inode).
-fn netns_paths() -> Vec<PathBuf> {
-    let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    let mut push = |p: PathBuf| {
-        if let Ok(m) = std::fs::metadata(&p) {
-            use std::os::unix::fs::MetadataExt;
-            if seen.insert((m.dev(), m.ino())) {
-                out.push(p);
-            }
-        }
-    };
-    push(PathBuf::from("/proc/self/ns/net"));
-    for ns in netns::find() {
-        push(ns.path);
-    }
-    out
-}
-
-/// Read one pinned iterator in the netns at `path`; returns the number of
-/// sockets it destroyed.
-fn run_iter(link_pin: PathBuf, path: PathBuf) -> Result<usize> {
-    let read = move || -> Result<usize> {
-        let link = Link::open(&link_pin)
-            .with_context(|| format!("open the iterator link {}", link_pin.display()))?;
-        let mut it = Iter::new(&link).context("create a socket iterator")?;
-        let mut buf = Vec::new();
-        it.read_to_end(&mut buf)
-            .context("read the socket iterator")?;
-        Ok(buf.len())
-    };
-    if path == std::path::Path::new("/proc/self/ns/net") {
-        read()
-    } else {
-        crate::sys::in_netns(&path, read)
-    }
-}
-
-/// Read the pinned iterator `prog` once in every netns that can be found;
-/// returns the bytes it wrote in all of them.
-pub fn read_everywhere(state: &State, prog: &str) -> Result<usize> {
-    let mut n = 0;
-    for ns in netns_paths() {
-        match run_iter(state.pins.link(prog), ns.clone()) {
-            Ok(k) => n += k,
-            Err(_) if !ns.exists() => {}
-            Err(e) => return Err(e.context(format!("in netns {}", ns.display()))),
-        }
-    }
-    Ok(n)
-}
-
 /// The doomed backends no service uses any more (a backend address another
 /// service still has is alive: its sockets stay).
 pub fn unused(state: &State, doomed: &[Doomed]) -> Result<Vec<Doomed>> {
@@ -97,7 +35,7 @@ pub fn unused(state: &State, doomed: &[Doomed]) -> Result<Vec<Doomed>> {
         return Ok(Vec::new());
     }
     let alive: HashSet<([u8; 16], u16)> =
-        crate::store::read_map::<u32, types::backend_value>(&state.backend)?
+        crate::datapath::state::read_map::<u32, types::backend_value>(&state.backend)?
             .into_iter()
             .map(|(_, b)| (b.addr, b.port))
             .collect();
@@ -121,8 +59,8 @@ pub fn destroy(state: &State, doomed: &[Doomed], tcp: bool) -> Result<usize> {
         return Ok(0);
     }
     let feats = state.config()?.features;
-    if feats & crate::features::bits::RECORDED != 0
-        && feats & crate::features::bits::SOCK_DESTROY == 0
+    if feats & crate::datapath::features::bits::RECORDED != 0
+        && feats & crate::datapath::features::bits::SOCK_DESTROY == 0
     {
         eprintln!(
             "netnsxl: stale sockets were not closed: this kernel lacks bpf_sock_destroy (6.5); sockets connected to {} removed backend(s) stay open until their owners close them",
@@ -152,7 +90,7 @@ pub fn destroy(state: &State, doomed: &[Doomed], tcp: bool) -> Result<usize> {
                 match run_iter(state.pins.link(prog), ns.clone()) {
                     Ok(n) => destroyed += n,
                     // A netns that went away meanwhile has no sockets left.
-                    Err(_) if !ns.exists() => {}
+                    Err(_) if !crate::sys::is_ns_file(ns) => {}
                     Err(e) => {
                         res = Err(e.context(format!("in netns {}", ns.display())));
                         break 'walk;
@@ -170,7 +108,7 @@ pub fn destroy(state: &State, doomed: &[Doomed], tcp: bool) -> Result<usize> {
 
 /// After a change: destroy the sockets of the backends it removed that no
 /// service uses any more.
-pub fn after_change(state: &State, done: &crate::store::Done, tcp: bool) -> Result<usize> {
+pub fn after_change(state: &State, done: &crate::control::store::Done, tcp: bool) -> Result<usize> {
     let wanted: Vec<Doomed> = done
         .doomed
         .iter()

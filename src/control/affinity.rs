@@ -6,10 +6,10 @@ use nix::time::{ClockId, clock_gettime};
 use serde::Serialize;
 use tabled::Tabled;
 
-use crate::addr::{Proto, fmt_endpoint, from_map_addr, from_map_port};
 use crate::bpf::{self, types};
+use crate::datapath::state::State;
+use crate::model::addr::{Proto, fmt_endpoint, from_map_addr, from_map_port};
 use crate::output::{self, Format};
-use crate::state::State;
 
 #[derive(Serialize)]
 pub struct AffinityView {
@@ -50,10 +50,11 @@ fn monotonic_ns() -> Result<u64> {
 /// Every live entry (expired ones are never used again and are left out).
 pub fn read_all(state: &State) -> Result<Vec<AffinityView>> {
     let now = monotonic_ns()?;
-    let known: std::collections::HashMap<u64, crate::netns::NetnsInfo> = crate::netns::discover()
-        .into_iter()
-        .map(|n| (n.cookie, n))
-        .collect();
+    let known: std::collections::HashMap<u64, crate::sys::netns::NetnsInfo> =
+        crate::sys::netns::discover()
+            .into_iter()
+            .map(|n| (n.cookie, n))
+            .collect();
     let mut out = Vec::new();
     for k in state.affinity.keys() {
         let key: types::affinity_key = bpf::from_bytes(&k)?;

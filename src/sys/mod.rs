@@ -10,6 +10,8 @@ use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 use nix::sys::statfs::{BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
 
+pub mod netns;
+
 /// Where the default pin dir's bpffs belongs.
 pub const BPFFS_DEFAULT: &str = "/sys/fs/bpf";
 /// SO_NETNS_COOKIE, from <asm-generic/socket.h> (Linux 5.14+).
@@ -123,6 +125,17 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
         pin_dir.display(),
         parent.display()
     )
+}
+
+/// Whether `p` is a namespace file now (nsfs). A name under /run/netns is
+/// a plain file until `ip netns add` has bind-mounted the namespace on it,
+/// and again after `ip netns del` unmounts it: entering it then fails with
+/// EINVAL, and there is no netns there to look at.
+pub fn is_ns_file(p: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    // The field's integer type differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
 }
 
 pub fn is_bpffs(p: &Path) -> bool {

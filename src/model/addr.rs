@@ -156,6 +156,13 @@ pub fn fmt_endpoint(ip: IpAddr, port: u16) -> String {
     SocketAddr::new(ip, port).to_string()
 }
 
+/// A backend that is gone, with the protocol of the service it served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Doomed {
+    pub addr: SocketAddr,
+    pub proto: Proto,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

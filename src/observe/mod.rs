@@ -1,0 +1,4 @@
+//! Read-only views of an attachment: status, counters, the trace.
+
+pub mod stats;
+pub mod status;
