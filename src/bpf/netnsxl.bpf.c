@@ -13,7 +13,7 @@
  * or the terminating ones when no active one is left; node-local ones for
  * internalTrafficPolicy Local), so the datapath never filters.
  *
- * Update order (control plane, see src/service.rs), so that a connect racing a
+ * Update order (control plane, see src/control/store.rs), so that a connect racing a
  * change sees the old set or the new set and never a half-written entry:
  *   add:     meta, backends, slots past NXL_INLINE, then the master entry
  *            (which holds the first backends) last;

@@ -3,7 +3,7 @@
 //! The file is parsed and checked whole before anything is written. The
 //! services it names are matched to the ones the maps hold by identity (the
 //! primary frontend and protocol); every difference is planned into one
-//! transaction (src/store.rs), so the datapath sees each service switch from
+//! transaction (src/control/store.rs), so the datapath sees each service switch from
 //! its old to its new state at its master entry, and a full map undoes the
 //! whole apply. A second apply of the same file writes nothing. Elements a
 //! killed command left behind are removed on the way.

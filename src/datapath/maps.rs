@@ -1,6 +1,6 @@
 //! The maps the control plane reads and writes, behind one trait.
 //!
-//! The write engine (src/store.rs) plans and executes against [`Maps`]; the
+//! The write engine (src/control/store.rs) plans and executes against [`Maps`]; the
 //! pinned maps of an attachment ([`crate::datapath::state::State`]) implement it with
 //! BPF syscalls, and [`fake::FakeMaps`] implements it in memory with fixed
 //! capacities and injectable failures, so the engine's plans, write order,

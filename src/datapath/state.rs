@@ -45,7 +45,7 @@ pub const CGROUP_PROGS: &[&str] = &[
     "nxl_getpeername6",
 ];
 
-/// Socket iterators that destroy sockets of removed backends (src/stale.rs);
+/// Socket iterators that destroy sockets of removed backends (src/control/stale.rs);
 /// their links are pinned next to the cgroup links.
 pub const ITER_PROGS: &[&str] = &[
     "nxl_destroy_udp",
