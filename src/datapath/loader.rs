@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result, anyhow, bail};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, PrintLevel, ProgramInput};
 
 use crate::bpf::{self, LAYOUT_VERSION, NetnsxlSkelBuilder, types};
@@ -260,29 +260,24 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         .create(pins.links_dir())
         .with_context(|| format!("create {}", pins.links_dir().display()))?;
 
-    let maps = &skel.maps;
-    for (name, map) in [
-        ("svc_map", &maps.svc_map),
-        ("backend_map", &maps.backend_map),
-        ("meta_map", &maps.meta_map),
-        ("affinity_map", &maps.affinity_map),
-        ("revnat_map", &maps.revnat_map),
-        ("node_addr_map", &maps.node_addr_map),
-        ("bypass_map", &maps.bypass_map),
-        ("doomed_map", &maps.doomed_map),
-        ("port_map", &maps.port_map),
-        ("member_map", &maps.member_map),
-        ("stats_map", &maps.stats_map),
-        ("svc_stats_map", &maps.svc_stats_map),
-        ("events_map", &maps.events_map),
-        ("config_map", &maps.config_map),
-    ] {
-        let path = pins.map(name);
+    // Pin every map of the object that the pin layout names (MAPS, one
+    // table); the object's own sections (.rodata, .bss) stay unpinned.
+    let mut pinned = Vec::new();
+    for map in skel.object().maps() {
+        let name = map.name().to_string_lossy().into_owned();
+        if !MAPS.contains(&name.as_str()) {
+            continue;
+        }
+        let path = pins.map(&name);
         // MapImpl::pin needs &mut; pin through a handle on the same map.
-        let mut handle = libbpf_rs::MapHandle::try_from(map).context("map handle")?;
+        let mut handle = libbpf_rs::MapHandle::try_from(&map).context("map handle")?;
         handle
             .pin(&path)
             .with_context(|| format!("pin map {}", path.display()))?;
+        pinned.push(name);
+    }
+    if let Some(missing) = MAPS.iter().find(|m| !pinned.iter().any(|p| p == *m)) {
+        bail!("internal error: the BPF object has no map {missing}");
     }
     let state = State::open_unchecked(pins.clone())?;
 
@@ -310,32 +305,23 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
     write_node_addrs(&state, &node_addrs)?;
 
     let cg = fs::File::open(&cgroup).with_context(|| format!("open {}", cgroup.display()))?;
-    let progs = &skel.progs;
-    for (name, prog) in [
-        ("nxl_connect4", &progs.nxl_connect4),
-        ("nxl_sendmsg4", &progs.nxl_sendmsg4),
-        ("nxl_recvmsg4", &progs.nxl_recvmsg4),
-        ("nxl_getpeername4", &progs.nxl_getpeername4),
-        ("nxl_connect6", &progs.nxl_connect6),
-        ("nxl_sendmsg6", &progs.nxl_sendmsg6),
-        ("nxl_recvmsg6", &progs.nxl_recvmsg6),
-        ("nxl_getpeername6", &progs.nxl_getpeername6),
-    ] {
-        let mut link: Link = prog
+    // Programs by name (CGROUP_PROGS and ITER_PROGS are the one table).
+    let prog = |name: &str| {
+        skel.object()
+            .progs_mut()
+            .find(|p| p.name() == name)
+            .with_context(|| format!("internal error: the BPF object has no program {name}"))
+    };
+    for name in CGROUP_PROGS {
+        let mut link: Link = prog(name)?
             .attach_cgroup(cg.as_raw_fd())
             .with_context(|| format!("attach {name} to {}", cgroup.display()))?;
         let path = pins.link(name);
         link.pin(&path)
             .with_context(|| format!("pin link {}", path.display()))?;
     }
-
-    for (name, prog) in [
-        ("nxl_destroy_udp", &progs.nxl_destroy_udp),
-        ("nxl_destroy_tcp", &progs.nxl_destroy_tcp),
-        ("nxl_count_udp", &progs.nxl_count_udp),
-        ("nxl_count_tcp", &progs.nxl_count_tcp),
-    ] {
-        let mut link: Link = prog
+    for name in ITER_PROGS {
+        let mut link: Link = prog(name)?
             .attach()
             .with_context(|| format!("create the socket iterator {name}"))?;
         let path = pins.link(name);

@@ -25,11 +25,13 @@ pub enum MapId {
     Affinity,
     NodeAddr,
     SvcStats,
+    Bypass,
+    Doomed,
     Config,
 }
 
 impl MapId {
-    pub const ALL: [MapId; 9] = [
+    pub const ALL: [MapId; 11] = [
         MapId::Svc,
         MapId::Backend,
         MapId::Meta,
@@ -38,6 +40,8 @@ impl MapId {
         MapId::Affinity,
         MapId::NodeAddr,
         MapId::SvcStats,
+        MapId::Bypass,
+        MapId::Doomed,
         MapId::Config,
     ];
 
@@ -52,6 +56,8 @@ impl MapId {
             MapId::Affinity => "affinity_map",
             MapId::NodeAddr => "node_addr_map",
             MapId::SvcStats => "svc_stats_map",
+            MapId::Bypass => "bypass_map",
+            MapId::Doomed => "doomed_map",
             MapId::Config => "config_map",
         }
     }

@@ -141,20 +141,20 @@ impl State {
     /// Open the maps without checking the config (for detach and re-attach).
     pub fn open_unchecked(pins: Pins) -> Result<State> {
         Ok(State {
-            svc: open_map(&pins, "svc_map")?,
-            backend: open_map(&pins, "backend_map")?,
-            meta: open_map(&pins, "meta_map")?,
-            affinity: open_map(&pins, "affinity_map")?,
+            svc: open_map(&pins, MapId::Svc.name())?,
+            backend: open_map(&pins, MapId::Backend.name())?,
+            meta: open_map(&pins, MapId::Meta.name())?,
+            affinity: open_map(&pins, MapId::Affinity.name())?,
             revnat: open_map(&pins, "revnat_map")?,
-            node_addr: open_map(&pins, "node_addr_map")?,
-            bypass: open_map(&pins, "bypass_map")?,
-            doomed: open_map(&pins, "doomed_map")?,
-            ports: open_map(&pins, "port_map")?,
-            member: open_map(&pins, "member_map")?,
+            node_addr: open_map(&pins, MapId::NodeAddr.name())?,
+            bypass: open_map(&pins, MapId::Bypass.name())?,
+            doomed: open_map(&pins, MapId::Doomed.name())?,
+            ports: open_map(&pins, MapId::Ports.name())?,
+            member: open_map(&pins, MapId::Member.name())?,
             stats: open_map(&pins, "stats_map")?,
-            svc_stats: open_map(&pins, "svc_stats_map")?,
+            svc_stats: open_map(&pins, MapId::SvcStats.name())?,
             events: open_map(&pins, "events_map")?,
-            config: open_map(&pins, "config_map")?,
+            config: open_map(&pins, MapId::Config.name())?,
             pins,
         })
     }
@@ -184,7 +184,8 @@ impl State {
         maps::alloc_ids(self, which, n)
     }
 
-    fn handle(&self, map: MapId) -> &MapHandle {
+    /// The pinned map behind `map`.
+    pub fn handle(&self, map: MapId) -> &MapHandle {
         match map {
             MapId::Svc => &self.svc,
             MapId::Backend => &self.backend,
@@ -194,6 +195,8 @@ impl State {
             MapId::Affinity => &self.affinity,
             MapId::NodeAddr => &self.node_addr,
             MapId::SvcStats => &self.svc_stats,
+            MapId::Bypass => &self.bypass,
+            MapId::Doomed => &self.doomed,
             MapId::Config => &self.config,
         }
     }
@@ -348,4 +351,17 @@ fn read_map_slow(map: &MapHandle) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAPS, MapId};
+
+    /// MapId names are the pinned maps' names (one table: MAPS).
+    #[test]
+    fn every_map_id_names_a_pinned_map() {
+        for m in MapId::ALL {
+            assert!(MAPS.contains(&m.name()), "{m:?} is not in MAPS");
+        }
+    }
 }

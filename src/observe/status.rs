@@ -10,6 +10,7 @@ use tabled::Tabled;
 
 use crate::bpf;
 use crate::datapath::features::{self, Feature};
+use crate::datapath::maps::MapId;
 use crate::datapath::state::{CGROUP_PROGS, ITER_PROGS, State};
 use crate::output::{self, Format};
 use crate::sys;
@@ -133,18 +134,19 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
     }
 
     let mut maps = Vec::new();
-    for (name, map) in [
-        ("svc_map", &state.svc),
-        ("backend_map", &state.backend),
-        ("member_map", &state.member),
-        ("meta_map", &state.meta),
-        ("affinity_map", &state.affinity),
-        ("node_addr_map", &state.node_addr),
-        ("bypass_map", &state.bypass),
-        ("doomed_map", &state.doomed),
+    for id in [
+        MapId::Svc,
+        MapId::Backend,
+        MapId::Member,
+        MapId::Meta,
+        MapId::Affinity,
+        MapId::NodeAddr,
+        MapId::Bypass,
+        MapId::Doomed,
     ] {
+        let map = state.handle(id);
         maps.push(MapStatus {
-            name: name.to_string(),
+            name: id.name().to_string(),
             used: map.keys().count(),
             capacity: Some(map.max_entries()),
         });
