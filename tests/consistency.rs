@@ -27,72 +27,30 @@ fn be_name(i: usize) -> String {
     format!("be-{}", i + 1)
 }
 
-struct Lab {
-    node: Netns,
-    pods: Vec<Netns>,
-    cg: Cgroup,
-    pins: PinDir,
-    _servers: Vec<Server>,
-}
-
-impl Lab {
-    fn new(attach_extra: &[&str]) -> Lab {
-        let node = Netns::new();
-        let mut pods = Vec::new();
-        for (i, (n, p)) in [
-            ("198.51.100.1/28", "198.51.100.2/28"),
-            ("198.51.100.17/28", "198.51.100.18/28"),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let pod = Netns::new();
-            veth(&node, n, &pod, p);
-            let gw = if i == 0 {
-                "198.51.100.1"
-            } else {
-                "198.51.100.17"
-            };
-            pod.ip(&["route", "add", "default", "via", gw]);
-            pods.push(pod);
-        }
-        let mut servers = Vec::new();
-        for i in 0..BACKENDS {
-            node.add_lo_addr(&format!("203.0.113.{}/32", i + 1));
-            for proto in ["tcp", "udp"] {
-                servers.push(Server::start(Some(&node), proto, &be_addr(i), &be_name(i)));
-            }
-        }
-        let (cg, pins) = (Cgroup::new(), PinDir::new());
-        let lab = Lab {
-            node,
-            pods,
-            cg,
-            pins,
-            _servers: servers,
-        };
-        let host = lab.node.path();
-        let mut args = vec!["--host-netns", host.to_str().unwrap()];
-        args.extend_from_slice(attach_extra);
-        lab.cli().attach(&lab.cg, &args);
-        lab
-    }
-
-    fn cli(&self) -> Cli<'_> {
-        Cli { pins: &self.pins }
-    }
-
-    fn pod(&self, i: usize) -> From<'_> {
-        From::pod(&self.cg, &self.pods[i])
-    }
-
-    fn list(&self) -> Vec<Value> {
-        self.cli()
-            .json(&["svc", "list"])
-            .as_array()
-            .unwrap()
-            .clone()
-    }
+/// Six backends on the node (TCP and UDP), two pods, attached with
+/// `attach_extra`: the common lab.
+fn lab(attach_extra: &[&str]) -> Lab {
+    Lab::build()
+        .pods(2)
+        .backends(
+            (0..BACKENDS)
+                .map(|i| Backend {
+                    ip: [
+                        "203.0.113.1",
+                        "203.0.113.2",
+                        "203.0.113.3",
+                        "203.0.113.4",
+                        "203.0.113.5",
+                        "203.0.113.6",
+                    ][i],
+                    name: be_name(i),
+                })
+                .collect(),
+            &["tcp", "udp"],
+            8080,
+        )
+        .attach_args(attach_extra)
+        .up()
 }
 
 fn backend_args(set: &[usize]) -> Vec<String> {
@@ -128,7 +86,7 @@ impl Lcg {
 #[ignore = "needs root (make test runs it)"]
 fn churn_never_fails_and_never_reaches_a_removed_backend() {
     require_root();
-    let lab = Lab::new(&[]);
+    let lab = lab(&[]);
     let cli = lab.cli();
     const VIP: &str = "198.18.0.1:80";
     let mut active: Vec<usize> = vec![0, 1, 2];
@@ -270,7 +228,7 @@ fn churn_never_fails_and_never_reaches_a_removed_backend() {
 #[ignore = "needs root (make test runs it)"]
 fn parallel_svc_adds_all_land() {
     require_root();
-    let lab = Lab::new(&[]);
+    let lab = lab(&[]);
     let handles: Vec<_> = (0..10)
         .map(|i| {
             let mut cmd = lab.cli().cmd(&[
@@ -454,7 +412,7 @@ fn check_list_is_truthful(lab: &Lab) -> (usize, bool) {
 #[ignore = "needs root (make test runs it)"]
 fn killed_apply_is_reported_truthfully_and_a_rerun_converges() {
     require_root();
-    let lab = Lab::new(&[]);
+    let lab = lab(&[]);
     let dir = tempdir();
     let (a, b) = (dir.join("a.json"), dir.join("b.json"));
     std::fs::write(&a, big_file(3000, 3, 0)).unwrap();
@@ -528,7 +486,7 @@ fn killed_apply_is_reported_truthfully_and_a_rerun_converges() {
 #[ignore = "needs root (make test runs it)"]
 fn incompatible_layout_is_refused_with_a_migration_hint() {
     require_root();
-    let lab = Lab::new(&[]);
+    let lab = lab(&[]);
     let state = netnsxl::datapath::state::State::open(&lab.pins.path).unwrap();
     let mut cfg = state.config().unwrap();
     let real = cfg.layout_version;
@@ -576,7 +534,7 @@ fn fill(lab: &Lab) -> HashMap<String, String> {
 #[ignore = "needs root (make test runs it)"]
 fn full_maps_name_the_option_and_change_nothing() {
     require_root();
-    let lab = Lab::new(&["--max-services", "3", "--max-backends", "4"]);
+    let lab = lab(&["--max-services", "3", "--max-backends", "4"]);
     let cli = lab.cli();
     cli.ok(&[
         "svc",
@@ -677,7 +635,7 @@ fn full_maps_name_the_option_and_change_nothing() {
 fn pins_are_private_and_non_root_is_refused() {
     require_root();
     use std::os::unix::fs::PermissionsExt;
-    let lab = Lab::new(&[]);
+    let lab = lab(&[]);
     let cli = lab.cli();
     cli.ok(&[
         "svc",
@@ -759,7 +717,7 @@ const STALE_NOT_CLOSED: &str =
 #[ignore = "needs root (make test runs it)"]
 fn udp_socket_to_a_removed_backend_is_destroyed_and_reconnects() {
     require_root();
-    let lab = Lab::new(&[]);
+    let lab = lab(&[]);
     let cli = lab.cli();
     const VIP: &str = "198.18.6.1:53";
     cli.ok(&[
@@ -824,7 +782,7 @@ fn udp_socket_to_a_removed_backend_is_destroyed_and_reconnects() {
 #[ignore = "needs root (make test runs it)"]
 fn tcp_sockets_are_destroyed_only_with_destroy_tcp() {
     require_root();
-    let lab = Lab::new(&[]);
+    let lab = lab(&[]);
     let cli = lab.cli();
     let _keep: Vec<Server> = (1..=2)
         .map(|i| {
@@ -896,7 +854,7 @@ fn tcp_sockets_are_destroyed_only_with_destroy_tcp() {
 #[ignore = "needs root (make test runs it)"]
 fn revnat_map_is_empty_after_a_thousand_udp_sockets_close() {
     require_root();
-    let lab = Lab::new(&[]);
+    let lab = lab(&[]);
     const VIP: &str = "198.18.7.1:53";
     lab.cli().ok(&[
         "svc",
@@ -946,7 +904,7 @@ fn revnat_map_is_empty_after_a_thousand_udp_sockets_close() {
 #[ignore = "needs root (make test runs it)"]
 fn apply_native_file_is_idempotent_and_prunes() {
     require_root();
-    let lab = Lab::new(&[]);
+    let lab = lab(&[]);
     let cli = lab.cli();
     let dir = tempdir();
     let f = dir.join("svcs.yaml");
@@ -1056,7 +1014,7 @@ fn apply_native_file_is_idempotent_and_prunes() {
 #[ignore = "needs root (make test runs it)"]
 fn apply_kubernetes_services_and_endpointslices() {
     require_root();
-    let lab = Lab::new(&[]);
+    let lab = lab(&[]);
     let cli = lab.cli();
     let doc = serde_json::json!({
         "apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""},
@@ -1180,7 +1138,7 @@ fn apply_kubernetes_services_and_endpointslices() {
 #[ignore = "needs root (make test runs it)"]
 fn apply_bad_files_name_the_field_and_change_nothing() {
     require_root();
-    let lab = Lab::new(&[]);
+    let lab = lab(&[]);
     let cli = lab.cli();
     cli.ok(&[
         "svc",

@@ -11,53 +11,17 @@ use std::process::Command;
 
 use common::*;
 
-/// A pod netns and a backend netns joined by a veth; the backend netns has
-/// the backend addresses on its loopback and the pods route to it.
-struct Lab {
-    be: Netns,
-    pods: Vec<Netns>,
-}
-
 const BACKENDS: [&str; 2] = ["198.51.100.200", "198.51.100.201"];
 
-impl Lab {
-    fn new(npods: usize) -> Lab {
-        let be = Netns::new();
-        for b in BACKENDS {
-            be.add_lo_addr(&format!("{b}/32"));
-        }
-        let mut pods = Vec::new();
-        for i in 0..npods {
-            let pod = Netns::new();
-            let base = 16 * i as u32;
-            let be_side = format!("198.51.100.{}", base + 1);
-            veth(
-                &pod,
-                &format!("198.51.100.{}/28", base + 2),
-                &be,
-                &format!("{be_side}/28"),
-            );
-            pod.ip(&["route", "add", "default", "via", &be_side]);
-            pods.push(pod);
-        }
-        Lab { be, pods }
-    }
-
-    /// One server per backend address, answering its own name.
-    fn backends(&self, proto: &str, port: u16) -> Vec<Server> {
-        BACKENDS
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                Server::start(
-                    Some(&self.be),
-                    proto,
-                    &format!("{b}:{port}"),
-                    &format!("backend-{}", i + 1),
-                )
-            })
-            .collect()
-    }
+/// Pods routed through a node netns that has the backend addresses on its
+/// loopback (the common lab, unattached: these tests attach themselves,
+/// with the initial netns as the host).
+fn lab(npods: usize) -> Lab {
+    Lab::build()
+        .pods(npods)
+        .node_addrs(&BACKENDS)
+        .unattached()
+        .up()
 }
 
 #[test]
@@ -67,8 +31,8 @@ fn clusterip_tcp_from_pod_and_from_host_reaches_a_backend() {
     let (cg, pins) = (Cgroup::new(), PinDir::new());
     let cli = Cli { pins: &pins };
     cli.attach(&cg, &[]);
-    let lab = Lab::new(1);
-    let _servers = lab.backends("tcp", 8080);
+    let lab = lab(1);
+    let _servers = lab.serve(&BACKENDS, "tcp", 8080);
 
     cli.ok(&[
         "svc",
@@ -119,8 +83,8 @@ fn sockets_outside_the_cgroup_are_not_translated() {
     let (cg, pins) = (Cgroup::new(), PinDir::new());
     let cli = Cli { pins: &pins };
     cli.attach(&cg, &[]);
-    let lab = Lab::new(1);
-    let _servers = lab.backends("tcp", 8080);
+    let lab = lab(1);
+    let _servers = lab.serve(&BACKENDS, "tcp", 8080);
     // The VIP also exists for real inside the pod: an untranslated connect
     // reaches this server instead of the backend.
     let pod_ns = &lab.pods[0];
@@ -238,8 +202,8 @@ fn affinity_sticks_per_netns_cookie_and_dump_shows_it() {
     let (cg, pins) = (Cgroup::new(), PinDir::new());
     let cli = Cli { pins: &pins };
     cli.attach(&cg, &[]);
-    let lab = Lab::new(2);
-    let _servers = lab.backends("tcp", 8080);
+    let lab = lab(2);
+    let _servers = lab.serve(&BACKENDS, "tcp", 8080);
     let backends = [
         "--backend",
         "198.51.100.200:8080",
@@ -377,8 +341,8 @@ fn udp_replies_and_peer_show_the_frontend() {
     let (cg, pins) = (Cgroup::new(), PinDir::new());
     let cli = Cli { pins: &pins };
     cli.attach(&cg, &[]);
-    let lab = Lab::new(1);
-    let _servers = lab.backends("udp", 5353);
+    let lab = lab(1);
+    let _servers = lab.serve(&BACKENDS, "udp", 5353);
     cli.ok(&[
         "svc",
         "add",

@@ -13,125 +13,94 @@ use std::process::{Command, Stdio};
 use common::*;
 use serde_json::Value;
 
-struct Lab {
-    node: Netns,
-    pod: Netns,
-    cg: Cgroup,
-    pins: PinDir,
-    _servers: Vec<Server>,
+/// Two backends on the node, one pod, attached, with the services the
+/// counters and trace tests drive.
+fn lab() -> Lab {
+    let lab = Lab::build()
+        .backends(
+            (1..=2)
+                .map(|i| Backend {
+                    ip: ["203.0.113.1", "203.0.113.2"][i - 1],
+                    name: format!("be-{i}"),
+                })
+                .collect(),
+            &["tcp"],
+            8080,
+        )
+        .up();
+
+    let cli = lab.cli();
+    cli.ok(&[
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--frontend",
+        "198.18.20.1:80",
+        "--name",
+        "shop/web",
+        "--backend",
+        "203.0.113.1:8080",
+        "--backend",
+        "203.0.113.2:8080",
+    ]);
+    cli.ok(&[
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--frontend",
+        "198.18.20.2:80",
+    ]);
+    cli.ok(&[
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--frontend",
+        "198.18.20.3:80",
+        "--backend",
+        "203.0.113.1:8080",
+        "--session-affinity",
+        "client-ip",
+    ]);
+    // Not a node address: pods only.
+    cli.ok(&[
+        "svc",
+        "add",
+        "--type",
+        "externalip",
+        "--frontend",
+        "203.0.113.50:80",
+        "--backend",
+        "203.0.113.2:8080",
+    ]);
+    lab
 }
 
-impl Lab {
-    fn new() -> Lab {
-        let (node, pod) = (Netns::new(), Netns::new());
-        veth(&node, "198.51.100.1/28", &pod, "198.51.100.2/28");
-        pod.ip(&["route", "add", "default", "via", "198.51.100.1"]);
-        let mut servers = Vec::new();
-        for i in 1..=2 {
-            node.add_lo_addr(&format!("203.0.113.{i}/32"));
-            servers.push(Server::start(
-                Some(&node),
-                "tcp",
-                &format!("203.0.113.{i}:8080"),
-                &format!("be-{i}"),
-            ));
-        }
-        let (cg, pins) = (Cgroup::new(), PinDir::new());
-        let lab = Lab {
-            node,
-            pod,
-            cg,
-            pins,
-            _servers: servers,
-        };
-        let host = lab.node.path();
-        lab.cli()
-            .attach(&lab.cg, &["--host-netns", host.to_str().unwrap()]);
-        let cli = lab.cli();
-        cli.ok(&[
-            "svc",
-            "add",
-            "--type",
-            "clusterip",
-            "--frontend",
-            "198.18.20.1:80",
-            "--name",
-            "shop/web",
-            "--backend",
-            "203.0.113.1:8080",
-            "--backend",
-            "203.0.113.2:8080",
-        ]);
-        cli.ok(&[
-            "svc",
-            "add",
-            "--type",
-            "clusterip",
-            "--frontend",
-            "198.18.20.2:80",
-        ]);
-        cli.ok(&[
-            "svc",
-            "add",
-            "--type",
-            "clusterip",
-            "--frontend",
-            "198.18.20.3:80",
-            "--backend",
-            "203.0.113.1:8080",
-            "--session-affinity",
-            "client-ip",
-        ]);
-        // Not a node address: pods only.
-        cli.ok(&[
-            "svc",
-            "add",
-            "--type",
-            "externalip",
-            "--frontend",
-            "203.0.113.50:80",
-            "--backend",
-            "203.0.113.2:8080",
-        ]);
-        lab
+/// The known sequence: 5 translated (each with a getpeername), 3
+/// refused, 4 with affinity (1 miss, 3 hits), 1 ExternalIP from the host.
+fn traffic(lab: &Lab) {
+    for a in probe(lab.pod(0), "tcp", false, "198.18.20.1:80", 5) {
+        assert!(a.ok, "{a:?}");
     }
-
-    fn cli(&self) -> Cli<'_> {
-        Cli { pins: &self.pins }
+    for a in probe(lab.pod(0), "tcp", false, "198.18.20.2:80", 3) {
+        assert_eq!(a.errno, Some(refused_errno()), "{a:?}");
     }
-
-    fn pod(&self) -> From<'_> {
-        From::pod(&self.cg, &self.pod)
+    for a in probe(lab.pod(0), "tcp", false, "198.18.20.3:80", 4) {
+        assert!(a.ok, "{a:?}");
     }
-
-    fn host(&self) -> From<'_> {
-        From::pod(&self.cg, &self.node)
-    }
-
-    /// The known sequence: 5 translated (each with a getpeername), 3
-    /// refused, 4 with affinity (1 miss, 3 hits), 1 ExternalIP from the host.
-    fn traffic(&self) {
-        for a in probe(self.pod(), "tcp", false, "198.18.20.1:80", 5) {
-            assert!(a.ok, "{a:?}");
-        }
-        for a in probe(self.pod(), "tcp", false, "198.18.20.2:80", 3) {
-            assert_eq!(a.errno, Some(refused_errno()), "{a:?}");
-        }
-        for a in probe(self.pod(), "tcp", false, "198.18.20.3:80", 4) {
-            assert!(a.ok, "{a:?}");
-        }
-        // From the host netns the ExternalIP is left alone; nothing answers
-        // there (the node has no route to it), which is the point.
-        let a = probe(self.host(), "tcp", false, "203.0.113.50:80", 1).remove(0);
-        assert!(!a.ok, "{a:?}");
-    }
+    // From the host netns the ExternalIP is left alone; nothing answers
+    // there (the node has no route to it), which is the point.
+    let a = probe(lab.host(), "tcp", false, "203.0.113.50:80", 1).remove(0);
+    assert!(!a.ok, "{a:?}");
 }
 
 #[test]
 #[ignore = "needs root (make test runs it)"]
 fn stats_count_exactly_what_happened() {
     require_root();
-    let lab = Lab::new();
+    let lab = lab();
     let zero = lab.cli().json(&["stats"]);
     assert!(
         zero["reasons"]
@@ -141,7 +110,7 @@ fn stats_count_exactly_what_happened() {
             .all(|v| v == 0),
         "{zero}"
     );
-    lab.traffic();
+    traffic(&lab);
     let st = lab.cli().json(&["stats"]);
     let r = &st["reasons"];
     assert_eq!(r["translated"], 9, "5 + 4: {st}");
@@ -179,10 +148,10 @@ fn stats_count_exactly_what_happened() {
     assert_eq!(svc("198.18.20.3:80")["translated"], 4);
 
     // A bypassed netns is counted as such.
-    lab.cli().ok(&["netns", "bypass", "add", &lab.pod.name]);
-    let a = probe(lab.pod(), "tcp", false, "198.18.20.1:80", 1).remove(0);
+    lab.cli().ok(&["netns", "bypass", "add", &lab.pods[0].name]);
+    let a = probe(lab.pod(0), "tcp", false, "198.18.20.1:80", 1).remove(0);
     assert!(!a.ok, "untranslated VIP from the pod goes nowhere: {a:?}");
-    lab.cli().ok(&["netns", "bypass", "del", &lab.pod.name]);
+    lab.cli().ok(&["netns", "bypass", "del", &lab.pods[0].name]);
     assert_eq!(lab.cli().json(&["stats"])["reasons"]["bypassed"], 1);
 
     // The table names every counter.
@@ -262,9 +231,9 @@ fn tracers(lab: &Lab) -> u32 {
 #[ignore = "needs root (make test runs it)"]
 fn trace_shows_the_decisions_of_a_known_sequence() {
     require_root();
-    let lab = Lab::new();
+    let lab = lab();
     assert_eq!(tracers(&lab), 0);
-    let events = trace_during(&lab, &[], || lab.traffic());
+    let events = trace_during(&lab, &[], || traffic(&lab));
     assert_eq!(tracers(&lab), 0, "the tracer took itself off");
     let of = |verdict: &str, hook: &str| -> Vec<&Value> {
         events
@@ -284,7 +253,7 @@ fn trace_shows_the_decisions_of_a_known_sequence() {
             ["203.0.113.1:8080", "203.0.113.2:8080"].contains(&e["translated"].as_str().unwrap()),
             "{e}"
         );
-        assert_eq!(e["netns"], lab.pod.name.as_str());
+        assert_eq!(e["netns"], lab.pods[0].name.as_str());
         assert_eq!(e["comm"], "netnsxl-probe");
         assert_eq!(e["proto"], "tcp");
         assert!(e["pid"].as_u64().unwrap() > 0);
@@ -305,10 +274,10 @@ fn trace_shows_the_decisions_of_a_known_sequence() {
     assert_eq!(events.len(), 9 + 3 + 1 + 9, "nothing else: {events:#?}");
 
     // Filters: one frontend, one netns.
-    let only = trace_during(&lab, &["--frontend", "198.18.20.2:80"], || lab.traffic());
+    let only = trace_during(&lab, &["--frontend", "198.18.20.2:80"], || traffic(&lab));
     assert_eq!(only.len(), 3, "{only:#?}");
     assert!(only.iter().all(|e| e["verdict"] == "refused"));
-    let host = trace_during(&lab, &["--netns", &lab.node.name], || lab.traffic());
+    let host = trace_during(&lab, &["--netns", &lab.node.name], || traffic(&lab));
     assert_eq!(host.len(), 1, "{host:#?}");
     assert_eq!(host[0]["verdict"], "host_skipped");
 }
@@ -437,7 +406,7 @@ fn errors_say_what_failed_and_the_fix() {
 #[ignore = "needs root (make test runs it)"]
 fn status_shows_health_features_and_warnings() {
     require_root();
-    let lab = Lab::new();
+    let lab = lab();
     let st = lab.cli().json(&["status"]);
     assert_eq!(st["bpffs_mount"], netnsxl::sys::BPFFS_DEFAULT, "{st}");
     assert_eq!(
@@ -598,7 +567,7 @@ fn stream() -> Vec<String> {
 }
 
 fn replies(lab: &Lab, target: &str, n: u32) -> std::collections::BTreeSet<String> {
-    probe(lab.pod(), "tcp", false, target, n)
+    probe(lab.pod(0), "tcp", false, target, n)
         .into_iter()
         .map(|a| {
             a.reply
@@ -613,7 +582,7 @@ fn apply_watch_keeps_the_maps_in_step_with_a_kubernetes_stream() {
     require_root();
     use std::collections::BTreeSet;
     use std::io::Write;
-    let lab = Lab::new();
+    let lab = lab();
     let before: Vec<Value> = lab.cli().json(&["svc", "list"]).as_array().unwrap().clone();
     let mut watcher = Reaped(
         lab.cli()
@@ -798,7 +767,7 @@ fn apply_shows_progress_only_on_a_terminal() {
 #[ignore = "needs root (make test runs it)"]
 fn apply_watch_handles_loadbalancer_externalip_and_udp_shapes() {
     require_root();
-    let lab = Lab::new();
+    let lab = lab();
     let svc = |ingress: &str| {
         serde_json::json!({
             "apiVersion": "v1", "kind": "Service",

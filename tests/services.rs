@@ -16,65 +16,37 @@ const BE6: [&str; 2] = ["2001:db8:b::200", "2001:db8:b::201"];
 const NODE4: &str = "198.51.100.1";
 const NODE6: &str = "2001:db8:1::1";
 
-struct NodeLab {
-    node: Netns,
-    pod: Netns,
-    cg: Cgroup,
-    pins: PinDir,
-    _servers: Vec<Server>,
+/// The node (with IPv4 and IPv6 backends, TCP and UDP on 8080) and one pod
+/// reaching it over IPv4 and IPv6: the common lab plus `svc add` helpers.
+struct NodeLab(Lab);
+
+impl std::ops::Deref for NodeLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        &self.0
+    }
 }
 
 impl NodeLab {
     fn new() -> NodeLab {
-        let (node, pod) = (Netns::new(), Netns::new());
-        let (node_if, pod_if) = veth(&node, "198.51.100.1/28", &pod, "198.51.100.2/28");
-        node.add_addr("2001:db8:1::1/64", &node_if);
-        pod.add_addr("2001:db8:1::2/64", &pod_if);
-        pod.ip(&["route", "add", "default", "via", NODE4]);
-        pod.ip(&["-6", "route", "add", "default", "via", NODE6]);
-        for b in BE4 {
-            node.add_lo_addr(&format!("{b}/32"));
-        }
-        for b in BE6 {
-            node.add_lo_addr(&format!("{b}/128"));
-        }
-        let mut servers = Vec::new();
-        for (i, b) in BE4.iter().enumerate() {
-            for proto in ["tcp", "udp"] {
-                servers.push(Server::start(
-                    Some(&node),
-                    proto,
-                    &format!("{b}:8080"),
-                    &format!("backend-{}", i + 1),
-                ));
-            }
-        }
-        for (i, b) in BE6.iter().enumerate() {
-            for proto in ["tcp", "udp"] {
-                servers.push(Server::start(
-                    Some(&node),
-                    proto,
-                    &format!("[{b}]:8080"),
-                    &format!("backend6-{}", i + 1),
-                ));
-            }
-        }
-        let (cg, pins) = (Cgroup::new(), PinDir::new());
-        let lab = NodeLab {
-            node,
-            pod,
-            cg,
-            pins,
-            _servers: servers,
-        };
-        let host = lab.node.path();
-        lab.cli()
-            .attach(&lab.cg, &["--host-netns", host.to_str().unwrap()]);
-        lab
-    }
-
-    fn cli(&self) -> Cli<'_> {
-        Cli { pins: &self.pins }
+        let backends = BE4
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| Backend {
+                ip,
+                name: format!("backend-{}", i + 1),
+            })
+            .chain(BE6.iter().enumerate().map(|(i, ip)| Backend {
+                ip,
+                name: format!("backend6-{}", i + 1),
+            }))
+            .collect();
+        NodeLab(
+            Lab::build()
+                .ipv6()
+                .backends(backends, &["tcp", "udp"], 8080)
+                .up(),
+        )
     }
 
     fn svc(&self, args: &[&str]) {
@@ -84,11 +56,11 @@ impl NodeLab {
     }
 
     fn pod_client(&self) -> From<'_> {
-        From::pod(&self.cg, &self.pod)
+        self.pod(0)
     }
 
     fn host_client(&self) -> From<'_> {
-        From::pod(&self.cg, &self.node)
+        self.host()
     }
 }
 
@@ -136,7 +108,7 @@ fn nodeport_on_node_addresses_and_on_loopback_only_from_the_host() {
     );
 
     // In a pod, loopback is the pod's own: a listener there answers.
-    let _own = Server::start(Some(&lab.pod), "tcp", "127.0.0.1:30080", "pod-loopback");
+    let _own = Server::start(Some(&lab.pods[0]), "tcp", "127.0.0.1:30080", "pod-loopback");
     assert_eq!(
         reply_of(lab.pod_client(), "tcp", "127.0.0.1:30080"),
         "pod-loopback"
@@ -515,8 +487,8 @@ fn no_usable_backend_refuses_at_once() {
 fn bypassed_netns_is_not_translated_until_bypass_del() {
     require_root();
     let lab = NodeLab::new();
-    lab.pod.add_lo_addr("203.0.113.85/32");
-    let _decoy = Server::start(Some(&lab.pod), "tcp", "203.0.113.85:80", "untranslated");
+    lab.pods[0].add_lo_addr("203.0.113.85/32");
+    let _decoy = Server::start(Some(&lab.pods[0]), "tcp", "203.0.113.85:80", "untranslated");
     lab.svc(&[
         "--type",
         "clusterip",
@@ -530,7 +502,7 @@ fn bypassed_netns_is_not_translated_until_bypass_del() {
         "backend-1"
     );
 
-    lab.cli().ok(&["netns", "bypass", "add", &lab.pod.name]);
+    lab.cli().ok(&["netns", "bypass", "add", &lab.pods[0].name]);
     assert_eq!(
         reply_of(lab.pod_client(), "tcp", "203.0.113.85:80"),
         "untranslated"
@@ -544,11 +516,11 @@ fn bypassed_netns_is_not_translated_until_bypass_del() {
             .cloned()
             .unwrap()
     };
-    assert_eq!(find(&lab.pod.name)["bypassed"], true, "{list}");
+    assert_eq!(find(&lab.pods[0].name)["bypassed"], true, "{list}");
     assert_eq!(find(&lab.node.name)["host"], true, "{list}");
     assert_eq!(find(&lab.node.name)["bypassed"], false);
 
-    lab.cli().ok(&["netns", "bypass", "del", &lab.pod.name]);
+    lab.cli().ok(&["netns", "bypass", "del", &lab.pods[0].name]);
     assert_eq!(
         reply_of(lab.pod_client(), "tcp", "203.0.113.85:80"),
         "backend-1"
@@ -587,7 +559,7 @@ fn affinity_flush_by_frontend_and_netns() {
         2
     );
     lab.cli()
-        .ok(&["affinity", "flush", "--netns", &lab.pod.name]);
+        .ok(&["affinity", "flush", "--netns", &lab.pods[0].name]);
     let dump = lab.cli().json(&["affinity", "dump"]);
     assert_eq!(dump.as_array().unwrap().len(), 1);
     assert_eq!(dump[0]["netns"], lab.node.name.as_str());

@@ -535,3 +535,202 @@ impl Cli<'_> {
         self.ok(&args)
     }
 }
+
+/// One backend a lab serves: an address on the node's loopback and the
+/// name its servers answer with.
+pub struct Backend {
+    pub ip: &'static str,
+    pub name: String,
+}
+
+/// The shared topology of the integration tests, built step by step:
+///
+/// - a node netns (it stands for the host: `attach --host-netns` points at
+///   it, and backends live on its loopback);
+/// - `pods` pod netns, pod i joined to the node by a veth in
+///   198.51.100.16i/28 (node .16i+1, pod .16i+2; with `ipv6`, also
+///   2001:db8:i+1::/64, node ::1, pod ::2), routed through the node;
+/// - servers for each backend, protocol and port;
+/// - a cgroup and a pin dir of its own, attached unless told not to.
+pub struct LabBuilder {
+    pods: usize,
+    ipv6: bool,
+    backends: Vec<Backend>,
+    protos: Vec<&'static str>,
+    port: u16,
+    attach: bool,
+    host_netns: bool,
+    attach_extra: Vec<String>,
+}
+
+pub struct Lab {
+    pub node: Netns,
+    pub pods: Vec<Netns>,
+    pub cg: Cgroup,
+    pub pins: PinDir,
+    pub servers: Vec<Server>,
+}
+
+impl Lab {
+    pub fn build() -> LabBuilder {
+        LabBuilder {
+            pods: 1,
+            ipv6: false,
+            backends: Vec::new(),
+            protos: vec!["tcp"],
+            port: 8080,
+            attach: true,
+            host_netns: true,
+            attach_extra: Vec::new(),
+        }
+    }
+
+    pub fn cli(&self) -> Cli<'_> {
+        Cli { pins: &self.pins }
+    }
+
+    /// A client in pod i (and in the lab's cgroup).
+    pub fn pod(&self, i: usize) -> From<'_> {
+        From::pod(&self.cg, &self.pods[i])
+    }
+
+    /// `svc list -o json`, as an array.
+    pub fn list(&self) -> Vec<Value> {
+        self.cli()
+            .json(&["svc", "list"])
+            .as_array()
+            .expect("svc list prints an array")
+            .clone()
+    }
+
+    /// A client in the node netns (the host, for netnsxl).
+    pub fn host(&self) -> From<'_> {
+        From::pod(&self.cg, &self.node)
+    }
+
+    /// Servers on the node for `addrs`, answering `backend-1`, `backend-2`...
+    pub fn serve(&self, addrs: &[&str], proto: &str, port: u16) -> Vec<Server> {
+        addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let listen = if a.contains(':') {
+                    format!("[{a}]:{port}")
+                } else {
+                    format!("{a}:{port}")
+                };
+                Server::start(
+                    Some(&self.node),
+                    proto,
+                    &listen,
+                    &format!("backend-{}", i + 1),
+                )
+            })
+            .collect()
+    }
+}
+
+impl LabBuilder {
+    pub fn pods(mut self, n: usize) -> Self {
+        self.pods = n;
+        self
+    }
+
+    pub fn ipv6(mut self) -> Self {
+        self.ipv6 = true;
+        self
+    }
+
+    /// Backends on the node's loopback, served with `protos` on `port`.
+    pub fn backends(mut self, backends: Vec<Backend>, protos: &[&'static str], port: u16) -> Self {
+        self.backends = backends;
+        self.protos = protos.to_vec();
+        self.port = port;
+        self
+    }
+
+    /// Addresses on the node's loopback with no server (tests start their
+    /// own with `Lab::serve`).
+    pub fn node_addrs(mut self, ips: &[&'static str]) -> Self {
+        self.backends = ips
+            .iter()
+            .map(|ip| Backend {
+                ip,
+                name: String::new(),
+            })
+            .collect();
+        self.protos = Vec::new();
+        self
+    }
+
+    /// Leave attaching to the test.
+    pub fn unattached(mut self) -> Self {
+        self.attach = false;
+        self
+    }
+
+    /// Attach without --host-netns: the initial netns is the host.
+    pub fn initial_netns_is_host(mut self) -> Self {
+        self.host_netns = false;
+        self
+    }
+
+    pub fn attach_args(mut self, extra: &[&str]) -> Self {
+        self.attach_extra = extra.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    pub fn up(self) -> Lab {
+        let node = Netns::new();
+        let mut pods = Vec::new();
+        for i in 0..self.pods {
+            let pod = Netns::new();
+            let base = 16 * i as u32;
+            let gw = format!("198.51.100.{}", base + 1);
+            let (node_if, pod_if) = veth(
+                &node,
+                &format!("{gw}/28"),
+                &pod,
+                &format!("198.51.100.{}/28", base + 2),
+            );
+            pod.ip(&["route", "add", "default", "via", &gw]);
+            if self.ipv6 {
+                let net = format!("2001:db8:{}", i + 1);
+                node.add_addr(&format!("{net}::1/64"), &node_if);
+                pod.add_addr(&format!("{net}::2/64"), &pod_if);
+                pod.ip(&["-6", "route", "add", "default", "via", &format!("{net}::1")]);
+            }
+            pods.push(pod);
+        }
+        let mut servers = Vec::new();
+        for b in &self.backends {
+            let v6 = b.ip.contains(':');
+            node.add_lo_addr(&format!("{}/{}", b.ip, if v6 { 128 } else { 32 }));
+            for proto in &self.protos {
+                let listen = if v6 {
+                    format!("[{}]:{}", b.ip, self.port)
+                } else {
+                    format!("{}:{}", b.ip, self.port)
+                };
+                servers.push(Server::start(Some(&node), proto, &listen, &b.name));
+            }
+        }
+        let lab = Lab {
+            node,
+            pods,
+            cg: Cgroup::new(),
+            pins: PinDir::new(),
+            servers,
+        };
+        if self.attach {
+            let host = lab.node.path();
+            let mut args: Vec<&str> = Vec::new();
+            if self.host_netns {
+                args.extend(["--host-netns", host.to_str().unwrap()]);
+            }
+            args.extend(self.attach_extra.iter().map(String::as_str));
+            lab.cli().attach(&lab.cg, &args);
+        }
+        lab
+    }
+}
