@@ -4,7 +4,7 @@ DEBS := clang libelf-dev pkg-config zlib1g-dev bpftool iproute2
 CARGO ?= cargo
 ARCH := $(shell uname -m)
 
-.PHONY: all build deps test test-kernels demo bench lint vmlinux fuzz clean
+.PHONY: all build deps test test-kernels demo bench lint licenses vmlinux fuzz clean
 
 all: build
 
@@ -46,9 +46,13 @@ bench: build
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; }; fi
 	./target/release/netnsxl-bench --out bench $(BENCH_ARGS)
 
-lint:
+# Formatting, clippy (warnings are errors) and the licence of every crate.
+lint: licenses
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+
+licenses:
+	./tools/check-licenses
 
 # Fuzz the frontend/backend and apply-file parsers for FUZZ_SECS seconds
 # each (cargo-fuzz; the stable toolchain runs it with RUSTC_BOOTSTRAP=1).

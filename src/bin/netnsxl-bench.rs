@@ -33,7 +33,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -264,22 +264,12 @@ fn client(a: ClientArgs) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// Guards: everything the benchmark creates goes away on drop.
+// Guards: everything the benchmark creates goes away on drop. Netns, veth,
+// cgroups and processes are the integration tests' own guards (one file).
 
-fn sh(prog: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(prog)
-        .args(args)
-        .output()
-        .with_context(|| format!("run {prog}"))?;
-    if !out.status.success() {
-        bail!(
-            "{prog} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+#[path = "../../tests/common/guards.rs"]
+mod guards;
+use guards::{Cgroup, Netns, Reaped, sh, try_veth};
 
 /// Run `prog args` inside a netns with `stdin` as its input; returns the
 /// wall time.
@@ -297,74 +287,6 @@ fn in_ns_with_input(ns: &str, prog: &str, args: &[&str], input: &Path) -> Result
         );
     }
     Ok(t.elapsed())
-}
-
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Result<Netns> {
-        sh("ip", &["netns", "add", &name])?;
-        let ns = Netns(name);
-        ns.ip(&["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-    fn ip(&self, args: &[&str]) -> Result<()> {
-        let mut full = vec!["-n", self.0.as_str()];
-        full.extend_from_slice(args);
-        sh("ip", &full).map(|_| ())
-    }
-    fn exec(&self, args: &[&str]) -> Result<String> {
-        let mut full = vec!["netns", "exec", self.0.as_str()];
-        full.extend_from_slice(args);
-        sh("ip", &full)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-/// A veth pair between two namespaces: (netns, interface name, address) per end.
-fn veth(a: (&Netns, &str, &str), b: (&Netns, &str, &str)) -> Result<()> {
-    sh(
-        "ip",
-        &[
-            "link", "add", a.1, "netns", &a.0.0, "type", "veth", "peer", "name", b.1, "netns",
-            &b.0.0,
-        ],
-    )?;
-    for (ns, ifname, cidr) in [a, b] {
-        ns.ip(&["addr", "add", cidr, "dev", ifname])?;
-        ns.ip(&["link", "set", ifname, "up"])?;
-    }
-    Ok(())
-}
-
-struct Cgroup(PathBuf);
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        for _ in 0..100 {
-            if fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = self.0.wait();
-    }
 }
 
 /// Detaches and removes the pin dir.
@@ -431,7 +353,7 @@ struct Lab {
     /// clients run there, so every client is in a fresh cgroup of its own
     /// kind and only the attached programs differ.
     plain_cg: Cgroup,
-    _servers: Vec<Proc>,
+    _servers: Vec<Reaped>,
 }
 
 const PLAIN: usize = 0;
@@ -441,28 +363,22 @@ const NFT: usize = 2;
 impl Lab {
     fn new(probe: &Path) -> Result<Lab> {
         let tag = format!("nxb{}", std::process::id() % 100_000);
-        let backend = Netns::new(format!("{tag}-be"))?;
+        let backend = Netns::try_create(&format!("{tag}-be-"))?;
         for b in BACKENDS {
-            backend.ip(&["addr", "add", &format!("{b}/32"), "dev", "lo"])?;
+            backend.try_add_addr(&format!("{b}/32"), "lo")?;
         }
         let mut pairs = Vec::new();
         for (k, name) in ["plain", "ipt", "nft"].iter().enumerate() {
-            let pod = Netns::new(format!("{tag}-pod-{name}"))?;
-            let node = Netns::new(format!("{tag}-node-{name}"))?;
+            let pod = Netns::try_create(&format!("{tag}-pod-{name}-"))?;
+            let node = Netns::try_create(&format!("{tag}-node-{name}-"))?;
             let base = 16 * k as u8;
-            veth(
-                (
-                    &pod,
-                    &format!("{tag}p{k}"),
-                    &format!("198.51.100.{}/28", base + 2),
-                ),
-                (
-                    &node,
-                    &format!("{tag}n{k}"),
-                    &format!("198.51.100.{}/28", base + 1),
-                ),
+            try_veth(
+                &pod,
+                &format!("198.51.100.{}/28", base + 2),
+                &node,
+                &format!("198.51.100.{}/28", base + 1),
             )?;
-            pod.ip(&[
+            pod.try_ip(&[
                 "route",
                 "add",
                 "default",
@@ -470,26 +386,20 @@ impl Lab {
                 &format!("198.51.100.{}", base + 1),
             ])?;
             let lbase = 48 + 16 * k as u8;
-            veth(
-                (
-                    &node,
-                    &format!("{tag}b{k}"),
-                    &format!("198.51.100.{}/28", lbase + 1),
-                ),
-                (
-                    &backend,
-                    &format!("{tag}x{k}"),
-                    &format!("198.51.100.{}/28", lbase + 2),
-                ),
+            try_veth(
+                &node,
+                &format!("198.51.100.{}/28", lbase + 1),
+                &backend,
+                &format!("198.51.100.{}/28", lbase + 2),
             )?;
-            node.ip(&[
+            node.try_ip(&[
                 "route",
                 "add",
                 "203.0.113.0/24",
                 "via",
                 &format!("198.51.100.{}", lbase + 2),
             ])?;
-            backend.ip(&[
+            backend.try_ip(&[
                 "route",
                 "add",
                 &format!("198.51.100.{base}/28"),
@@ -499,11 +409,8 @@ impl Lab {
             node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
             pairs.push((pod, node));
         }
-        let root = netnsxl::sys::cgroup2_mount()?;
-        let cg = Cgroup(root.join(format!("{tag}-bench")));
-        fs::create_dir(&cg.0).with_context(|| format!("create {}", cg.0.display()))?;
-        let plain_cg = Cgroup(root.join(format!("{tag}-plain")));
-        fs::create_dir(&plain_cg.0).with_context(|| format!("create {}", plain_cg.0.display()))?;
+        let cg = Cgroup::try_create(&format!("{tag}-bench-"))?;
+        let plain_cg = Cgroup::try_create(&format!("{tag}-plain-"))?;
 
         let mut servers = Vec::new();
         let mut start = |args: Vec<String>| -> Result<()> {
@@ -518,13 +425,13 @@ impl Lab {
             if !String::from_utf8_lossy(&line[..n]).starts_with("ready") {
                 bail!("backend server {args:?} did not start");
             }
-            servers.push(Proc(child));
+            servers.push(Reaped(child));
             Ok(())
         };
         start(vec![
             "serve".into(),
             "--netns".into(),
-            backend.0.clone(),
+            backend.name.clone(),
             "--proto".into(),
             "tcp".into(),
             "--listen".into(),
@@ -536,7 +443,7 @@ impl Lab {
             start(vec![
                 "serve".into(),
                 "--netns".into(),
-                backend.0.clone(),
+                backend.name.clone(),
                 "--proto".into(),
                 "udp".into(),
                 "--listen".into(),
@@ -881,11 +788,11 @@ fn run_size(
     let _ = att.ok(&["detach"]);
     let maxs = (args.sizes.iter().max().copied().unwrap_or(1) * 2 + 1100).to_string();
     let maxb = (args.sizes.iter().max().copied().unwrap_or(1) * 6 + 3300).to_string();
-    let host = format!("/run/netns/{}", lab.pairs[PLAIN].1.0);
+    let host = format!("/run/netns/{}", lab.pairs[PLAIN].1.name);
     att.ok(&[
         "attach",
         "--cgroup",
-        lab.cg.0.to_str().unwrap(),
+        lab.cg.path.to_str().unwrap(),
         "--host-netns",
         &host,
         "--max-services",
@@ -961,7 +868,7 @@ fn run_size(
     if n <= args.max_iptables {
         let f = dir.join(format!("iptables-{n}.rules"));
         fs::write(&f, iptables_rules(n))?;
-        let d = in_ns_with_input(&lab.pairs[IPT].1.0, "iptables-restore", &[], &f)?;
+        let d = in_ns_with_input(&lab.pairs[IPT].1.name, "iptables-restore", &[], &f)?;
         r.iptables_s = Some(d.as_secs_f64());
         eprintln!("   iptables-restore: {:.3} s", d.as_secs_f64());
     }
@@ -969,7 +876,7 @@ fn run_size(
         let _ = lab.pairs[NFT].1.exec(&["nft", "flush", "ruleset"]);
         let f = dir.join(format!("nft-{n}.nft"));
         fs::write(&f, nft_rules(n))?;
-        let d = in_ns_with_input(&lab.pairs[NFT].1.0, "nft", &["-f", "-"], &f)?;
+        let d = in_ns_with_input(&lab.pairs[NFT].1.name, "nft", &["-f", "-"], &f)?;
         r.nft_s = Some(d.as_secs_f64());
         eprintln!("   nft -f: {:.3} s", d.as_secs_f64());
     }
@@ -987,7 +894,7 @@ fn run_size(
         systems.push(System::Nftables);
     }
     let _stats = BpfStats::enable()?;
-    let plain = &lab.pairs[PLAIN].0.0;
+    let plain = &lab.pairs[PLAIN].0.name;
     let direct_targets = backend_list(BE_PORT);
     let v80 = format!("vips:{n}:80");
     let v83 = format!("vips:{n}:83");
@@ -1009,12 +916,22 @@ fn run_size(
                 System::NetnsxlMiss => {
                     run.block(plain, true, "tcp", &direct_targets, args.connects, seed)?
                 }
-                System::Iptables => {
-                    run.block(&lab.pairs[IPT].0.0, false, "tcp", &v80, args.connects, seed)?
-                }
-                System::Nftables => {
-                    run.block(&lab.pairs[NFT].0.0, false, "tcp", &v80, args.connects, seed)?
-                }
+                System::Iptables => run.block(
+                    &lab.pairs[IPT].0.name,
+                    false,
+                    "tcp",
+                    &v80,
+                    args.connects,
+                    seed,
+                )?,
+                System::Nftables => run.block(
+                    &lab.pairs[NFT].0.name,
+                    false,
+                    "tcp",
+                    &v80,
+                    args.connects,
+                    seed,
+                )?,
             };
             let after = prog_stats(att)?;
             let hook = |name: &'static str, prog: &str, r: &mut SizeResult| {
@@ -1452,8 +1369,8 @@ fn run(args: RunArgs) -> Result<()> {
     netnsxl::sys::ensure_bpffs(&att.pins)?;
     let runner = Runner {
         bench: std::env::current_exe()?,
-        lab_cg: lab.cg.0.clone(),
-        plain_cg: lab.plain_cg.0.clone(),
+        lab_cg: lab.cg.path.clone(),
+        plain_cg: lab.plain_cg.path.clone(),
     };
     // Sanity: every system reaches a backend before anything is measured.
     let env = environment();

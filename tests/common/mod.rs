@@ -8,31 +8,18 @@
 
 #![allow(dead_code)]
 
+mod guards;
+pub use guards::*;
+
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
 pub const NETNSXL: &str = env!("CARGO_BIN_EXE_netnsxl");
 pub const PROBE: &str = env!("CARGO_BIN_EXE_netnsxl-probe");
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A name no other test or run uses: prefix, pid, counter.
-pub fn unique(prefix: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    format!("{prefix}{}-{n}", std::process::id())
-}
-
-/// A short unique interface name (IFNAMSIZ is 16).
-fn unique_ifname() -> String {
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    format!("nx{}{n}", std::process::id() % 100_000)
-}
 
 /// Integration tests load BPF and create namespaces: they are marked
 /// `#[ignore = "needs root ..."]` so a plain `cargo test` lists them as
@@ -77,50 +64,6 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-fn ip(args: &[&str]) {
-    run_ok(Command::new("ip").args(args));
-}
-
-/// A child cgroup of the cgroup2 root, removed on drop.
-pub struct Cgroup {
-    pub path: PathBuf,
-}
-
-impl Cgroup {
-    pub fn new() -> Cgroup {
-        let root = netnsxl::sys::cgroup2_mount().expect("cgroup2 is mounted");
-        let path = root.join(unique("netnsxl-test-"));
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-        Cgroup { path }
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        // Probes exit by themselves; move any straggler to the parent first.
-        let parent = self.path.parent().unwrap().join("cgroup.procs");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Ok(procs) = fs::read_to_string(self.path.join("cgroup.procs")) {
-                for pid in procs.split_whitespace() {
-                    let _ = fs::write(&parent, pid);
-                }
-            }
-            match fs::remove_dir(&self.path) {
-                Ok(()) => return,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => {
-                    eprintln!("could not remove {}: {e}", self.path.display());
-                    return;
-                }
-            }
-        }
-    }
-}
-
 /// A pin dir of its own under bpffs; detached and removed on drop.
 pub struct PinDir {
     pub path: PathBuf,
@@ -147,28 +90,6 @@ impl Drop for PinDir {
         if self.path.exists() {
             let _ = fs::remove_dir_all(&self.path);
         }
-    }
-}
-
-/// A directory of the test's own under the temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-pub fn tempdir() -> TempDir {
-    let p = std::env::temp_dir().join(unique("netnsxl-test-"));
-    fs::create_dir(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
-    TempDir(p)
-}
-
-impl std::ops::Deref for TempDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -200,93 +121,6 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = nix::mount::umount2(&*self.0, nix::mount::MntFlags::MNT_DETACH);
     }
-}
-
-/// A child process killed by pid on drop (also when the test fails).
-pub struct Reaped(pub Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        // A child already waited for has no pid any more (it may be reused).
-        if !matches!(self.0.try_wait(), Ok(None)) {
-            return;
-        }
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = self.0.wait();
-    }
-}
-
-/// A named network namespace, deleted on drop (with its veth ends).
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    pub fn new() -> Netns {
-        let name = unique("nxl-");
-        // The first `ip netns add` on a machine makes /run/netns a mount
-        // point; two at once can race on that, so they take turns.
-        static CREATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let guard = CREATE.lock().unwrap_or_else(|e| e.into_inner());
-        ip(&["netns", "add", &name]);
-        drop(guard);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        Netns { name }
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-
-    pub fn ip(&self, args: &[&str]) {
-        let mut full = vec!["-n", self.name.as_str()];
-        full.extend_from_slice(args);
-        ip(&full);
-    }
-
-    /// Put an address on this netns' loopback (a /32 or /128).
-    pub fn add_lo_addr(&self, cidr: &str) {
-        self.add_addr(cidr, "lo");
-    }
-
-    /// Add an address; IPv6 ones skip duplicate address detection so they
-    /// are usable at once.
-    pub fn add_addr(&self, cidr: &str, dev: &str) {
-        let mut args = vec!["addr", "add", cidr, "dev", dev];
-        if cidr.contains(':') {
-            args.push("nodad");
-        }
-        self.ip(&args);
-    }
-
-    pub fn route(&self, dst: &str, via: &str) {
-        self.ip(&["route", "add", dst, "via", via]);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-/// A veth pair between two namespaces, with an address (CIDR) on each end.
-/// It goes away with either namespace. Returns the two interface names.
-pub fn veth(a: &Netns, a_cidr: &str, b: &Netns, b_cidr: &str) -> (String, String) {
-    let (ea, eb) = (unique_ifname(), unique_ifname());
-    ip(&[
-        "link", "add", &ea, "netns", &a.name, "type", "veth", "peer", "name", &eb, "netns", &b.name,
-    ]);
-    a.add_addr(a_cidr, &ea);
-    b.add_addr(b_cidr, &eb);
-    a.ip(&["link", "set", &ea, "up"]);
-    b.ip(&["link", "set", &eb, "up"]);
-    (ea, eb)
 }
 
 /// A netnsxl-probe server, killed by pid on drop (Reaped).
