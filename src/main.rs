@@ -611,8 +611,10 @@ fn apply_cmd(pin_dir: &Path, mut a: ApplyArgs) -> Result<()> {
 /// Open the state for a command that changes it, holding the state lock.
 fn open_for_change(pin_dir: &Path) -> Result<(State, sys::StateLock)> {
     sys::require_privileges()?;
-    let state = State::open(pin_dir)?;
+    // Lock first: a detach that held it has then finished, and the state
+    // opened after is the one the lock covers.
     let lock = sys::StateLock::take(pin_dir)?;
+    let state = State::open(pin_dir)?;
     Ok((state, lock))
 }
 

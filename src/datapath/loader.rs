@@ -93,21 +93,25 @@ struct PinCleanup<'a> {
 impl Drop for PinCleanup<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let _ = remove_pins(self.pins);
+            let _ = remove_pins(self.pins, true);
         }
     }
 }
 
-/// Detach and unpin the links first, then the maps, then the dirs.
-fn remove_pins(pins: &Pins) -> Result<()> {
+/// Detach and unpin the links first, then the maps, then the dirs (the pin
+/// dir itself too with `root`).
+fn remove_pins(pins: &Pins, root: bool) -> Result<()> {
     for prog in CGROUP_PROGS.iter().chain(ITER_PROGS) {
         let p = pins.link(prog);
-        if p.exists() {
+        if let Ok(meta) = p.symlink_metadata() {
             // The last reference to a link is released asynchronously after
             // its pin goes; BPF_LINK_DETACH detaches the program right now,
             // so the command returns only when nothing is attached.
             // (Iterator links are attached to nothing: unpinning is enough.)
+            // A link in place of a pin is removed, never followed: it could
+            // name another attachment's link.
             if CGROUP_PROGS.contains(prog)
+                && !meta.file_type().is_symlink()
                 && let Ok(link) = Link::open(&p)
             {
                 link.detach()
@@ -118,12 +122,12 @@ fn remove_pins(pins: &Pins) -> Result<()> {
     }
     for map in MAPS {
         let p = pins.map(map);
-        if p.exists() {
+        if p.symlink_metadata().is_ok() {
             fs::remove_file(&p).with_context(|| format!("remove map pin {}", p.display()))?;
         }
     }
     for d in [pins.links_dir(), pins.maps_dir(), pins.root.clone()] {
-        if d.exists() {
+        if d.exists() && (root || d != pins.root) {
             fs::remove_dir(&d).with_context(|| {
                 format!(
                     "remove {}: it holds files netnsxl did not create",
@@ -144,10 +148,19 @@ fn same_netns_as_init() -> bool {
 /// Attach, or report that this cgroup is attached already.
 pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
     sys::require_privileges()?;
+    let pin_dir = &sys::pindir::normalize(pin_dir)?;
     sys::ensure_bpffs(pin_dir)?;
     let (cgroup, cgroup_id) = sys::check_cgroup2_dir(&opts.cgroup)?;
-    let _lock = sys::StateLock::take(pin_dir)?;
+    let existed = pin_dir.exists();
+    let (pin_dir, dir) = sys::pindir::checked(pin_dir, sys::pindir::Missing::Create)?;
+    let pin_dir = pin_dir.as_path();
+    let _lock = sys::StateLock::on(dir, pin_dir)?;
     let pins = Pins::new(pin_dir);
+    // A pin dir this attach created goes again if the attach fails.
+    let mut cleanup = PinCleanup {
+        pins: &pins,
+        armed: !existed,
+    };
 
     if pins.exists() {
         let state = State::open_unchecked(pins.clone())?;
@@ -159,6 +172,7 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
                     cgroup.display(),
                     pin_dir.display()
                 );
+                cleanup.armed = false;
                 return Ok(());
             }
             bail!(
@@ -175,9 +189,10 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
                 LAYOUT_VERSION
             );
         }
-        // An interrupted attach: nothing was ever usable; start again.
+        // An interrupted attach: nothing was ever usable; start again
+        // (in the same, locked, pin dir).
         drop(state);
-        remove_pins(&pins)?;
+        remove_pins(&pins, false)?;
     }
 
     // Refuse a kernel below the floor with the missing feature's name, before
@@ -246,10 +261,7 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
     let (init_cookie, cookie_from_bpf) = probe_init_cookie(&skel, probed.has(Id::InitCookieTc))?;
     let host_cookie = host_cookie.unwrap_or(init_cookie);
 
-    let mut cleanup = PinCleanup {
-        pins: &pins,
-        armed: true,
-    };
+    cleanup.armed = true;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -420,12 +432,12 @@ pub fn write_node_addrs(state: &State, addrs: &[IpAddr]) -> Result<()> {
 
 pub fn detach(pin_dir: &Path) -> Result<()> {
     sys::require_privileges()?;
-    let _lock = sys::StateLock::take(pin_dir)?;
+    // Checked (and never created) before anything is removed.
+    let (pin_dir, dir) = sys::pindir::checked(pin_dir, sys::pindir::Missing::Refuse)?;
+    let pin_dir = pin_dir.as_path();
+    let _lock = sys::StateLock::on(dir, pin_dir)?;
     let pins = Pins::new(pin_dir);
-    if !pin_dir.exists() {
-        bail!("not attached: {} does not exist", pin_dir.display());
-    }
-    remove_pins(&pins)?;
+    remove_pins(&pins, true)?;
     println!("detached; removed {}", pin_dir.display());
     Ok(())
 }

@@ -14,6 +14,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::bpf::{self, LAYOUT_VERSION, types};
 use crate::datapath::maps::{self, IdKind, MapId, Maps, WriteError};
+use crate::sys::pindir;
 
 /// Names of the pinned maps: the object's own map names.
 pub const MAPS: &[&str] = &[
@@ -53,6 +54,9 @@ pub const ITER_PROGS: &[&str] = &[
     "nxl_count_udp",
     "nxl_count_tcp",
 ];
+
+/// How to move services from a pin dir of another layout.
+const MIGRATE: &str = "to migrate, dump it with the netnsxl that wrote it (svc list -o json > services.json), then netnsxl detach, netnsxl attach --cgroup PATH and netnsxl apply -f services.json with this one";
 
 #[derive(Clone, Debug)]
 pub struct Pins {
@@ -112,6 +116,8 @@ impl State {
     /// incomplete, or written by another layout version.
     pub fn open(pin_dir: &Path) -> Result<State> {
         crate::sys::require_privileges()?;
+        let (pin_dir, _dir) = pindir::checked(pin_dir, pindir::Missing::Refuse)?;
+        let pin_dir = pin_dir.as_path();
         let pins = Pins::new(pin_dir);
         if !pins.exists() {
             bail!(
@@ -119,11 +125,26 @@ impl State {
                 pin_dir.display()
             );
         }
+        // Every pin this layout has, each this user's and private; a map
+        // missing altogether is another layout (or a damaged pin dir).
+        for dir in [pins.maps_dir(), pins.links_dir()] {
+            pindir::check_pin(&dir)?;
+        }
+        for name in MAPS {
+            let p = pins.map(name);
+            if !p.exists() {
+                bail!(
+                    "{} has no map {name}: it was written by another netnsxl layout or damaged; {MIGRATE}",
+                    pin_dir.display()
+                );
+            }
+            pindir::check_pin(&p)?;
+        }
         let state = Self::open_unchecked(pins)?;
         let cfg = state.config()?;
         if cfg.layout_version != LAYOUT_VERSION {
             bail!(
-                "the state in {} has layout version {}, this netnsxl uses {}; to migrate, dump it with the netnsxl that wrote it (svc list -o json > services.json), then netnsxl detach, netnsxl attach --cgroup PATH and netnsxl apply -f services.json with this one",
+                "the state in {} has layout version {}, this netnsxl uses {}; {MIGRATE}",
                 pin_dir.display(),
                 cfg.layout_version,
                 LAYOUT_VERSION

@@ -1,8 +1,8 @@
 //! The machine: mounts, cgroups, network namespaces, privileges.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -11,6 +11,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 use nix::sys::statfs::{BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
 
 pub mod netns;
+pub mod pindir;
 
 /// Where the default pin dir's bpffs belongs.
 pub const BPFFS_DEFAULT: &str = "/sys/fs/bpf";
@@ -99,7 +100,7 @@ pub fn check_cgroup2_dir(path: &Path) -> Result<(PathBuf, u64)> {
 /// /sys/fs/bpf when the pin dir is under it and nothing is mounted there.
 pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     let parent = pin_dir.parent().unwrap_or(Path::new("/"));
-    if is_bpffs(parent) {
+    if is_bpffs(parent) || pindir::bpffs_mount_of(pin_dir).is_some() {
         return Ok(());
     }
     let default = Path::new(BPFFS_DEFAULT);
@@ -230,31 +231,25 @@ pub fn interface_addrs() -> Result<Vec<std::net::IpAddr>> {
 }
 
 /// An exclusive lock that serializes state-changing commands on one pin dir.
-/// Held until dropped; the kernel drops it if the process dies.
+/// It is taken on the pin dir itself (flock on its descriptor), so every
+/// spelling of the path takes the same lock and no lock file is left
+/// anywhere. Held until dropped; the kernel drops it if the process dies.
 pub struct StateLock {
     _lock: nix::fcntl::Flock<File>,
 }
 
 impl StateLock {
-    pub fn take(pin_dir: &Path) -> Result<StateLock> {
-        let dir = Path::new("/run/netnsxl");
-        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        let name: String = pin_dir
-            .to_string_lossy()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let path = dir.join(format!("{name}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("open lock {}", path.display()))?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| anyhow!("lock {}: {e}", path.display()))?;
+    /// Lock an open pin dir (from `pindir::checked`).
+    pub fn on(dir: std::os::fd::OwnedFd, shown: &Path) -> Result<StateLock> {
+        let lock = nix::fcntl::Flock::lock(File::from(dir), nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| anyhow!("lock {}: {e}", shown.display()))?;
         Ok(StateLock { _lock: lock })
+    }
+
+    /// Check the pin dir of an attachment and lock it.
+    pub fn take(pin_dir: &Path) -> Result<StateLock> {
+        let (path, dir) = pindir::checked(pin_dir, pindir::Missing::Refuse)?;
+        StateLock::on(dir, &path)
     }
 }
 
