@@ -324,3 +324,55 @@ fn a_user_with_bpf_capabilities_is_told_whose_pin_dir_it_is() {
         "{err}"
     );
 }
+
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn a_second_watch_on_one_pin_dir_is_refused_naming_the_first() {
+    require_root();
+    let cg = Cgroup::new();
+    let spot = Spot::new();
+    let p = spot.s();
+    assert!(
+        netnsxl(p, &["attach", "--cgroup", cg.path.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let watch = |pin: &str| {
+        Command::new(NETNSXL)
+            .args(["--pin-dir", pin])
+            .args(["apply", "-f", "-", "--watch", "--node-name", "node-a"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = Reaped(watch(p));
+    // The first holds the watch lock once it has started reading.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        let second = watch(&format!("{p}/")).wait_with_output().unwrap();
+        let err = stderr(&second);
+        if err.contains("another netnsxl apply --watch") {
+            assert!(!second.status.success());
+            break err;
+        }
+        assert!(Instant::now() < deadline, "the second watch ran: {err}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        err.contains(&format!(
+            "(pid {}; stop it with kill {})",
+            first.0.id(),
+            first.0.id()
+        )),
+        "{err}"
+    );
+    // Once the first ends, a watch may start again.
+    drop(first.0.stdin.take());
+    assert!(first.0.wait().unwrap().success());
+    let mut again = watch(p);
+    drop(again.stdin.take());
+    let out = again.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}

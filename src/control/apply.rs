@@ -384,6 +384,9 @@ pub fn watch(
 ) -> Result<usize> {
     use serde_json::Value;
     use std::sync::mpsc::RecvTimeoutError;
+    // One watcher per pin dir: a second one would prune what the first
+    // wrote.
+    let _watching = crate::sys::pindir::WatchLock::take(&state.pins.root)?;
     let mut objects: BTreeMap<(String, String, String), Value> = BTreeMap::new();
     let mut owned: HashSet<Identity> = HashSet::new();
     let mut failed = 0;

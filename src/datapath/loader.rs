@@ -126,7 +126,12 @@ fn remove_pins(pins: &Pins, root: bool) -> Result<()> {
             fs::remove_file(&p).with_context(|| format!("remove map pin {}", p.display()))?;
         }
     }
-    for d in [pins.links_dir(), pins.maps_dir(), pins.root.clone()] {
+    for d in [
+        pins.links_dir(),
+        pins.maps_dir(),
+        pins.root.join(sys::pindir::WATCH_DIR),
+        pins.root.clone(),
+    ] {
         if d.exists() && (root || d != pins.root) {
             fs::remove_dir(&d).with_context(|| {
                 format!(

@@ -229,6 +229,58 @@ pub fn check_pin(p: &Path) -> Result<()> {
     check_private(p, &m)
 }
 
+/// The pid holding a flock on the file `(dev, ino)`, from /proc/locks
+/// ("1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF").
+fn flock_holder(dev: u64, ino: u64) -> Option<u32> {
+    let want = format!(
+        "{:02x}:{:02x}:{ino}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    std::fs::read_to_string("/proc/locks")
+        .ok()?
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && f[1] == "FLOCK" && f[5] == want)
+        .and_then(|f| f[4].parse().ok())
+}
+
+/// Held by the one `apply --watch` of a pin dir: a flock on `PIN/watch`.
+pub struct WatchLock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl WatchLock {
+    /// Take it, or say which process holds it.
+    pub fn take(pin_dir: &Path) -> Result<WatchLock> {
+        let dir = pin_dir.join(WATCH_DIR);
+        match nix::unistd::mkdir(&dir, Mode::S_IRWXU) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(anyhow!("create {}: {e}", dir.display())),
+        }
+        check_pin(&dir)?;
+        let fd = open_dir(&dir).with_context(|| format!("open {}", dir.display()))?;
+        let file = File::from(fd);
+        let meta = file.metadata()?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(WatchLock { _lock: lock }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let who = flock_holder(meta.dev(), meta.ino())
+                    .map(|p| format!(" (pid {p}; stop it with kill {p})"))
+                    .unwrap_or_default();
+                bail!(
+                    "another netnsxl apply --watch{who} keeps {} in step already; two would delete each other's services: stop it first, or watch into another pin dir",
+                    pin_dir.display()
+                )
+            }
+            Err((_, e)) => Err(anyhow!("lock {}: {e}", dir.display())),
+        }
+    }
+}
+
+/// The directory under the pin dir that the watch loop locks.
+pub const WATCH_DIR: &str = "watch";
+
 #[cfg(test)]
 mod tests {
     use super::*;
