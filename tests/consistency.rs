@@ -1202,3 +1202,126 @@ fn apply_bad_files_name_the_field_and_change_nothing() {
     let (_, err) = cli.fails(&["apply", "-f", "/nonexistent/x.yaml"]);
     assert!(err.contains("/nonexistent/x.yaml"), "{err}");
 }
+
+/// `svc add --replace`, `svc add` and `svc del` SIGKILLed at each of their
+/// bpf() syscalls in turn (strace's fault injection), each followed by the
+/// same command run normally: the result is always the clean one, with no
+/// warning from svc list and traffic to the right backends.
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn commands_killed_at_every_bpf_call_are_finished_by_the_next_one() {
+    require_root();
+    let lab = lab(&[]);
+    let cli = lab.cli();
+    const VIP: &str = "198.18.8.1:80";
+    let add = |set: &[usize], replace: bool| -> Vec<String> {
+        let mut a: Vec<String> = ["svc", "add", "--type", "clusterip", "--frontend", VIP]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if replace {
+            a.push("--replace".into());
+        }
+        a.extend(backend_args(set));
+        a
+    };
+    let del: Vec<String> = ["svc", "del", "--frontend", VIP]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    // Run `args` under strace, killed at its `k`th bpf() call; whether the
+    // kill happened (false: the command made fewer calls and finished).
+    let killed_at = |args: &[String], k: usize| -> bool {
+        let out = Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=bpf", "-e"])
+            .arg(format!("inject=bpf:signal=SIGKILL:when={k}"))
+            .args(["--", NETNSXL, "--pin-dir"])
+            .arg(&lab.pins.path)
+            .args(args)
+            .output()
+            .expect("run strace");
+        assert!(k < 1000, "still killed at bpf call {k}: {out:?}");
+        // Killed: strace dies of the same signal as its tracee.
+        use std::os::unix::process::ExitStatusExt;
+        match (out.status.code(), out.status.signal()) {
+            (Some(0), _) => false,
+            (_, Some(9)) | (Some(137), _) => true,
+            _ => panic!("strace or netnsxl failed otherwise at {k}: {out:?}"),
+        }
+    };
+    let clean_list = |want: &[usize]| {
+        let out = cli.cmd(&["svc", "list", "-o", "json"]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.is_empty(), "svc list warned: {err}");
+        let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        if want.is_empty() {
+            assert!(list.is_empty(), "{list:?}");
+            return;
+        }
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!(list[0]["state"], "ok", "{list:?}");
+        let mut got: Vec<String> = list[0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["addr"].as_str().unwrap().to_string())
+            .collect();
+        got.sort();
+        let mut exp: Vec<String> = want.iter().map(|i| be_addr(*i)).collect();
+        exp.sort();
+        assert_eq!(got, exp);
+    };
+
+    let (old, new) = ([0usize, 1, 2, 3, 4], [2usize, 3, 4, 5]);
+    let mut kills = 0;
+    for k in 1.. {
+        // From the old set, a replace killed at call k, then run again.
+        cli.ok(&add(&old, true)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>());
+        let replace = add(&new, true);
+        if !killed_at(&replace, k) {
+            break;
+        }
+        kills += 1;
+        cli.ok(&replace.iter().map(String::as_str).collect::<Vec<_>>());
+        clean_list(&new);
+        let r = reply_of(lab.pod(0), "tcp", VIP);
+        assert!(new.iter().any(|i| be_name(*i) == r), "{r}");
+    }
+    assert!(kills > 5, "the replace was killed {kills} times");
+    eprintln!("replace killed at each of its {kills} bpf calls");
+    // An add killed at call k, then the same add; a del killed at call k,
+    // then the same del.
+    for k in 1.. {
+        let _ = cli.cmd(&["svc", "del", "--frontend", VIP]).output();
+        let first = add(&old, false);
+        if !killed_at(&first, k) {
+            break;
+        }
+        let out = cli
+            .cmd(&first.iter().map(String::as_str).collect::<Vec<_>>())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || err.contains("exists already"),
+            "add after a kill at {k}: {err}"
+        );
+        clean_list(&old);
+    }
+    for k in 1.. {
+        cli.ok(&add(&old, true)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>());
+        if !killed_at(&del, k) {
+            break;
+        }
+        let _ = cli
+            .cmd(&del.iter().map(String::as_str).collect::<Vec<_>>())
+            .output();
+        clean_list(&[]);
+    }
+}

@@ -220,6 +220,11 @@ pub fn apply_parsed(
     opts: &ApplyOpts,
     prune_only: Option<&PruneScope>,
 ) -> Result<Report> {
+    // A command that died mid-change is finished first (apply's own plan
+    // would close the journal over what it leaves alone).
+    if !opts.dry_run {
+        store::repair_if_interrupted(state)?;
+    }
     let mut cur = Current::full(state)?;
     let node_addrs = cur.node_addrs.clone();
     check(&parsed.entries, state, &node_addrs)?;

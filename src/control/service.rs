@@ -19,6 +19,7 @@ use crate::output::{self, Format};
 pub fn add(maps: &dyn Maps, spec: &ServiceSpec, replace: bool) -> Result<store::Done> {
     spec.validate()?;
     check_against_config(spec, &crate::datapath::maps::config(maps)?)?;
+    store::repair_if_interrupted(maps)?;
     let node_addrs = crate::datapath::maps::node_addrs(maps)?;
     let (ip, port, proto) = identity_key(spec, &node_addrs);
     let primary = Frontend { ip, port, flags: 0 };
@@ -57,6 +58,15 @@ pub fn find(maps: &dyn Maps, frontend: &FrontendSpec, proto: Proto) -> Result<Op
 /// Delete a service: its frontends' master entries first, so no new
 /// connection finds it, then slots, backends, affinity and metadata.
 pub fn del(maps: &dyn Maps, frontend: &FrontendSpec, proto: Proto) -> Result<store::Done> {
+    // A del that died half way is finished by the repair: then this one is
+    // done too.
+    if let Some(r) = store::repair_if_interrupted(maps)?
+        && r.deleted
+            .iter()
+            .any(|(f, p)| *p == proto && identity(f) == identity(frontend))
+    {
+        return Ok(r.done);
+    }
     let id = identity(frontend);
     let mut cur = Current::scoped(maps, &id, proto)?;
     let Some(m) = cur.master(&id, proto)? else {
@@ -73,6 +83,7 @@ pub fn del(maps: &dyn Maps, frontend: &FrontendSpec, proto: Proto) -> Result<sto
 /// Re-read the node addresses and rewrite every service whose frontends
 /// depend on them (NodePort, HostPort, ExternalIP's host rule).
 pub fn refresh_node_addrs(state: &State, new_addrs: &[IpAddr]) -> Result<usize> {
+    store::repair_if_interrupted(state)?;
     let mut cur = Current::full(state)?;
     let old_addrs = cur.node_addrs.clone();
     let mut plans = Vec::new();
@@ -249,9 +260,15 @@ struct SvcRow {
 
 pub fn list(state: &State, format: Format) -> Result<()> {
     let (services, strays) = read_all(state)?;
+    let interrupted = state.journal_open()?;
     if strays > 0 {
         eprintln!(
             "netnsxl: warning: {strays} map elements belong to no service (left by an interrupted command); netnsxl apply removes them"
+        );
+    }
+    if interrupted {
+        eprintln!(
+            "netnsxl: warning: a command was interrupted mid-change; the next svc add, svc del, node refresh or apply finishes or undoes it first"
         );
     }
     let rows: Vec<SvcRow> = services

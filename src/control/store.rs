@@ -162,7 +162,7 @@ impl<'a> Current<'a> {
     }
 
     /// A member_map element as the maps hold it (looked up on demand).
-    fn member_get(&mut self, svc_id: u32, index: u32) -> Result<Option<u32>> {
+    pub fn member_get(&mut self, svc_id: u32, index: u32) -> Result<Option<u32>> {
         if let Some(v) = self.members.get(&(svc_id, index)) {
             return Ok(Some(*v));
         }
@@ -754,15 +754,16 @@ fn write_phase<K: AsRef<[u8]>>(
     })
 }
 
-fn rollback(maps: &dyn Maps, undo: Vec<Undo>) {
+/// Put back what a failed change wrote; whether every write back worked.
+fn rollback(maps: &dyn Maps, undo: Vec<Undo>) -> bool {
+    let mut whole = true;
     for u in undo.into_iter().rev() {
         match &u.prior {
-            Some(v) => {
-                let _ = maps.update(u.map, &[(&u.key, v)]);
-            }
+            Some(v) => whole &= maps.update(u.map, &[(&u.key, v)]).is_ok(),
             None => maps.delete(u.map, &[&u.key]),
         }
     }
+    whole
 }
 
 fn delete_all(maps: &dyn Maps, map: MapId, keys: &[Vec<u8>]) {
@@ -832,6 +833,15 @@ pub fn execute(maps: &dyn Maps, tx: Tx) -> Result<Done> {
         })
         .collect();
 
+    // The journal is open while anything is written: a command that dies
+    // in between leaves it open, and the next one repairs first.
+    let busy = tx.len() > 0
+        || tx.exact_ports.is_some()
+        || !tx.drop_affinity_svcs.is_empty()
+        || !tx.drop_affinity_backends.is_empty();
+    if busy {
+        maps.journal(true)?;
+    }
     let mut undo = Vec::new();
     let res = (|| {
         write_phase(
@@ -873,7 +883,10 @@ pub fn execute(maps: &dyn Maps, tx: Tx) -> Result<Done> {
         )
     })();
     if let Err(e) = res {
-        rollback(maps, undo);
+        // Put back as it was: then nothing is half done.
+        if rollback(maps, undo) {
+            maps.journal(false)?;
+        }
         return Err(e);
     }
 
@@ -943,6 +956,9 @@ pub fn execute(maps: &dyn Maps, tx: Tx) -> Result<Done> {
         }
         delete_all(maps, MapId::Affinity, &drop);
     }
+    if busy {
+        maps.journal(false)?;
+    }
     Ok(Done {
         written: meta.len() + backends.len() + members.len() + slots.len() + masters.len(),
         deleted: del_masters.len()
@@ -989,6 +1005,121 @@ fn write_exact_ports(maps: &dyn Maps, ports: &HashSet<(u16, u8)>) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// What a repair did: the frontends (as given) and protocols of the
+/// services it deleted, and the change it wrote.
+#[derive(Debug, Default)]
+pub struct Repaired {
+    pub deleted: Vec<(service::FrontendSpec, Proto)>,
+    pub done: Done,
+}
+
+/// The backends a service has, as far as a change finished: its index when
+/// the index is whole (written after the backends, before any slot or
+/// master), else the backends its master entry reaches (what the datapath
+/// uses now).
+fn settled_backends(
+    cur: &mut Current,
+    svc_id: u32,
+    master: &types::svc_value,
+    key: &types::svc_key,
+) -> Result<Vec<(u32, types::backend_value)>> {
+    let all: HashMap<u32, types::backend_value> = cur.backends_of(svc_id).iter().copied().collect();
+    let count = cur.metas.get(&svc_id).map_or(0, |m| m.backend_count);
+    let mut indexed = Vec::new();
+    for i in 0..count {
+        match cur
+            .member_get(svc_id, i)?
+            .and_then(|id| all.get(&id).map(|b| (id, *b)))
+        {
+            Some(b) => indexed.push(b),
+            None => break,
+        }
+    }
+    if indexed.len() == count as usize {
+        return Ok(indexed);
+    }
+    let mut reached = Vec::new();
+    for i in 0..master.count as usize {
+        let id = if i < INLINE {
+            master.be[i].backend_id
+        } else {
+            let mut k = *key;
+            k.slot = u16::try_from(i + 1).context("slot number past 16 bits")?;
+            match cur.svc_get(&k)? {
+                Some(v) if v.svc_id == svc_id => v.be[0].backend_id,
+                _ => continue,
+            }
+        };
+        if let Some(b) = all.get(&id) {
+            reached.push((id, *b));
+        }
+    }
+    reached.sort_by_key(|(id, _)| *id);
+    reached.dedup_by_key(|(id, _)| *id);
+    Ok(reached)
+}
+
+/// Finish what a command that died mid-change left (its journal is open),
+/// so that the next ordinary command starts from a clean state:
+///
+/// - a service whose primary master entry is not its own never switched in
+///   (a killed add) or was already switched out (a killed del): it goes;
+/// - a service whose master is its own (a killed replace) is rewritten
+///   whole with the backends it settled on (see `settled_backends`);
+/// - of two services with one identity, the one the master names stays;
+/// - elements that belong to no service go (as `apply` removes them).
+///
+/// Reads every map, so it runs only when the journal says it must.
+pub fn repair(maps: &dyn Maps) -> Result<Repaired> {
+    let mut cur = Current::full(maps)?;
+    let node_addrs = cur.node_addrs.clone();
+    let mut tx = Tx::default();
+    let mut out = Repaired::default();
+    let mut kept: HashMap<(IpAddr, u16, Proto), u32> = HashMap::new();
+    for svc_id in cur.metas.keys().copied().collect::<Vec<_>>() {
+        let Some(spec) = cur.spec(svc_id)? else {
+            continue;
+        };
+        let idk = service::identity_key(&spec, &node_addrs);
+        let key = svc_key(idk.0, idk.1, idk.2, 0);
+        let master = cur.svc_get(&key)?.filter(|m| m.svc_id == svc_id);
+        match master {
+            Some(m) if !kept.contains_key(&idk) => {
+                let bes = settled_backends(&mut cur, svc_id, &m, &key)?;
+                let meta = cur.metas[&svc_id];
+                let settled = service::spec_from(&meta, &bes)?;
+                kept.insert(idk, svc_id);
+                plan_write(&mut cur, &mut tx, &settled, svc_id, &mut Ids::dry(0, 0))?;
+            }
+            _ => {
+                out.deleted.push((spec.frontend, spec.proto));
+                plan_delete(&mut cur, &mut tx, svc_id)?;
+            }
+        }
+    }
+    plan_strays(&mut cur, &mut tx)?;
+    // Even with nothing to write, executing closes the journal.
+    maps.journal(true)?;
+    out.done = execute(maps, tx)?;
+    maps.journal(false)?;
+    Ok(out)
+}
+
+/// Repair first if a command died mid-change (see `repair`).
+pub fn repair_if_interrupted(maps: &dyn Maps) -> Result<Option<Repaired>> {
+    if !maps.journal_open()? {
+        return Ok(None);
+    }
+    let r = repair(maps)?;
+    eprintln!(
+        "netnsxl: finished what an interrupted command left: {} service(s) it had not switched in or out removed, {} element(s) written, {} deleted",
+        r.deleted.len(),
+        r.done.written,
+        r.done.deleted
+    );
+    Ok(Some(r))
 }
 
 /// Allocate a service id (for a service the maps do not have yet).

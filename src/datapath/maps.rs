@@ -92,6 +92,11 @@ pub trait Maps {
     /// Every element.
     fn dump(&self, map: MapId) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     fn max_entries(&self, map: MapId) -> u32;
+    /// Open (before a change's first write) or close (after its last) the
+    /// journal that says a change is under way. A journal found open means
+    /// a command died mid-change: the next one repairs first.
+    fn journal(&self, open: bool) -> Result<()>;
+    fn journal_open(&self) -> Result<bool>;
 }
 
 /// Every element of `map`, typed.
@@ -193,6 +198,7 @@ pub mod fake {
         /// map, key, value
         Write(MapId, Vec<u8>, Vec<u8>),
         Delete(MapId, Vec<u8>),
+        Journal(bool),
     }
 
     /// One map's elements, key to value, sorted.
@@ -204,6 +210,7 @@ pub mod fake {
         log: RefCell<Vec<Op>>,
         /// Element writes still allowed before one write fails.
         fail_after: Cell<Option<usize>>,
+        journal: Cell<bool>,
     }
 
     impl FakeMaps {
@@ -221,6 +228,7 @@ pub mod fake {
                 capacity: cap,
                 log: RefCell::new(Vec::new()),
                 fail_after: Cell::new(None),
+                journal: Cell::new(false),
             }
         }
 
@@ -256,6 +264,7 @@ pub mod fake {
                 capacity: self.capacity.clone(),
                 log: RefCell::new(Vec::new()),
                 fail_after: Cell::new(None),
+                journal: Cell::new(self.journal.get()),
             }
         }
 
@@ -274,6 +283,7 @@ pub mod fake {
                     Op::Delete(m, k) => {
                         self.maps.borrow_mut().entry(*m).or_default().remove(k);
                     }
+                    Op::Journal(open) => self.journal.set(*open),
                 }
             }
         }
@@ -332,6 +342,18 @@ pub mod fake {
 
         fn max_entries(&self, map: MapId) -> u32 {
             self.capacity[&map]
+        }
+
+        fn journal(&self, open: bool) -> Result<()> {
+            if self.journal.get() != open {
+                self.journal.set(open);
+                self.log.borrow_mut().push(Op::Journal(open));
+            }
+            Ok(())
+        }
+
+        fn journal_open(&self) -> Result<bool> {
+            Ok(self.journal.get())
         }
     }
 }

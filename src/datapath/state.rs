@@ -81,6 +81,10 @@ impl Pins {
     pub fn link(&self, prog: &str) -> PathBuf {
         self.links_dir().join(prog)
     }
+    /// Present while a change is being written (see Maps::journal).
+    pub fn journal(&self) -> PathBuf {
+        self.root.join("journal")
+    }
     pub fn exists(&self) -> bool {
         self.map("config_map").exists()
     }
@@ -279,6 +283,28 @@ impl Maps for State {
 
     fn max_entries(&self, map: MapId) -> u32 {
         self.handle(map).max_entries()
+    }
+
+    /// The journal is a directory, PIN/journal: mkdir and rmdir are atomic
+    /// and bpffs keeps it as long as the pins.
+    fn journal(&self, open: bool) -> Result<()> {
+        let p = self.pins.journal();
+        let res = if open {
+            match std::fs::create_dir(&p) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                r => r,
+            }
+        } else {
+            match std::fs::remove_dir(&p) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            }
+        };
+        res.with_context(|| format!("{} {}", if open { "create" } else { "remove" }, p.display()))
+    }
+
+    fn journal_open(&self) -> Result<bool> {
+        Ok(self.pins.journal().symlink_metadata().is_ok())
     }
 }
 
