@@ -337,6 +337,13 @@ enum NodeCmd {
 }
 
 fn main() -> ExitCode {
+    // A reader that stops early (`svc list | head -1`) ends netnsxl quietly,
+    // as it does any Unix filter, instead of a panic on EPIPE.
+    // SAFETY: called first thing, before any other thread exists; SIG_DFL
+    // is a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

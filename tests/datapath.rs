@@ -56,16 +56,18 @@ fn clusterip_tcp_from_pod_and_from_host_reaches_a_backend() {
         "getpeername returns the frontend"
     );
 
-    // The host netns (the initial one): loopback VIP and backend only.
+    // The host netns (the initial one) reaches only loopback here: a
+    // NodePort answers on 127.0.0.0/8 from it, translated to a loopback
+    // backend.
     let local = Server::start(None, "tcp", "127.0.0.1:0", "host-backend");
     let backend = format!("127.0.0.1:{}", local.port());
     cli.ok(&[
         "svc",
         "add",
         "--type",
-        "clusterip",
+        "nodeport",
         "--frontend",
-        "127.77.0.1:80",
+        ":30080",
         "--backend",
         &backend,
     ]);
@@ -73,7 +75,7 @@ fn clusterip_tcp_from_pod_and_from_host_reaches_a_backend() {
         cgroup: Some(&cg),
         netns: None,
     };
-    assert_eq!(reply_of(host, "tcp", "127.77.0.1:80"), "host-backend");
+    assert_eq!(reply_of(host, "tcp", "127.77.0.1:30080"), "host-backend");
 }
 
 #[test]

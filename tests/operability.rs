@@ -928,3 +928,43 @@ fn apply_watch_handles_loadbalancer_externalip_and_udp_shapes() {
         "the lab's own services stay"
     );
 }
+
+/// A reader that stops early ends netnsxl quietly (SIGPIPE), never with a
+/// panic; names with control characters are refused, and a huge one is
+/// not echoed whole.
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn output_is_safe_for_pipes_and_terminals() {
+    require_root();
+    let lab = lab();
+    let pin = lab.pins.path.to_str().unwrap();
+    for _ in 0..5 {
+        let out = Command::new("bash")
+            .args([
+                "-c",
+                &format!("{NETNSXL} --pin-dir {pin} svc list | true; echo ${{PIPESTATUS[0]}}"),
+            ])
+            .output()
+            .unwrap();
+        let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(code == "0" || code == "141", "exit {code}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let huge = "x".repeat(100_000);
+    for name in ["evil\u{1b}]0;owned\u{7}", huge.as_str()] {
+        let (code, err) = lab.cli().fails(&[
+            "svc",
+            "add",
+            "--type",
+            "clusterip",
+            "--frontend",
+            "198.18.20.9:80",
+            "--name",
+            name,
+        ]);
+        assert_eq!(code, 1);
+        assert!(err.len() < 400, "{} bytes of error", err.len());
+        assert!(!err.contains('\u{1b}'), "{err:?}");
+    }
+}

@@ -258,6 +258,20 @@ struct SvcRow {
     state: String,
 }
 
+/// A name as a terminal may show it: control characters (written by an
+/// older netnsxl, which did not refuse them) escaped, never sent raw.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 pub fn list(state: &State, format: Format) -> Result<()> {
     let (services, strays) = read_all(state)?;
     let interrupted = state.journal_open()?;
@@ -274,7 +288,7 @@ pub fn list(state: &State, format: Format) -> Result<()> {
     let rows: Vec<SvcRow> = services
         .iter()
         .map(|s| SvcRow {
-            name: s.name.clone(),
+            name: printable(&s.name),
             svc_type: s.svc_type.clone(),
             frontend: s.frontend.clone(),
             frontends: s.frontends.join("\n"),

@@ -112,6 +112,25 @@ impl FrontendSpec {
 /// master holds the count, both 16 bits.
 pub const MAX_BACKENDS_PER_SERVICE: usize = u16::MAX as usize - 1;
 
+/// An address a service may answer on: unicast and not loopback.
+fn is_service_addr(ip: IpAddr) -> bool {
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST))
+}
+
+/// A value as an error message shows it: at most 80 characters, so a huge
+/// input does not come back whole.
+pub fn shorten(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.chars().count() <= MAX {
+        return s.to_string();
+    }
+    let head: String = s.chars().take(MAX).collect();
+    format!("{head}… ({} bytes)", s.len())
+}
+
 /// A service as `svc add` describes it.
 #[derive(Clone, Debug)]
 pub struct ServiceSpec {
@@ -136,7 +155,7 @@ impl ServiceSpec {
         if self.name.len() >= NAME_LEN {
             bail!(
                 "--name {:?} is {} bytes; the limit is {}",
-                self.name,
+                shorten(&self.name),
                 self.name.len(),
                 NAME_LEN - 1
             );
@@ -167,12 +186,18 @@ impl ServiceSpec {
             bail!("--node-port goes with --type loadbalancer (or gives a nodeport's port)");
         }
         if let Some(ip) = fe.ip
-            && ip.is_loopback()
-            && self.svc_type != SvcType::Clusterip
+            && !is_service_addr(ip)
         {
             bail!(
-                "--frontend {}: loopback frontends come with NodePort and HostPort by themselves; give a node or service address",
-                fe.display()
+                "--frontend {}: a {} frontend must be a unicast service address, not loopback, unspecified, broadcast or multicast (Kubernetes refuses them too; a loopback one would take every pod's own localhost); NodePort and HostPort answer on 127.0.0.0/8 from the host netns by themselves",
+                fe.display(),
+                self.svc_type.name()
+            );
+        }
+        if self.name.chars().any(char::is_control) {
+            bail!(
+                "--name {:?}: control characters (escapes, newlines) are not allowed in a name; Kubernetes names are letters, digits, '-', '.' and '/'",
+                shorten(&self.name)
             );
         }
         if self.backends.len() > MAX_BACKENDS_PER_SERVICE {
@@ -448,6 +473,45 @@ mod tests {
 
     /// Slot i + 1 and the master's count are 16 bits: a set that would wrap
     /// onto the master entry (slot 0) is refused before anything is planned.
+    #[test]
+    fn loopback_broadcast_and_multicast_frontends_are_refused() {
+        for fe in [
+            "127.0.0.1",
+            "127.77.0.1",
+            "255.255.255.255",
+            "0.0.0.0",
+            "224.0.0.1",
+        ] {
+            let mut s = clusterip(1);
+            s.frontend.ip = Some(fe.parse().unwrap());
+            let e = s.validate().unwrap_err().to_string();
+            assert!(e.contains("must be a unicast service address"), "{fe}: {e}");
+        }
+        let mut s = clusterip(1);
+        s.frontend = FrontendSpec {
+            ip: Some("::1".parse().unwrap()),
+            port: 80,
+            ipv6: true,
+        };
+        s.backends.clear();
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn names_with_control_characters_or_huge_ones_are_refused_briefly() {
+        let mut s = clusterip(1);
+        s.name = "evil\u{1b}]0;owned\u{7}".into();
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("control characters"), "{e}");
+        s.name = "x".repeat(1 << 20);
+        let e = s.validate().unwrap_err().to_string();
+        assert!(
+            e.len() < 300 && e.contains("(1048576 bytes)"),
+            "{}",
+            e.len()
+        );
+    }
+
     #[test]
     fn backends_past_sixteen_bit_slots_are_refused() {
         let err = clusterip(MAX_BACKENDS_PER_SERVICE + 1)
