@@ -56,9 +56,86 @@ fn parse_value(text: &str) -> Result<Value> {
         );
     }
     if t.starts_with('{') || t.starts_with('[') {
-        serde_json::from_str(text).map_err(|e| anyhow!("not valid JSON: {e}"))
+        serde_json::from_str::<Strict>(text)
+            .map(|s| s.0)
+            .map_err(|e| anyhow!("not valid JSON: {e}"))
     } else {
-        serde_yaml_ng::from_str(text).map_err(|e| anyhow!("not valid YAML: {e}"))
+        serde_yaml_ng::from_str::<Strict>(text)
+            .map(|s| s.0)
+            .map_err(|e| anyhow!("not valid YAML: {e}"))
+    }
+}
+
+/// A JSON value read so that a key given twice in one mapping is an error
+/// (both parsers would otherwise keep the last one silently).
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON or YAML value")
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Strict, E> {
+        Ok(Strict(Value::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Strict, E> {
+        Ok(Strict(Value::from(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Strict, E> {
+        Ok(Strict(Value::String(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Strict, E> {
+        Ok(Strict(Value::String(v)))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Strict, E> {
+        Ok(Strict(Value::Null))
+    }
+    fn visit_none<E>(self) -> std::result::Result<Strict, E> {
+        Ok(Strict(Value::Null))
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Strict, D::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Strict, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Strict(Value::Array(out)))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Strict, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if out.contains_key(&k) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {k:?} is given twice in one mapping; give it once"
+                )));
+            }
+            let Strict(v) = map.next_value()?;
+            out.insert(k, v);
+        }
+        Ok(Strict(Value::Object(out)))
     }
 }
 
@@ -177,7 +254,15 @@ fn native(v: &Value) -> Result<Parsed> {
             }
             match o.get("services") {
                 Some(Value::Array(a)) => (a, "services"),
-                Some(Value::Null) | None => (&[], "services"),
+                // An empty mapping or `services:` with nothing after it is
+                // more likely a mistake than "no services", and with
+                // --prune it would delete every one: say it explicitly.
+                Some(Value::Null) => bail!(
+                    "services is empty (null): to mean no services write services: [] (with --prune that removes every service)"
+                ),
+                None => bail!(
+                    "the file has no services list: to mean no services write services: [] (with --prune that removes every service)"
+                ),
                 Some(other) => bail!("services is {}, expected a list", type_name(other)),
             }
         }
@@ -765,6 +850,15 @@ mod tests {
     #[test]
     fn errors_name_the_place_and_the_field() {
         assert!(err("services: 3").contains("services is a number, expected a list"));
+        assert!(err("{}").contains("the file has no services list"));
+        assert!(err("services:").contains("services is empty (null)"));
+        assert!(parse("services: []", "n").unwrap().entries.is_empty());
+        let dup = err("{\"services\": [{\"name\": \"a\", \"name\": \"b\"}]}");
+        assert!(
+            dup.contains("the key \"name\" is given twice") && dup.contains("line 1"),
+            "{dup}"
+        );
+        assert!(err("services:\n  - name: a\n    name: b\n").contains("given twice"));
         assert!(err("{\"servics\": []}").contains("unknown top-level field \"servics\""));
         assert!(err("[{\"type\": \"clusterip\"}]").contains("[0].frontend is missing"));
         assert!(
