@@ -501,11 +501,14 @@ fn run(cli: Cli) -> Result<()> {
             reset,
         } => {
             if reset {
+                // Back to the tracers that are running: a killed one is
+                // forgotten, a live one keeps receiving events.
                 let (state, _lock) = open_for_change(pin_dir)?;
+                let live = sys::pindir::TracerLock::live(&state.pins.root)?;
                 let mut cfg = state.config()?;
-                cfg.tracers = 0;
+                cfg.tracers = live;
                 state.write_config(&cfg)?;
-                println!("tracers reset to 0");
+                println!("tracers reset to {live} (the running ones)");
                 return Ok(());
             }
             let frontend = frontend

@@ -443,38 +443,50 @@ fn status_shows_health_features_and_warnings() {
     assert!(st["warnings"].as_array().unwrap().is_empty(), "{st}");
     assert!(lab.cli().ok(&["status"]).contains("health"));
 
-    // A tracer killed without cleaning up is reported, and reset.
-    let mut tracer = Reaped(
-        lab.cli()
-            .cmd(&["trace"])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let child = &mut tracer.0;
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // A tracer killed without cleaning up is reported, and reset; a live
+    // one is neither a warning nor forgotten by the reset.
+    let start_tracer = || {
+        let mut t = Reaped(
+            lab.cli()
+                .cmd(&["trace"])
+                .stderr(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let mut err = BufReader::new(t.0.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        assert!(line.contains("tracing"), "{line}");
+        (t, err)
+    };
+    let (mut live, _live_err) = start_tracer();
+    let (mut killed, _) = start_tracer();
+    killed.0.kill().unwrap();
+    killed.0.wait().unwrap();
     let st = lab.cli().json(&["status"]);
-    assert_eq!(st["tracers"], 1);
+    assert_eq!(st["tracers"], 2);
     assert!(
         st["warnings"][0]
             .as_str()
             .unwrap()
-            .contains("trace --reset"),
+            .contains("2 tracer(s) registered but 1 running"),
         "{st}"
     );
-    lab.cli().ok(&["trace", "--reset"]);
     assert!(
-        lab.cli().json(&["status"])["warnings"]
-            .as_array()
-            .unwrap()
-            .is_empty()
+        lab.cli()
+            .ok(&["trace", "--reset"])
+            .contains("tracers reset to 1 (the running ones)")
     );
+    let st = lab.cli().json(&["status"]);
+    assert_eq!(st["tracers"], 1, "the live tracer still gets events");
+    assert!(st["warnings"].as_array().unwrap().is_empty(), "{st}");
+    live.0.kill().unwrap();
+    live.0.wait().unwrap();
+    lab.cli().ok(&["trace", "--reset"]);
+    let st = lab.cli().json(&["status"]);
+    assert_eq!(st["tracers"], 0);
+    assert!(st["warnings"].as_array().unwrap().is_empty(), "{st}");
 
     // A map over 80 % full is a warning that names it.
     let small = Cgroup::new();

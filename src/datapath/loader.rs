@@ -130,6 +130,7 @@ fn remove_pins(pins: &Pins, root: bool) -> Result<()> {
         pins.links_dir(),
         pins.maps_dir(),
         pins.root.join(sys::pindir::WATCH_DIR),
+        pins.root.join(sys::pindir::TRACERS_DIR),
         pins.journal(),
         pins.root.clone(),
     ] {

@@ -108,7 +108,10 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     fn visit_none<E>(self) -> std::result::Result<Strict, E> {
         Ok(Strict(Value::Null))
     }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Strict, D::Error> {
+    fn visit_some<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Strict, D::Error> {
         serde::Deserialize::deserialize(d)
     }
     fn visit_seq<A: serde::de::SeqAccess<'de>>(

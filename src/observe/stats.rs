@@ -411,6 +411,7 @@ pub fn trace(state: &State, opts: &TraceOpts) -> Result<()> {
         })
         .context("open the event ring buffer")?;
     let ring = builder.build().context("open the event ring buffer")?;
+    let _live = sys::pindir::TracerLock::take(&state.pins.root)?;
     let n = tracers_add(state, 1)?;
     eprintln!("tracing translation decisions ({n} tracer(s)); Ctrl-C to stop");
     struct Untrace<'a>(&'a State);

@@ -236,9 +236,10 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
             }
         }
     }
-    if st.tracers > 0 {
+    let live = sys::pindir::TracerLock::live(&state.pins.root)?;
+    if st.tracers > live {
         st.warnings.push(format!(
-            "{} tracer(s) registered: every decision is sent to the ring buffer (a killed trace leaves this set; run netnsxl trace --reset)",
+            "{} tracer(s) registered but {live} running: decisions are sent to the ring buffer for tracers that are gone (a killed trace leaves its count); run netnsxl trace --reset",
             st.tracers
         ));
     }

@@ -229,20 +229,65 @@ pub fn check_pin(p: &Path) -> Result<()> {
     check_private(p, &m)
 }
 
-/// The pid holding a flock on the file `(dev, ino)`, from /proc/locks
-/// ("1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF").
-fn flock_holder(dev: u64, ino: u64) -> Option<u32> {
+/// The pids holding a flock on the file `(dev, ino)`, one per lock, from
+/// /proc/locks ("1: FLOCK  ADVISORY  WRITE 4242 00:2a:1234 0 EOF").
+fn flock_holders(dev: u64, ino: u64) -> Vec<u32> {
     let want = format!(
         "{:02x}:{:02x}:{ino}",
         nix::sys::stat::major(dev),
         nix::sys::stat::minor(dev)
     );
     std::fs::read_to_string("/proc/locks")
-        .ok()?
+        .unwrap_or_default()
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.len() > 5 && f[1] == "FLOCK" && f[5] == want)
-        .and_then(|f| f[4].parse().ok())
+        .filter(|f| f.len() > 5 && f[1] == "FLOCK" && f[5] == want)
+        .filter_map(|f| f[4].parse().ok())
+        .collect()
+}
+
+fn flock_holder(dev: u64, ino: u64) -> Option<u32> {
+    flock_holders(dev, ino).first().copied()
+}
+
+/// A directory of the pin dir (created 0700 if missing, checked), open.
+fn own_subdir(pin_dir: &Path, name: &str) -> Result<File> {
+    let dir = pin_dir.join(name);
+    match nix::unistd::mkdir(&dir, Mode::S_IRWXU) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => return Err(anyhow!("create {}: {e}", dir.display())),
+    }
+    check_pin(&dir)?;
+    let fd = open_dir(&dir).with_context(|| format!("open {}", dir.display()))?;
+    Ok(File::from(fd))
+}
+
+/// Held by each running `trace`: a shared flock on `PIN/tracers`, so the
+/// live tracers can be counted (a killed one lets go of its lock) whatever
+/// the config counter says.
+pub struct TracerLock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+/// The directory under the pin dir that tracers lock.
+pub const TRACERS_DIR: &str = "tracers";
+
+impl TracerLock {
+    pub fn take(pin_dir: &Path) -> Result<TracerLock> {
+        let file = own_subdir(pin_dir, TRACERS_DIR)?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockShared)
+            .map_err(|(_, e)| anyhow!("lock {}/{TRACERS_DIR}: {e}", pin_dir.display()))?;
+        Ok(TracerLock { _lock: lock })
+    }
+
+    /// How many tracers are running on this pin dir now.
+    pub fn live(pin_dir: &Path) -> Result<u32> {
+        let dir = pin_dir.join(TRACERS_DIR);
+        let Ok(meta) = std::fs::symlink_metadata(&dir) else {
+            return Ok(0);
+        };
+        Ok(flock_holders(meta.dev(), meta.ino()).len() as u32)
+    }
 }
 
 /// Held by the one `apply --watch` of a pin dir: a flock on `PIN/watch`.
@@ -253,14 +298,8 @@ pub struct WatchLock {
 impl WatchLock {
     /// Take it, or say which process holds it.
     pub fn take(pin_dir: &Path) -> Result<WatchLock> {
+        let file = own_subdir(pin_dir, WATCH_DIR)?;
         let dir = pin_dir.join(WATCH_DIR);
-        match nix::unistd::mkdir(&dir, Mode::S_IRWXU) {
-            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-            Err(e) => return Err(anyhow!("create {}: {e}", dir.display())),
-        }
-        check_pin(&dir)?;
-        let fd = open_dir(&dir).with_context(|| format!("open {}", dir.display()))?;
-        let file = File::from(fd);
         let meta = file.metadata()?;
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(lock) => Ok(WatchLock { _lock: lock }),
