@@ -70,10 +70,29 @@ impl fmt::Display for Proto {
     }
 }
 
+/// A value as an error message shows it: at most 80 characters, so a huge
+/// input does not come back whole.
+pub fn shorten(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.chars().count() <= MAX {
+        return s.to_string();
+    }
+    let head: String = s.chars().take(MAX).collect();
+    format!("{head}… ({} bytes)", s.len())
+}
+
 /// Parse `ADDR:PORT` (IPv4) or `[ADDR]:PORT` (IPv6) and name the field in
 /// every error.
 pub fn parse_endpoint(field: &str, s: &str) -> Result<SocketAddr> {
     let s = s.trim();
+    // The longest is [ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535.
+    if s.len() > 64 {
+        bail!(
+            "{field} {:?} is {} bytes, too long for ADDR:PORT, e.g. 198.51.100.1:80",
+            shorten(s),
+            s.len()
+        );
+    }
     let (host, port) = s.rsplit_once(':').ok_or_else(|| {
         anyhow!(
             "{field} {s:?} has no port: write ADDR:PORT, e.g. 198.51.100.1:80 or [2001:db8::1]:80"
@@ -173,6 +192,13 @@ mod tests {
         assert_eq!(v4.to_string(), "198.51.100.1:80");
         let v6 = parse_endpoint("--frontend", "[2001:db8::1]:443").unwrap();
         assert_eq!(v6.to_string(), "[2001:db8::1]:443");
+    }
+
+    #[test]
+    fn a_huge_endpoint_is_not_echoed_whole() {
+        let huge = "1".repeat(1 << 20);
+        let e = parse_endpoint("--backend", &huge).unwrap_err().to_string();
+        assert!(e.len() < 300 && e.contains("1048576 bytes, too long"), "{}", e.len());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::bpf::{self, NAME_LEN, backend_flags, svc_flags, types};
 use crate::model::addr::{
     BackendSpec, Proto, fmt_endpoint, from_map_addr, from_map_port, parse_endpoint, parse_port,
-    to_map_addr, to_map_port,
+    shorten, to_map_addr, to_map_port,
 };
 
 pub const AFFINITY_TIMEOUT_DEFAULT: u32 = 10800;
@@ -118,17 +118,6 @@ fn is_service_addr(ip: IpAddr) -> bool {
         || ip.is_unspecified()
         || ip.is_multicast()
         || ip == IpAddr::V4(std::net::Ipv4Addr::BROADCAST))
-}
-
-/// A value as an error message shows it: at most 80 characters, so a huge
-/// input does not come back whole.
-pub fn shorten(s: &str) -> String {
-    const MAX: usize = 80;
-    if s.chars().count() <= MAX {
-        return s.to_string();
-    }
-    let head: String = s.chars().take(MAX).collect();
-    format!("{head}… ({} bytes)", s.len())
 }
 
 /// A service as `svc add` describes it.
