@@ -78,6 +78,15 @@ impl Drop for Spot {
     }
 }
 
+/// A cgroup and a pin dir of the test's own, attached.
+fn attached() -> (Cgroup, Spot) {
+    let cg = Cgroup::new();
+    let spot = Spot::new();
+    let out = netnsxl(spot.s(), &["attach", "--cgroup", cg.path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    (cg, spot)
+}
+
 #[test]
 #[ignore = "needs root (make test runs it)"]
 fn a_pin_dir_another_user_made_first_is_refused_not_adopted() {
@@ -240,14 +249,8 @@ fn every_spelling_is_one_attachment_with_one_lock() {
 #[ignore = "needs root (make test runs it)"]
 fn pins_someone_else_could_have_written_are_refused() {
     require_root();
-    let cg = Cgroup::new();
-    let spot = Spot::new();
+    let (_cg, spot) = attached();
     let p = spot.s();
-    assert!(
-        netnsxl(p, &["attach", "--cgroup", cg.path.to_str().unwrap()])
-            .status
-            .success()
-    );
     let cfg = spot.0.join("maps/config_map");
     // A pin owned by another user.
     std::os::unix::fs::chown(&cfg, Some(65534), None).unwrap();
@@ -291,13 +294,7 @@ fn pins_someone_else_could_have_written_are_refused() {
 #[ignore = "needs root (make test runs it)"]
 fn a_user_with_bpf_capabilities_is_told_whose_pin_dir_it_is() {
     require_root();
-    let cg = Cgroup::new();
-    let spot = Spot::new();
-    assert!(
-        netnsxl(spot.s(), &["attach", "--cgroup", cg.path.to_str().unwrap()])
-            .status
-            .success()
-    );
+    let (_cg, spot) = attached();
     // A copy of the binary any user can run, wherever the checkout is.
     let dir = tempdir();
     std::fs::set_permissions(&*dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -329,14 +326,8 @@ fn a_user_with_bpf_capabilities_is_told_whose_pin_dir_it_is() {
 #[ignore = "needs root (make test runs it)"]
 fn a_second_watch_on_one_pin_dir_is_refused_naming_the_first() {
     require_root();
-    let cg = Cgroup::new();
-    let spot = Spot::new();
+    let (_cg, spot) = attached();
     let p = spot.s();
-    assert!(
-        netnsxl(p, &["attach", "--cgroup", cg.path.to_str().unwrap()])
-            .status
-            .success()
-    );
     let watch = |pin: &str| {
         Command::new(NETNSXL)
             .args(["--pin-dir", pin])

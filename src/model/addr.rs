@@ -198,7 +198,11 @@ mod tests {
     fn a_huge_endpoint_is_not_echoed_whole() {
         let huge = "1".repeat(1 << 20);
         let e = parse_endpoint("--backend", &huge).unwrap_err().to_string();
-        assert!(e.len() < 300 && e.contains("1048576 bytes, too long"), "{}", e.len());
+        assert!(
+            e.len() < 300 && e.contains("1048576 bytes, too long"),
+            "{}",
+            e.len()
+        );
     }
 
     #[test]
