@@ -364,3 +364,55 @@ fn a_second_watch_on_one_pin_dir_is_refused_naming_the_first() {
     let out = again.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Four loops of `svc add --replace` on one frontend, each spelling the pin
+/// dir its own way, at once: one lock, so one clean service at the end.
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn concurrent_replaces_under_several_spellings_leave_one_clean_service() {
+    require_root();
+    let (_cg, spot) = attached();
+    let p = spot.s().to_string();
+    let spellings = [
+        p.clone(),
+        format!("{p}/"),
+        format!("/{p}"),
+        p.replacen("/sys/", "/sys/./", 1),
+    ];
+    let loops: Vec<_> = spellings
+        .iter()
+        .enumerate()
+        .map(|(i, pin)| {
+            let pin = pin.clone();
+            std::thread::spawn(move || {
+                for round in 0..25 {
+                    let be = format!("203.0.113.{}:8080", 1 + (i + round) % 5);
+                    let out = netnsxl(
+                        &pin,
+                        &[
+                            "svc",
+                            "add",
+                            "--type",
+                            "clusterip",
+                            "--frontend",
+                            "198.18.31.1:80",
+                            "--replace",
+                            "--backend",
+                            &be,
+                        ],
+                    );
+                    assert!(out.status.success(), "{pin}: {}", stderr(&out));
+                }
+            })
+        })
+        .collect();
+    for l in loops {
+        l.join().unwrap();
+    }
+    let out = netnsxl(&p, &["svc", "list", "-o", "json"]);
+    assert!(stderr(&out).is_empty(), "svc list warned: {}", stderr(&out));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["state"], "ok", "{list:?}");
+    assert_eq!(list[0]["backends"].as_array().unwrap().len(), 1, "{list:?}");
+}
