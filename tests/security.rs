@@ -14,21 +14,22 @@ use common::*;
 
 const NOBODY: &str = "65534";
 
-/// Run a command as nobody (no capabilities); its exit status.
+/// Run a command as nobody, with no capabilities (`caps` empty) or with
+/// these ones (e.g. "+bpf,+net_admin"); its output.
+fn as_nobody_with(caps: &str, prog: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"]);
+    if caps.is_empty() {
+        cmd.arg("--inh-caps=-all");
+    } else {
+        cmd.arg(format!("--inh-caps={caps}"))
+            .arg(format!("--ambient-caps={caps}"));
+    }
+    cmd.arg(prog).args(args).output().expect("run setpriv")
+}
+
 fn as_nobody(prog: &str, args: &[&str]) -> std::process::Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid",
-            NOBODY,
-            "--regid",
-            NOBODY,
-            "--clear-groups",
-            "--inh-caps=-all",
-            prog,
-        ])
-        .args(args)
-        .output()
-        .expect("run setpriv")
+    as_nobody_with("", prog, args)
 }
 
 /// netnsxl with an explicit pin dir (spelled as given).
@@ -206,7 +207,17 @@ fn every_spelling_is_one_attachment_with_one_lock() {
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait until the holder has the lock (a non-blocking try fails).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Command::new("flock")
+        .args(["-n", &spellings[1], "true"])
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(Instant::now() < deadline, "flock(1) never took the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut add = Reaped(
         Command::new(NETNSXL)
             .args(["--pin-dir", &spellings[2]])
@@ -300,20 +311,11 @@ fn a_user_with_bpf_capabilities_is_told_whose_pin_dir_it_is() {
     std::fs::set_permissions(&*dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.join("netnsxl");
     std::fs::copy(NETNSXL, &bin).unwrap();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid",
-            NOBODY,
-            "--regid",
-            NOBODY,
-            "--clear-groups",
-            "--inh-caps=+bpf,+net_admin",
-            "--ambient-caps=+bpf,+net_admin",
-        ])
-        .arg(&bin)
-        .args(["--pin-dir", spot.s(), "svc", "list"])
-        .output()
-        .unwrap();
+    let out = as_nobody_with(
+        "+bpf,+net_admin",
+        bin.to_str().unwrap(),
+        &["--pin-dir", spot.s(), "svc", "list"],
+    );
     let err = stderr(&out);
     assert!(!out.status.success());
     assert!(
