@@ -251,6 +251,15 @@ impl Tx {
         self.deleting.insert(svc_id);
     }
 
+    /// Every svc_map key this change writes (slots and masters).
+    fn written_svc_keys(&self) -> HashSet<SvcKeyBytes> {
+        self.slots
+            .iter()
+            .map(|(k, _, _)| *k)
+            .chain(self.masters.iter().map(|(k, _, _)| *k))
+            .collect()
+    }
+
     fn len(&self) -> usize {
         self.meta.len()
             + self.backends.len()
@@ -602,12 +611,7 @@ pub fn plan_strays(cur: &mut Current, tx: &mut Tx) -> Result<usize> {
         .chain(tx.meta.iter().map(|(id, _, _)| *id))
         .filter(|id| !tx.del_meta.contains(id))
         .collect();
-    let written: HashSet<SvcKeyBytes> = tx
-        .slots
-        .iter()
-        .map(|(k, _, _)| *k)
-        .chain(tx.masters.iter().map(|(k, _, _)| *k))
-        .collect();
+    let written = tx.written_svc_keys();
     let gone: HashSet<SvcKeyBytes> = tx
         .del_masters
         .iter()
@@ -799,12 +803,7 @@ pub struct Done {
 
 /// Run a planned change in the order described at the top of this file.
 pub fn execute(maps: &dyn Maps, tx: Tx) -> Result<Done> {
-    let written: HashSet<SvcKeyBytes> = tx
-        .slots
-        .iter()
-        .map(|(k, _, _)| *k)
-        .chain(tx.masters.iter().map(|(k, _, _)| *k))
-        .collect();
+    let written = tx.written_svc_keys();
     let meta = by_id(&tx.meta);
     let backends = by_id(&tx.backends);
     let svc = |elems: &[(SvcKeyBytes, types::svc_value, Option<types::svc_value>)]| {
