@@ -20,6 +20,9 @@ fn main() {
             vmlinux.as_os_str().to_owned(),
             "-I".into(),
             "src/bpf".into(),
+            // BPF ISA v3 (kernel 5.12+, below our 5.14 floor): the atomic
+            // compare-and-exchange rev_tcp_map's slots are claimed with.
+            "-mcpu=v3".into(),
             "-Wall".into(),
             "-Werror".into(),
         ])

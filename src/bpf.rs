@@ -46,7 +46,7 @@ const SHARED: &[&str] = &[
     "doomed_key",
     "member_key",
     "svc_backend",
-    "svc_stats",
+    "rev_tcp_slot",
     "nxl_event",
 ];
 
@@ -62,7 +62,7 @@ plain_types!(
     doomed_key,
     member_key,
     svc_backend,
-    svc_stats,
+    rev_tcp_slot,
     nxl_event,
 );
 
@@ -86,7 +86,7 @@ sizes!(
     nxl_config = 312,
     doomed_key = 20,
     member_key = 8,
-    svc_stats = 16,
+    rev_tcp_slot = 48,
     nxl_event = 80,
 );
 

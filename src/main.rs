@@ -172,6 +172,11 @@ struct AttachArgs {
     /// recently used goes.
     #[arg(long, value_name = "N", default_value_t = attach::Capacity::default().affinity)]
     max_affinity: u32,
+    /// Open translated TCP sockets whose getpeername() shows the frontend
+    /// (48 bytes each, preallocated; a power of two). A socket that finds
+    /// no room shows its backend and is counted as tcp_unrecorded.
+    #[arg(long, value_name = "N", default_value_t = attach::Capacity::default().tcp_sockets)]
+    max_tcp_sockets: u32,
 }
 
 #[derive(Args)]
@@ -412,6 +417,7 @@ fn run(cli: Cli) -> Result<()> {
                     services: a.max_services,
                     backends: a.max_backends,
                     affinity: a.max_affinity,
+                    tcp_sockets: a.max_tcp_sockets,
                 },
             };
             attach::attach(pin_dir, &opts)

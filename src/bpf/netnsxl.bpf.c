@@ -25,8 +25,10 @@
  * the old master may find a stale slot or backend already deleted; it then
  * re-reads the master and picks again (bounded), see pick_backend().
  *
- * Reverse translation (recvmsg, getpeername) is kept in socket-local storage
- * and goes with the socket.
+ * Reverse translation (recvmsg, getpeername): a TCP socket's frontend is in
+ * rev_tcp_map, a preallocated array indexed by socket cookie that
+ * sock_release empties, so a connect allocates nothing; a UDP socket's
+ * frontends are in its socket-local storage and go with it.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -87,10 +89,9 @@ struct {
 } affinity_map SEC(".maps");
 
 /*
- * Reverse translation lives in the socket itself (socket-local storage):
- * no global map to update per connect, no cookie to generate, and the
- * kernel frees it with the socket, so nothing is left behind and no
- * sock_release program runs on every close.
+ * Reverse translation of UDP sockets lives in the socket itself
+ * (socket-local storage): an unconnected socket may talk to several
+ * frontends, and the kernel frees the storage with the socket.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -98,6 +99,29 @@ struct {
 	__type(key, int);
 	__type(value, struct revnat_value);
 } revnat_map SEC(".maps");
+
+/*
+ * Reverse translation of TCP sockets: a preallocated array indexed by socket
+ * cookie, so a connect allocates nothing and inserts into no map (socket
+ * storage cost two accounted allocations per connect and their RCU-delayed
+ * frees at close). A socket's entry takes the first free slot of
+ * NXL_TCP_PROBES from cookie % slots on, and sock_release frees it; a
+ * connect that finds them all held by open sockets records nothing and
+ * counts NXL_STAT_TCP_UNRECORDED (that socket's getpeername() shows the
+ * backend). Open translated TCP sockets, not connects, fill it.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct rev_tcp_slot);
+	__uint(max_entries, NXL_DEFAULT_TCP_SLOTS); /* attach --max-tcp-sockets */
+} rev_tcp_map SEC(".maps");
+
+/* slots - 1 of rev_tcp_map (slots is a power of two), set by attach. */
+const volatile __u32 nxl_tcp_slot_mask = NXL_DEFAULT_TCP_SLOTS - 1;
+
+/* rev_tcp_slot.cookie while a connect fills the slot: no socket has it. */
+#define TCP_SLOT_BUSY (~0ULL)
 
 /*
  * Prefilter: port (host order) -> NXL_PORT_* bits of the protocols some
@@ -113,7 +137,7 @@ struct {
 	__uint(max_entries, 65536);
 } port_map SEC(".maps");
 
-/* Counters: per reason (NXL_STAT_*) and per service, per CPU. */
+/* Counters per reason (NXL_STAT_*), per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
@@ -121,15 +145,28 @@ struct {
 	__uint(max_entries, NXL_STAT_MAX);
 } stats_map SEC(".maps");
 
+/*
+ * Connects translated per service, per CPU, indexed by service id (the
+ * control plane keeps ids in 1..--max-services and zeroes a counter before
+ * it gives its id to a new service). An array: no hash, no bucket and
+ * element to bring in per connect, one 8-byte counter per service and CPU.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__type(key, __u32);
-	__type(value, struct svc_stats);
+	__type(value, __u64);
+	__uint(max_entries, NXL_DEFAULT_MAX_SERVICES + 1); /* attach: --max-services + 1 */
+} svc_count_map SEC(".maps");
+
+/* Connects refused per service: a rare path, so one shared counter per
+ * service that ever refused, created then (nothing preallocated). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, __u64);
 	__uint(max_entries, NXL_DEFAULT_MAX_SERVICES);
-	/* Preallocated: a service's first count takes a free element instead
-	 * of allocating per-CPU memory in the hot path (which cost several
-	 * microseconds per first connect). */
-} svc_stats_map SEC(".maps");
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} svc_refused_map SEC(".maps");
 
 /* Decisions for `netnsxl trace`, written only while config.tracers > 0. */
 struct {
@@ -339,6 +376,67 @@ static __always_inline void remember_revnat(struct bpf_sock_addr *ctx,
 	e->frontend_port = frontend->port;
 }
 
+/* Slot i of the NXL_TCP_PROBES a socket with this cookie may use. */
+static __always_inline struct rev_tcp_slot *tcp_slot(__u64 cookie, __u32 i)
+{
+	__u32 idx = ((__u32)cookie + i) & nxl_tcp_slot_mask;
+
+	return bpf_map_lookup_elem(&rev_tcp_map, &idx);
+}
+
+/*
+ * Record a translated TCP socket's frontend in rev_tcp_map: in its own entry
+ * (a connect again after a failed one) or a free slot, claimed with a
+ * compare-and-exchange so two connects never fill one slot; the cookie is
+ * published last (an exchange orders it after the fields), so getpeername
+ * never reads a half-written entry. False when every slot was held.
+ */
+static __always_inline bool remember_tcp(struct bpf_sock_addr *ctx,
+					 const struct nxl_dest *frontend, const __u8 *be_addr,
+					 __be16 be_port)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx), old;
+	struct rev_tcp_slot *s;
+
+	for (__u32 i = 0; i < NXL_TCP_PROBES; i++) {
+		s = tcp_slot(cookie, i);
+		if (!s)
+			return false;
+		old = s->cookie;
+		if (old != 0 && old != cookie)
+			continue;
+		if (__sync_val_compare_and_swap(&s->cookie, old, TCP_SLOT_BUSY) != old)
+			continue;
+		__builtin_memcpy(s->frontend_addr, frontend->addr, 16);
+		__builtin_memcpy(s->backend_addr, be_addr, 16);
+		s->frontend_port = frontend->port;
+		s->backend_port = be_port;
+		__sync_lock_test_and_set(&s->cookie, cookie);
+		return true;
+	}
+	return false;
+}
+
+/* The frontend of a TCP socket connected to `peer`, if netnsxl translated it. */
+static __always_inline bool reverse_tcp(struct bpf_sock_addr *ctx, struct nxl_dest *peer)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct rev_tcp_slot *s;
+
+	for (__u32 i = 0; i < NXL_TCP_PROBES; i++) {
+		s = tcp_slot(cookie, i);
+		if (!s)
+			return false;
+		if (s->cookie == cookie && s->backend_port == peer->port &&
+		    addr_eq(s->backend_addr, peer->addr)) {
+			__builtin_memcpy(peer->addr, s->frontend_addr, 16);
+			peer->port = s->frontend_port;
+			return true;
+		}
+	}
+	return false;
+}
+
 static __always_inline void count(__u32 stat)
 {
 	__u64 *c = bpf_map_lookup_elem(&stats_map, &stat);
@@ -347,22 +445,24 @@ static __always_inline void count(__u32 stat)
 		*c += 1;
 }
 
-static __always_inline void count_svc(__u32 svc_id, bool refused)
+static __always_inline void count_translated(__u32 svc_id)
 {
-	struct svc_stats *st = bpf_map_lookup_elem(&svc_stats_map, &svc_id);
+	__u64 *c = bpf_map_lookup_elem(&svc_count_map, &svc_id);
 
-	if (st) {
-		if (refused)
-			st->refused += 1;
-		else
-			st->translated += 1;
-		return;
-	}
-	struct svc_stats fresh = {
-		.translated = !refused,
-		.refused = refused,
-	};
-	bpf_map_update_elem(&svc_stats_map, &svc_id, &fresh, BPF_NOEXIST);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline void count_refused(__u32 svc_id)
+{
+	__u64 *c = bpf_map_lookup_elem(&svc_refused_map, &svc_id), one = 1;
+
+	if (c)
+		__sync_fetch_and_add(c, 1);
+	else if (bpf_map_update_elem(&svc_refused_map, &svc_id, &one, BPF_NOEXIST))
+		/* another CPU created it first */
+		if ((c = bpf_map_lookup_elem(&svc_refused_map, &svc_id)))
+			__sync_fetch_and_add(c, 1);
 }
 
 /* One event for `netnsxl trace`; the caller checked config.tracers. */
@@ -488,12 +588,15 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 		}
 	}
 
-	remember_revnat(ctx, dst, to_addr, to_port);
+	if (proto == IPPROTO_UDP)
+		remember_revnat(ctx, dst, to_addr, to_port);
+	else if (!remember_tcp(ctx, dst, to_addr, to_port))
+		count(NXL_STAT_TCP_UNRECORDED);
 	__builtin_memcpy(dst->addr, to_addr, 16);
 	dst->port = to_port;
 	*changed = true;
 	verdict = NXL_STAT_TRANSLATED;
-	count_svc(svc_id, false);
+	count_translated(svc_id);
 	goto out;
 
 refuse:
@@ -502,7 +605,7 @@ refuse:
 		bpf_set_retval(-ECONNREFUSED);
 	ret = SYS_REJECT;
 	verdict = NXL_STAT_REFUSED;
-	count_svc(svc_id, true);
+	count_refused(svc_id);
 out:
 	count(verdict);
 	if (cfg->tracers)
@@ -515,6 +618,8 @@ static __always_inline bool reverse(struct bpf_sock_addr *ctx, struct nxl_dest *
 {
 	struct revnat_value *rv;
 
+	if (ctx->protocol == IPPROTO_TCP)
+		return reverse_tcp(ctx, peer);
 	rv = bpf_sk_storage_get(&revnat_map, ctx->sk, NULL, 0);
 	if (!rv)
 		return false;
@@ -680,6 +785,27 @@ int nxl_getpeername6(struct bpf_sock_addr *ctx)
 }
 
 /*
+ * A TCP socket closes: free its rev_tcp_map entries (a socket that
+ * connected again after a failed connect may have left a second one).
+ */
+SEC("cgroup/sock_release")
+int nxl_sock_release(struct bpf_sock *ctx)
+{
+	__u64 cookie;
+	struct rev_tcp_slot *s;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return SYS_PROCEED;
+	cookie = bpf_get_socket_cookie(ctx);
+	for (__u32 i = 0; i < NXL_TCP_PROBES; i++) {
+		s = tcp_slot(cookie, i);
+		if (s && s->cookie == cookie)
+			s->cookie = 0;
+	}
+	return SYS_PROCEED;
+}
+
+/*
  * Stale sockets. When a backend goes, the control plane puts it in
  * doomed_map and reads these iterators once in every netns (an iterator
  * walks the sockets of the netns it is created in). A socket is destroyed
@@ -691,6 +817,22 @@ int nxl_getpeername6(struct bpf_sock_addr *ctx)
 /* A kfunc of 6.5: weak, so the object loads without it; bpf_ksym_exists()
  * is then false and the verifier drops the call. */
 extern int bpf_sock_destroy(struct sock_common *sk) __weak __ksym;
+
+/* Whether netnsxl translated the TCP socket with this cookie to this backend. */
+static __always_inline bool tcp_translated(__u64 cookie, const __u8 *be_addr, __be16 be_port)
+{
+	struct rev_tcp_slot *s;
+
+	if (!cookie)
+		return false; /* never asked for a cookie: never translated */
+	for (__u32 i = 0; i < NXL_TCP_PROBES; i++) {
+		s = tcp_slot(cookie, i);
+		if (s && s->cookie == cookie && (!be_addr || (s->backend_port == be_port &&
+							      addr_eq(s->backend_addr, be_addr))))
+			return true;
+	}
+	return false;
+}
 
 static __always_inline int destroy_if_doomed(struct seq_file *seq, struct sock_common *skc,
 					     struct sock *sk, __u8 proto)
@@ -711,14 +853,18 @@ static __always_inline int destroy_if_doomed(struct seq_file *seq, struct sock_c
 	if (!key.port || !bpf_map_lookup_elem(&doomed_map, &key))
 		return 0;
 
-	rv = bpf_sk_storage_get(&revnat_map, sk, NULL, 0);
-	if (!rv)
-		return 0;
-	for (int i = 0; i < NXL_REV_PER_SOCK; i++) {
-		struct revnat_entry *e = &rv->e[i];
+	if (proto == IPPROTO_TCP) {
+		ours = tcp_translated(skc->skc_cookie.counter, key.addr, key.port);
+	} else {
+		rv = bpf_sk_storage_get(&revnat_map, sk, NULL, 0);
+		if (!rv)
+			return 0;
+		for (int i = 0; i < NXL_REV_PER_SOCK; i++) {
+			struct revnat_entry *e = &rv->e[i];
 
-		if (e->backend_port == key.port && addr_eq(e->backend_addr, key.addr))
-			ours = true;
+			if (e->backend_port == key.port && addr_eq(e->backend_addr, key.addr))
+				ours = true;
+		}
 	}
 	if (ours && bpf_ksym_exists(bpf_sock_destroy) && bpf_sock_destroy(skc) == 0)
 		bpf_seq_write(seq, &mark, 1);
@@ -753,9 +899,9 @@ int nxl_destroy_tcp(struct bpf_iter__tcp *ctx)
 }
 
 /*
- * Count the sockets of a netns that hold reverse-translation state (one byte
- * each), for status and the tests: socket-local storage cannot be listed
- * from user space.
+ * Count the UDP sockets of a netns that hold reverse-translation state (one
+ * byte each), for status and the tests: socket-local storage cannot be
+ * listed from user space (TCP's rev_tcp_map can).
  */
 SEC("iter/udp")
 int nxl_count_udp(struct bpf_iter__udp *ctx)
@@ -764,21 +910,6 @@ int nxl_count_udp(struct bpf_iter__udp *ctx)
 	char mark = 'x';
 
 	if (udp && bpf_sk_storage_get(&revnat_map, (struct sock *)udp, NULL, 0))
-		bpf_seq_write(ctx->meta->seq, &mark, 1);
-	return 0;
-}
-
-SEC("iter/tcp")
-int nxl_count_tcp(struct bpf_iter__tcp *ctx)
-{
-	struct sock_common *skc = ctx->sk_common;
-	struct tcp_sock *tp;
-	char mark = 'x';
-
-	if (!skc)
-		return 0;
-	tp = bpf_skc_to_tcp_sock(skc);
-	if (tp && bpf_sk_storage_get(&revnat_map, (struct sock *)tp, NULL, 0))
 		bpf_seq_write(ctx->meta->seq, &mark, 1);
 	return 0;
 }

@@ -21,7 +21,7 @@
 enum nxl_limits {
 	/* Bump when any structure below, or the meaning of a field, changes.
 	 * The control plane refuses a pin directory written by another layout. */
-	NXL_LAYOUT_VERSION = 4,
+	NXL_LAYOUT_VERSION = 5,
 	NXL_DEFAULT_MAX_SERVICES = 65536,
 	NXL_DEFAULT_MAX_BACKENDS = 262144,
 	NXL_DEFAULT_MAX_AFFINITY = 65536,
@@ -37,6 +37,10 @@ enum nxl_limits {
 	 * master lookup alone. Backend i >= NXL_INLINE is in slot i + 1. */
 	NXL_INLINE = 4,
 	NXL_PATH_LEN = 256,
+	/* Slots of rev_tcp_map (a power of two; attach --max-tcp-sockets). */
+	NXL_DEFAULT_TCP_SLOTS = 131072,
+	/* Slots a TCP socket's entry may take, from cookie % slots on. */
+	NXL_TCP_PROBES = 4,
 };
 
 /* Counters (stats_map, per CPU) and trace verdicts (nxl_event.verdict). */
@@ -50,7 +54,10 @@ enum nxl_stat {
 	NXL_STAT_HOST_SKIPPED = 6,  /* pods-only frontend (ExternalIP) from the host netns */
 	NXL_STAT_POD_SKIPPED = 7,   /* host-only frontend (loopback NodePort) from a pod */
 	NXL_STAT_REVERSED = 8,      /* recvmsg/getpeername shown the frontend */
-	NXL_STAT_MAX = 9,
+	NXL_STAT_TCP_UNRECORDED = 9, /* a translated TCP socket found no free slot
+				      * in rev_tcp_map: getpeername() shows it
+				      * the backend */
+	NXL_STAT_MAX = 10,
 };
 
 /* Which program made a decision (nxl_event.hook). */
@@ -63,12 +70,6 @@ enum nxl_hook {
 	NXL_HOOK_SENDMSG6 = 6,
 	NXL_HOOK_RECVMSG6 = 7,
 	NXL_HOOK_GETPEERNAME6 = 8,
-};
-
-/* Per-service counters (svc_stats_map, per CPU). */
-struct svc_stats {
-	__u64 translated;
-	__u64 refused;
 };
 
 /* One translation decision, sent to `netnsxl trace` through events_map. */
@@ -205,7 +206,24 @@ struct affinity_value {
 	__u32 pad0;
 };
 
-/* Reverse translation, in the socket's own storage (revnat_map). */
+/*
+ * Reverse translation of a connected TCP socket (rev_tcp_map, an array
+ * indexed by socket cookie): no allocation per connect. The entry of the
+ * socket whose cookie is C is in one of the NXL_TCP_PROBES slots from
+ * C % slots on; the sock_release program empties it. `cookie` is 0 for a
+ * free slot and NXL_TCP_SLOT_BUSY while a connect fills it.
+ */
+struct rev_tcp_slot {
+	__u64 cookie;
+	__u8 frontend_addr[16];
+	__u8 backend_addr[16];
+	__be16 frontend_port;
+	__be16 backend_port;
+	__u32 pad0;
+};
+
+/* Reverse translation of UDP sockets (unconnected ones may talk to several
+ * frontends), in the socket's own storage (revnat_map). */
 struct revnat_entry {
 	__u8 backend_addr[16];
 	__u8 frontend_addr[16];
@@ -281,7 +299,7 @@ _Static_assert(sizeof(struct affinity_value) == 16, "affinity_value layout");
 _Static_assert(sizeof(struct revnat_value) == 152, "revnat_value layout");
 _Static_assert(sizeof(struct doomed_key) == 20, "doomed_key layout");
 _Static_assert(sizeof(struct nxl_config) == 312, "nxl_config layout");
-_Static_assert(sizeof(struct svc_stats) == 16, "svc_stats layout");
+_Static_assert(sizeof(struct rev_tcp_slot) == 48, "rev_tcp_slot layout");
 _Static_assert(sizeof(struct nxl_event) == 80, "nxl_event layout");
 
 /* Referenced by one .rodata variable so every enum above is in BTF. */

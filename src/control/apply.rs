@@ -11,11 +11,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 
 use crate::control::store::{self, Current, Ids, Tx};
-use crate::datapath::maps::IdKind;
+use crate::datapath::maps;
 use crate::datapath::state::State;
 use crate::model::addr::Proto;
 use crate::model::manifest::{self, Entry};
@@ -302,19 +302,12 @@ pub fn apply_parsed(
             }
         }
     }
-    let (mut next_svc, mut ids) = if opts.dry_run {
-        let cfg = state.config()?;
-        (
-            cfg.next_svc_id.max(1),
-            Ids::dry(cfg.next_backend_id, fresh_backends),
-        )
+    let svc_ids = maps::alloc_svc_ids(state, new_services, !opts.dry_run)?;
+    let mut svc_ids = svc_ids.into_iter();
+    let mut ids = if opts.dry_run {
+        Ids::dry(state.config()?.next_backend_id, fresh_backends)
     } else {
-        let first = if new_services > 0 {
-            state.alloc_ids(IdKind::Service, new_services)?
-        } else {
-            0
-        };
-        (first, Ids::alloc(state, fresh_backends)?)
+        Ids::alloc(state, fresh_backends)?
     };
 
     struct Clear(indicatif::ProgressBar);
@@ -331,10 +324,12 @@ pub fn apply_parsed(
         let idk = service::identity_key(&e.spec, &node_addrs);
         let (svc_id, old) = match have.get(&idk) {
             Some(id) => (*id, cur.spec(*id)?),
-            None => {
-                next_svc += 1;
-                (next_svc - 1, None)
-            }
+            None => (
+                svc_ids
+                    .next()
+                    .context("internal error: fewer service ids than new services")?,
+                None,
+            ),
         };
         let changed = store::plan_write(&mut cur, &mut tx, &e.spec, svc_id, &mut ids)
             .map_err(|err| anyhow!("{}: {err:#}", e.source))?;

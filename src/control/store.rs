@@ -23,7 +23,6 @@ use crate::datapath::maps::{self, MapId, Maps, WriteError};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::bpf::{self, backend_flags, svc_flags, types};
-use crate::datapath::maps::IdKind;
 use crate::model::addr::{BackendSpec, Doomed, Proto, to_map_addr, to_map_port};
 use crate::model::service::{self, Frontend, ServiceSpec};
 
@@ -343,7 +342,7 @@ impl Ids {
         if n == 0 {
             return Ok(Ids { next: 0, end: 0 });
         }
-        let first = maps::alloc_ids(maps, IdKind::Backend, n)?;
+        let first = maps::alloc_backend_ids(maps, n)?;
         Ok(Ids {
             next: first,
             end: first + n,
@@ -843,6 +842,17 @@ pub fn execute(maps: &dyn Maps, tx: Tx) -> Result<Done> {
     }
     let mut undo = Vec::new();
     let res = (|| {
+        // A new service's id may have been another's: its counters start
+        // at zero, before any master entry can count into them.
+        let fresh: Vec<[u8; 4]> = tx
+            .meta
+            .iter()
+            .filter(|(_, _, prev)| prev.is_none())
+            .map(|(id, _, _)| id.to_ne_bytes())
+            .collect();
+        let fresh: Vec<&[u8]> = fresh.iter().map(|k| k.as_slice()).collect();
+        maps.zero(MapId::SvcCount, &fresh)?;
+        maps.delete(MapId::SvcRefused, &fresh);
         write_phase(
             maps,
             MapId::Meta,
@@ -931,11 +941,12 @@ pub fn execute(maps: &dyn Maps, tx: Tx) -> Result<Done> {
         .map(|id| id.to_ne_bytes().to_vec())
         .collect();
     delete_all(maps, MapId::Meta, &del_meta);
-    // Counters of services that went.
-    let stats: Vec<[u8; 4]> = tx.del_meta.iter().map(|id| id.to_ne_bytes()).collect();
+    // Refusal counters of services that went (their svc_count_map
+    // counters are zeroed when their id is given out again).
+    let gone: Vec<[u8; 4]> = tx.del_meta.iter().map(|id| id.to_ne_bytes()).collect();
     maps.delete(
-        MapId::SvcStats,
-        &stats.iter().map(|k| k.as_slice()).collect::<Vec<_>>(),
+        MapId::SvcRefused,
+        &gone.iter().map(|k| k.as_slice()).collect::<Vec<_>>(),
     );
     // Only after the masters went may their ports' bits go.
     if let Some(exact) = &tx.exact_ports {
@@ -1123,7 +1134,7 @@ pub fn repair_if_interrupted(maps: &dyn Maps) -> Result<Option<Repaired>> {
 
 /// Allocate a service id (for a service the maps do not have yet).
 pub fn new_svc_id(maps: &dyn Maps) -> Result<u32> {
-    maps::alloc_ids(maps, IdKind::Service, 1)
+    Ok(maps::alloc_svc_ids(maps, 1, true)?[0])
 }
 
 #[cfg(test)]

@@ -32,6 +32,8 @@ pub struct Capacity {
     pub services: u32,
     pub backends: u32,
     pub affinity: u32,
+    /// Slots of rev_tcp_map: open translated TCP sockets (a power of two).
+    pub tcp_sockets: u32,
 }
 
 impl Default for Capacity {
@@ -41,6 +43,7 @@ impl Default for Capacity {
             services: L::NXL_DEFAULT_MAX_SERVICES.0,
             backends: L::NXL_DEFAULT_MAX_BACKENDS.0,
             affinity: L::NXL_DEFAULT_MAX_AFFINITY.0,
+            tcp_sockets: L::NXL_DEFAULT_TCP_SLOTS.0,
         }
     }
 }
@@ -64,6 +67,16 @@ impl Capacity {
             if !(1..=1 << 24).contains(&v) {
                 bail!("{opt} {v} is out of range: use 1..=16777216");
             }
+        }
+        if !(16..=1 << 24).contains(&self.tcp_sockets) || !self.tcp_sockets.is_power_of_two() {
+            bail!(
+                "--max-tcp-sockets {} is not a power of two in 16..=16777216: use e.g. {}",
+                self.tcp_sockets,
+                self.tcp_sockets
+                    .clamp(16, 1 << 24)
+                    .next_power_of_two()
+                    .min(1 << 24)
+            );
         }
         self.svc_entries().map(|_| ())
     }
@@ -230,6 +243,11 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         .as_deref_mut()
         .context("the BPF object has no .rodata")?
         .nxl_features = feature_bits;
+    open.maps
+        .rodata_data
+        .as_deref_mut()
+        .context("the BPF object has no .rodata")?
+        .nxl_tcp_slot_mask = cap.tcp_sockets - 1;
     open.progs
         .nxl_probe_init_cookie
         .set_autoload(probed.has(Id::InitCookieTc));
@@ -241,10 +259,19 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         .meta_map
         .set_max_entries(cap.services)
         .context("size meta_map")?;
+    // Indexed by service id, 1..=services.
     open.maps
-        .svc_stats_map
+        .svc_count_map
+        .set_max_entries(cap.services + 1)
+        .context("size svc_count_map")?;
+    open.maps
+        .svc_refused_map
         .set_max_entries(cap.services)
-        .context("size svc_stats_map")?;
+        .context("size svc_refused_map")?;
+    open.maps
+        .rev_tcp_map
+        .set_max_entries(cap.tcp_sockets)
+        .context("size rev_tcp_map")?;
     open.maps
         .backend_map
         .set_max_entries(cap.backends)

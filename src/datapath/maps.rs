@@ -24,14 +24,15 @@ pub enum MapId {
     Ports,
     Affinity,
     NodeAddr,
-    SvcStats,
+    SvcCount,
+    SvcRefused,
     Bypass,
     Doomed,
     Config,
 }
 
 impl MapId {
-    pub const ALL: [MapId; 11] = [
+    pub const ALL: [MapId; 12] = [
         MapId::Svc,
         MapId::Backend,
         MapId::Meta,
@@ -39,7 +40,8 @@ impl MapId {
         MapId::Ports,
         MapId::Affinity,
         MapId::NodeAddr,
-        MapId::SvcStats,
+        MapId::SvcCount,
+        MapId::SvcRefused,
         MapId::Bypass,
         MapId::Doomed,
         MapId::Config,
@@ -55,7 +57,8 @@ impl MapId {
             MapId::Ports => "port_map",
             MapId::Affinity => "affinity_map",
             MapId::NodeAddr => "node_addr_map",
-            MapId::SvcStats => "svc_stats_map",
+            MapId::SvcCount => "svc_count_map",
+            MapId::SvcRefused => "svc_refused_map",
             MapId::Bypass => "bypass_map",
             MapId::Doomed => "doomed_map",
             MapId::Config => "config_map",
@@ -89,6 +92,9 @@ pub trait Maps {
     fn update(&self, map: MapId, elems: &[(&[u8], &[u8])]) -> Result<(), WriteError>;
     /// Delete these keys; a key already gone is not an error.
     fn delete(&self, map: MapId, keys: &[&[u8]]);
+    /// Set these elements of a counter array to zero (a per-CPU one on
+    /// every CPU): array elements cannot be deleted.
+    fn zero(&self, map: MapId, keys: &[&[u8]]) -> Result<()>;
     /// Every element.
     fn dump(&self, map: MapId) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     fn max_entries(&self, map: MapId) -> u32;
@@ -134,12 +140,6 @@ pub fn put(maps: &dyn Maps, map: MapId, key: &[u8], val: &[u8]) -> Result<()> {
     })
 }
 
-/// Which id counter of the config to allocate from.
-pub enum IdKind {
-    Service,
-    Backend,
-}
-
 /// The single config element.
 pub fn config(maps: &dyn Maps) -> Result<crate::bpf::types::nxl_config> {
     get(maps, MapId::Config, &0u32.to_ne_bytes())?
@@ -162,22 +162,69 @@ pub fn node_addrs(maps: &dyn Maps) -> Result<Vec<std::net::IpAddr>> {
     Ok(out)
 }
 
-/// Allocate `n` consecutive ids from a config counter. The counter is
-/// written before the ids are used, so an interrupted command only leaks
-/// ids; it never hands one out twice.
-pub fn alloc_ids(maps: &dyn Maps, which: IdKind, n: u32) -> Result<u32> {
+/// Allocate `n` consecutive backend ids from the config counter. The
+/// counter is written before the ids are used, so an interrupted command
+/// only leaks ids; it never hands one out twice. Backend ids are never
+/// reused: an affinity entry naming a gone backend can never name another.
+pub fn alloc_backend_ids(maps: &dyn Maps, n: u32) -> Result<u32> {
     let mut cfg = config(maps)?;
-    let counter = match which {
-        IdKind::Service => &mut cfg.next_svc_id,
-        IdKind::Backend => &mut cfg.next_backend_id,
-    };
-    let first = (*counter).max(1);
+    let first = cfg.next_backend_id.max(1);
     let Some(next) = first.checked_add(n) else {
-        anyhow::bail!("id space exhausted; run netnsxl detach and attach again");
+        anyhow::bail!("backend id space exhausted; run netnsxl detach and attach again");
     };
-    *counter = next;
+    cfg.next_backend_id = next;
     write_config(maps, &cfg)?;
     Ok(first)
+}
+
+/// Ids for `n` new services: ids in 1..=--max-services (meta_map's
+/// capacity; svc_count_map is indexed by them) that no service has, taken
+/// from where the last allocation stopped (next fit), so a freed id is
+/// reused as late as possible. Ids of services a change is deleting are
+/// still taken. `commit` writes the cursor (a dry run does not); an
+/// interrupted command leaks nothing, since an id is in use exactly while
+/// its metadata exists.
+pub fn alloc_svc_ids(maps: &dyn Maps, n: u32, commit: bool) -> Result<Vec<u32>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let cap = maps.max_entries(MapId::Meta);
+    let mut cfg = config(maps)?;
+    // Few ids: a lookup each; many: one read of every id in use.
+    let used: Option<std::collections::HashSet<u32>> = if n > 16 {
+        Some(
+            maps.dump(MapId::Meta)?
+                .iter()
+                .filter_map(|(k, _)| <[u8; 4]>::try_from(k.as_slice()).ok())
+                .map(u32::from_ne_bytes)
+                .collect(),
+        )
+    } else {
+        None
+    };
+    let mut id = cfg.next_svc_id.clamp(1, cap);
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..cap {
+        let taken = match &used {
+            Some(u) => u.contains(&id),
+            None => maps.lookup(MapId::Meta, &id.to_ne_bytes())?.is_some(),
+        };
+        if !taken {
+            out.push(id);
+        }
+        id = id % cap + 1;
+        if out.len() == n as usize {
+            break;
+        }
+    }
+    if out.len() < n as usize {
+        anyhow::bail!("meta_map is full ({cap} services); attach with a larger --max-services");
+    }
+    if commit {
+        cfg.next_svc_id = id;
+        write_config(maps, &cfg)?;
+    }
+    Ok(out)
 }
 
 pub mod fake {
@@ -329,6 +376,20 @@ pub mod fake {
                     self.log.borrow_mut().push(Op::Delete(map, k.to_vec()));
                 }
             }
+        }
+
+        /// A zeroed counter is an element of eight zero bytes (one CPU's
+        /// view of a per-CPU counter).
+        fn zero(&self, map: MapId, keys: &[&[u8]]) -> Result<()> {
+            let mut maps = self.maps.borrow_mut();
+            let m = maps.entry(map).or_default();
+            for k in keys {
+                m.insert(k.to_vec(), vec![0; 8]);
+                self.log
+                    .borrow_mut()
+                    .push(Op::Write(map, k.to_vec(), vec![0; 8]));
+            }
+            Ok(())
         }
 
         fn dump(&self, map: MapId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {

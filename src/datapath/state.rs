@@ -13,7 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::bpf::{self, LAYOUT_VERSION, types};
-use crate::datapath::maps::{self, IdKind, MapId, Maps, WriteError};
+use crate::datapath::maps::{self, MapId, Maps, WriteError};
 use crate::sys::pindir;
 
 /// Names of the pinned maps: the object's own map names.
@@ -29,7 +29,9 @@ pub const MAPS: &[&str] = &[
     "port_map",
     "member_map",
     "stats_map",
-    "svc_stats_map",
+    "svc_count_map",
+    "svc_refused_map",
+    "rev_tcp_map",
     "events_map",
     "config_map",
 ];
@@ -44,16 +46,12 @@ pub const CGROUP_PROGS: &[&str] = &[
     "nxl_sendmsg6",
     "nxl_recvmsg6",
     "nxl_getpeername6",
+    "nxl_sock_release",
 ];
 
 /// Socket iterators that destroy sockets of removed backends (src/control/stale.rs);
 /// their links are pinned next to the cgroup links.
-pub const ITER_PROGS: &[&str] = &[
-    "nxl_destroy_udp",
-    "nxl_destroy_tcp",
-    "nxl_count_udp",
-    "nxl_count_tcp",
-];
+pub const ITER_PROGS: &[&str] = &["nxl_destroy_udp", "nxl_destroy_tcp", "nxl_count_udp"];
 
 /// How to move services from a pin dir of another layout.
 const MIGRATE: &str = "to migrate, dump it with the netnsxl that wrote it (svc list -o json > services.json), then netnsxl detach, netnsxl attach --cgroup PATH and netnsxl apply -f services.json with this one";
@@ -104,7 +102,9 @@ pub struct State {
     pub ports: MapHandle,
     pub member: MapHandle,
     pub stats: MapHandle,
-    pub svc_stats: MapHandle,
+    pub svc_count: MapHandle,
+    pub svc_refused: MapHandle,
+    pub rev_tcp: MapHandle,
     pub events: MapHandle,
     pub config: MapHandle,
 }
@@ -177,7 +177,9 @@ impl State {
             ports: open_map(&pins, MapId::Ports.name())?,
             member: open_map(&pins, MapId::Member.name())?,
             stats: open_map(&pins, "stats_map")?,
-            svc_stats: open_map(&pins, MapId::SvcStats.name())?,
+            svc_count: open_map(&pins, MapId::SvcCount.name())?,
+            svc_refused: open_map(&pins, MapId::SvcRefused.name())?,
+            rev_tcp: open_map(&pins, "rev_tcp_map")?,
             events: open_map(&pins, "events_map")?,
             config: open_map(&pins, MapId::Config.name())?,
             pins,
@@ -204,11 +206,6 @@ impl State {
         maps::node_addrs(self)
     }
 
-    /// Allocate `n` consecutive ids from a config counter (maps::alloc_ids).
-    pub fn alloc_ids(&self, which: IdKind, n: u32) -> Result<u32> {
-        maps::alloc_ids(self, which, n)
-    }
-
     /// The pinned map behind `map`.
     pub fn handle(&self, map: MapId) -> &MapHandle {
         match map {
@@ -219,7 +216,8 @@ impl State {
             MapId::Ports => &self.ports,
             MapId::Affinity => &self.affinity,
             MapId::NodeAddr => &self.node_addr,
-            MapId::SvcStats => &self.svc_stats,
+            MapId::SvcCount => &self.svc_count,
+            MapId::SvcRefused => &self.svc_refused,
             MapId::Bypass => &self.bypass,
             MapId::Doomed => &self.doomed,
             MapId::Config => &self.config,
@@ -275,6 +273,28 @@ impl Maps for State {
         for k in keys {
             let _ = h.delete(k);
         }
+    }
+
+    fn zero(&self, map: MapId, keys: &[&[u8]]) -> Result<()> {
+        let h = self.handle(map);
+        let per_cpu = matches!(
+            h.map_type(),
+            libbpf_rs::MapType::PercpuArray | libbpf_rs::MapType::PercpuHash
+        );
+        for k in keys {
+            let res = if per_cpu {
+                let cpus = libbpf_rs::num_possible_cpus().context("possible CPUs")?;
+                h.update_percpu(
+                    k,
+                    &vec![vec![0u8; h.value_size() as usize]; cpus],
+                    MapFlags::ANY,
+                )
+            } else {
+                h.update(k, &vec![0u8; h.value_size() as usize], MapFlags::ANY)
+            };
+            res.with_context(|| format!("zero {}", map.name()))?;
+        }
+        Ok(())
     }
 
     fn dump(&self, map: MapId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {

@@ -19,7 +19,7 @@ use crate::output::{self, Format};
 use crate::sys;
 
 /// The counters, in NXL_STAT_* order, with the names `stats` prints.
-pub const REASONS: [(&str, &str); 9] = [
+pub const REASONS: [(&str, &str); 10] = [
     ("translated", "sent to a backend"),
     (
         "refused",
@@ -44,6 +44,10 @@ pub const REASONS: [(&str, &str); 9] = [
         "host-only frontend (loopback NodePort) left alone in a pod",
     ),
     ("reversed", "recvmsg/getpeername shown the frontend"),
+    (
+        "tcp_unrecorded",
+        "translated TCP socket found rev_tcp_map full around its slot: its getpeername shows the backend (attach --max-tcp-sockets)",
+    ),
 ];
 
 fn sum_percpu(vals: &[Vec<u8>]) -> u64 {
@@ -85,23 +89,18 @@ pub fn read_stats(state: &State) -> Result<Stats> {
         crate::datapath::state::read_map::<u32, types::svc_meta>(&state.meta)?
             .into_iter()
             .collect();
+    let refused: HashMap<u32, u64> =
+        crate::datapath::state::read_map::<u32, u64>(&state.svc_refused)?
+            .into_iter()
+            .collect();
     let mut services = Vec::new();
-    for k in state.svc_stats.keys() {
-        let Ok(id) = <[u8; 4]>::try_from(k.as_slice()).map(u32::from_ne_bytes) else {
-            continue;
-        };
-        let Some(per_cpu) = state.svc_stats.lookup_percpu(&k, MapFlags::ANY)? else {
-            continue;
-        };
-        let (mut translated, mut refused) = (0, 0);
-        for v in &per_cpu {
-            let s: types::svc_stats = bpf::from_bytes(v)?;
-            translated += s.translated;
-            refused += s.refused;
-        }
-        let Some(meta) = metas.get(&id) else {
-            continue; // a service deleted meanwhile
-        };
+    for (&id, meta) in &metas {
+        let translated = state
+            .svc_count
+            .lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY)
+            .context("read svc_count_map")?
+            .map_or(0, |v| sum_percpu(&v));
+        let refused = refused.get(&id).copied().unwrap_or(0);
         let spec = crate::model::service::spec_from(meta, &[])?;
         services.push(SvcCounters {
             svc_id: id,
@@ -482,6 +481,7 @@ mod tests {
             (S::NXL_STAT_HOST_SKIPPED, "host_skipped"),
             (S::NXL_STAT_POD_SKIPPED, "pod_skipped"),
             (S::NXL_STAT_REVERSED, "reversed"),
+            (S::NXL_STAT_TCP_UNRECORDED, "tcp_unrecorded"),
         ];
         assert_eq!(super::REASONS.len(), S::NXL_STAT_MAX.0 as usize);
         assert_eq!(c.len(), super::REASONS.len());

@@ -80,14 +80,24 @@ struct Row {
     value: String,
 }
 
-/// Sockets that hold reverse-translation state, in every netns netnsxl can
-/// find, counted by the pinned socket iterators (one byte per socket).
+/// UDP sockets that hold reverse-translation state (socket-local storage,
+/// which user space cannot list), in every netns netnsxl can find, counted by
+/// the pinned socket iterator (one byte per socket).
+pub fn udp_revnat_sockets(state: &State) -> Result<usize> {
+    crate::datapath::iter::read_everywhere(state, "nxl_count_udp")
+}
+
+/// Open TCP sockets netnsxl translated: the held slots of rev_tcp_map.
+pub fn tcp_revnat_sockets(state: &State) -> Result<usize> {
+    Ok(crate::datapath::state::read_raw(&state.rev_tcp)?
+        .iter()
+        .filter(|(_, v)| v.get(..8).is_some_and(|c| c != [0; 8]))
+        .count())
+}
+
+/// Sockets that hold reverse-translation state, UDP and TCP.
 pub fn revnat_entries(state: &State) -> Result<usize> {
-    let mut n = 0;
-    for prog in ["nxl_count_udp", "nxl_count_tcp"] {
-        n += crate::datapath::iter::read_everywhere(state, prog)?;
-    }
-    Ok(n)
+    Ok(udp_revnat_sockets(state)? + tcp_revnat_sockets(state)?)
 }
 
 pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
@@ -151,12 +161,17 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
             capacity: Some(map.max_entries()),
         });
     }
-    // Socket-local storage: one element per socket that holds state; the
-    // kernel frees it with the socket, so it has no capacity.
+    // Socket-local storage: one element per UDP socket that holds state;
+    // the kernel frees it with the socket, so it has no capacity.
     maps.push(MapStatus {
         name: "revnat_map".to_string(),
-        used: revnat_entries(&state)?,
+        used: udp_revnat_sockets(&state)?,
         capacity: None,
+    });
+    maps.push(MapStatus {
+        name: "rev_tcp_map".to_string(),
+        used: tcp_revnat_sockets(&state)?,
+        capacity: Some(state.rev_tcp.max_entries()),
     });
 
     let probed = features::probe();
