@@ -336,6 +336,171 @@ fn affinity_sticks_per_netns_cookie_and_dump_shows_it() {
     assert_eq!(e["backend"], format!("{keep}:8080"));
 }
 
+/// The rev_tcp_map row of `status`: (used, capacity).
+fn tcp_slots(cli: &Cli) -> (u64, u64) {
+    let status = cli.json(&["status"]);
+    let m = status["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "rev_tcp_map")
+        .unwrap_or_else(|| panic!("no rev_tcp_map in {status}"))
+        .clone();
+    (m["used"].as_u64().unwrap(), m["capacity"].as_u64().unwrap())
+}
+
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn tcp_getpeername_shows_the_frontend_to_translated_sockets_only_and_for_as_long_as_they_live() {
+    require_root();
+    let (cg, pins) = (Cgroup::new(), PinDir::new());
+    let cli = Cli { pins: &pins };
+    // 16 slots: the 300 later connects below go round the table many times.
+    cli.attach(&cg, &["--max-tcp-sockets", "16"]);
+    assert_eq!(tcp_slots(&cli), (0, 16));
+    let lab = lab(1);
+    // backend-1 keeps connections open (for the held sockets), backend-2
+    // answers once and closes (for the many short connects).
+    let _held_server = Server::start_with(
+        Some(&lab.node),
+        "tcp",
+        "198.51.100.200:8080",
+        "backend-1",
+        &["--keep-open"],
+    );
+    let _short_server = Server::start(Some(&lab.node), "tcp", "198.51.100.201:8080", "backend-2");
+    for (vip, be) in [
+        ("203.0.113.80:80", "198.51.100.200:8080"),
+        ("203.0.113.81:80", "198.51.100.201:8080"),
+    ] {
+        cli.ok(&[
+            "svc",
+            "add",
+            "--type",
+            "clusterip",
+            "--frontend",
+            vip,
+            "--backend",
+            be,
+        ]);
+    }
+    let pod = From::pod(&cg, &lab.pods[0]);
+
+    // One translated socket and one straight to the backend, held open.
+    let (mut via_vip, first) = Held::start(pod, "tcp", "203.0.113.80:80");
+    assert!(first.ok, "{first:?}");
+    assert_eq!(first.peer.as_deref(), Some("203.0.113.80:80"));
+    let (mut direct, first) = Held::start(pod, "tcp", "198.51.100.200:8080");
+    assert!(first.ok, "{first:?}");
+    assert_eq!(
+        first.peer.as_deref(),
+        Some("198.51.100.200:8080"),
+        "a socket connected straight to a backend never sees a frontend"
+    );
+    assert_eq!(tcp_slots(&cli).0, 1, "one translated socket is open");
+
+    // Many later translated connects, each closed: they take and free
+    // slots, never the held socket's.
+    let later = probe(pod, "tcp", false, "203.0.113.81:80", 300);
+    assert!(later.iter().all(|a| a.ok), "{later:?}");
+    assert!(
+        later
+            .iter()
+            .all(|a| a.peer.as_deref() == Some("203.0.113.81:80")),
+        "{later:?}"
+    );
+    let a = via_vip.step("send");
+    assert!(a.ok, "{a:?}");
+    assert_eq!(
+        a.peer.as_deref(),
+        Some("203.0.113.80:80"),
+        "the socket held across 300 later connects still shows its frontend"
+    );
+    let a = direct.step("send");
+    assert_eq!(a.peer.as_deref(), Some("198.51.100.200:8080"));
+    let stats = cli.json(&["stats"]);
+    assert_eq!(stats["reasons"]["tcp_unrecorded"], 0, "{stats}");
+    assert_eq!(stats["reasons"]["translated"], 301, "{stats}");
+    let per_svc: Vec<(String, u64)> = stats["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["frontend"].as_str().unwrap().to_string(),
+                s["translated"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        per_svc,
+        [
+            ("203.0.113.80:80".to_string(), 1),
+            ("203.0.113.81:80".to_string(), 300)
+        ],
+        "{stats}"
+    );
+
+    // Closed sockets free their slots (sock_release).
+    drop(via_vip);
+    drop(direct);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while tcp_slots(&cli).0 != 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        tcp_slots(&cli).0,
+        0,
+        "every slot is free once the sockets closed"
+    );
+}
+
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn tcp_sockets_beyond_the_slot_table_are_counted_and_show_their_backend() {
+    require_root();
+    let (cg, pins) = (Cgroup::new(), PinDir::new());
+    let cli = Cli { pins: &pins };
+    cli.attach(&cg, &["--max-tcp-sockets", "16"]);
+    let lab = lab(1);
+    let _servers = lab.serve(&BACKENDS[..1], "tcp", 8080);
+    cli.ok(&[
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--frontend",
+        "203.0.113.80:80",
+        "--backend",
+        "198.51.100.200:8080",
+    ]);
+    // 40 translated sockets open at once, in a table of 16.
+    let pod = From::pod(&cg, &lab.pods[0]);
+    let open = probe_with(pod, "tcp", false, "203.0.113.80:80", 40, &["--keep-all"]);
+    assert!(open.iter().all(|a| a.ok), "{open:?}");
+    let shown = open
+        .iter()
+        .filter(|a| a.peer.as_deref() == Some("203.0.113.80:80"))
+        .count() as u64;
+    let unrecorded = open
+        .iter()
+        .filter(|a| a.peer.as_deref() == Some("198.51.100.200:8080"))
+        .count() as u64;
+    assert_eq!(shown + unrecorded, 40, "{open:?}");
+    assert!(
+        shown <= 16 && unrecorded >= 24,
+        "16 slots hold at most 16 sockets: {shown} shown, {unrecorded} not"
+    );
+    let stats = cli.json(&["stats"]);
+    assert_eq!(
+        stats["reasons"]["tcp_unrecorded"], unrecorded,
+        "every socket that shows its backend is counted: {stats}"
+    );
+    assert_eq!(stats["reasons"]["translated"], 40, "{stats}");
+    // The probe exited: every slot it held is free again.
+    assert_eq!(tcp_slots(&cli).0, 0);
+}
+
 #[test]
 #[ignore = "needs root (make test runs it)"]
 fn udp_replies_and_peer_show_the_frontend() {

@@ -74,6 +74,10 @@ struct ConnectArgs {
     /// receive). One JSON line each; ends at EOF.
     #[arg(long)]
     hold: bool,
+    /// TCP: keep every attempt's socket open until the last attempt is
+    /// done (each reports the peer getpeername() gave right after connect).
+    #[arg(long)]
+    keep_all: bool,
     /// Where to connect: ADDR:PORT or [ADDR]:PORT.
     target: String,
 }
@@ -261,7 +265,7 @@ fn enter(place: &Place) -> Result<()> {
     Ok(())
 }
 
-fn attempt(a: &ConnectArgs, target: SocketAddr, cookie: u64) -> Attempt {
+fn attempt(a: &ConnectArgs, target: SocketAddr, cookie: u64, kept: &mut Vec<TcpStream>) -> Attempt {
     let start = Instant::now();
     let start_unix_us = unix_us();
     let timeout = Duration::from_millis(a.timeout_ms);
@@ -270,6 +274,10 @@ fn attempt(a: &ConnectArgs, target: SocketAddr, cookie: u64) -> Attempt {
             let mut s = TcpStream::connect_timeout(&target, timeout)?;
             s.set_read_timeout(Some(timeout))?;
             let peer = s.peer_addr()?;
+            if a.keep_all {
+                kept.push(s);
+                return Ok((String::new(), peer));
+            }
             s.write_all(a.send.as_bytes())?;
             let mut buf = Vec::new();
             s.read_to_end(&mut buf)?;
@@ -313,8 +321,9 @@ fn connect(a: ConnectArgs) -> Result<()> {
         return hold(&a, target, cookie);
     }
     let mut out = std::io::stdout().lock();
+    let mut kept = Vec::new();
     for _ in 0..a.count {
-        let r = attempt(&a, target, cookie);
+        let r = attempt(&a, target, cookie, &mut kept);
         writeln!(out, "{}", serde_json::to_string(&r)?)?;
     }
     Ok(())

@@ -222,6 +222,18 @@ pub fn probe(
     target: &str,
     count: u32,
 ) -> Vec<Attempt> {
+    probe_with(from, proto, unconnected, target, count, &[])
+}
+
+/// The same, with more `connect` options (e.g. --keep-all).
+pub fn probe_with(
+    from: From<'_>,
+    proto: &str,
+    unconnected: bool,
+    target: &str,
+    count: u32,
+    extra: &[&str],
+) -> Vec<Attempt> {
     let mut cmd = Command::new(PROBE);
     cmd.args([
         "connect",
@@ -235,6 +247,7 @@ pub fn probe(
     if unconnected {
         cmd.arg("--unconnected");
     }
+    cmd.args(extra);
     if let Some(cg) = from.cgroup {
         cmd.arg("--cgroup").arg(&cg.path);
     }
