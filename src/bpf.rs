@@ -86,7 +86,7 @@ sizes!(
     nxl_config = 312,
     doomed_key = 20,
     member_key = 8,
-    rev_tcp_slot = 48,
+    rev_tcp_slot = 32,
     nxl_event = 80,
 );
 

@@ -173,7 +173,7 @@ struct AttachArgs {
     #[arg(long, value_name = "N", default_value_t = attach::Capacity::default().affinity)]
     max_affinity: u32,
     /// Open translated TCP sockets whose getpeername() shows the frontend
-    /// (48 bytes each, preallocated; a power of two). A socket that finds
+    /// (32 bytes each, preallocated; a power of two). A socket that finds
     /// no room shows its backend and is counted as tcp_unrecorded.
     #[arg(long, value_name = "N", default_value_t = attach::Capacity::default().tcp_sockets)]
     max_tcp_sockets: u32,

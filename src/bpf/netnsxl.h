@@ -211,15 +211,19 @@ struct affinity_value {
  * indexed by socket cookie): no allocation per connect. The entry of the
  * socket whose cookie is C is in one of the NXL_TCP_PROBES slots from
  * C % slots on; the sock_release program empties it. `cookie` is 0 for a
- * free slot and NXL_TCP_SLOT_BUSY while a connect fills it.
+ * free slot and ~0 while a connect fills it. Two slots share a cache line.
+ *
+ * The backend is kept as its port and a 32-bit tag (the XOR of the four
+ * words of its 16-byte address: the IPv4 address itself for an IPv4
+ * backend), only to tell the backend the socket was translated to from an
+ * address it connected to directly after a failed translated connect.
  */
 struct rev_tcp_slot {
 	__u64 cookie;
 	__u8 frontend_addr[16];
-	__u8 backend_addr[16];
 	__be16 frontend_port;
 	__be16 backend_port;
-	__u32 pad0;
+	__u32 backend_tag;
 };
 
 /* Reverse translation of UDP sockets (unconnected ones may talk to several
@@ -299,7 +303,7 @@ _Static_assert(sizeof(struct affinity_value) == 16, "affinity_value layout");
 _Static_assert(sizeof(struct revnat_value) == 152, "revnat_value layout");
 _Static_assert(sizeof(struct doomed_key) == 20, "doomed_key layout");
 _Static_assert(sizeof(struct nxl_config) == 312, "nxl_config layout");
-_Static_assert(sizeof(struct rev_tcp_slot) == 48, "rev_tcp_slot layout");
+_Static_assert(sizeof(struct rev_tcp_slot) == 32, "rev_tcp_slot layout");
 _Static_assert(sizeof(struct nxl_event) == 80, "nxl_event layout");
 
 /* Referenced by one .rodata variable so every enum above is in BTF. */

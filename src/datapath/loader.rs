@@ -251,6 +251,7 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
     open.progs
         .nxl_probe_init_cookie
         .set_autoload(probed.has(Id::InitCookieTc));
+    open.progs.nxl_bench_empty.set_autoload(false);
     open.maps
         .svc_map
         .set_max_entries(cap.svc_entries()?)
