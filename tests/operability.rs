@@ -98,6 +98,89 @@ fn traffic(lab: &Lab) {
 
 #[test]
 #[ignore = "needs root (make test runs it)"]
+fn a_reused_service_id_starts_its_counters_at_zero() {
+    require_root();
+    // Room for three services: ids are 1..=3, handed out next-fit.
+    let lab = Lab::build()
+        .backends(
+            vec![Backend {
+                ip: "203.0.113.1",
+                name: "be-1".into(),
+            }],
+            &["tcp", "udp"],
+            8080,
+        )
+        .attach_args(&["--max-services", "3"])
+        .up();
+    let cli = lab.cli();
+    let add = |fe: &str, proto: &str| {
+        cli.ok(&[
+            "svc",
+            "add",
+            "--type",
+            "clusterip",
+            "--proto",
+            proto,
+            "--frontend",
+            fe,
+            "--backend",
+            "203.0.113.1:8080",
+        ]);
+    };
+    let id_of = |fe: &str| {
+        let st = cli.json(&["stats"]);
+        st["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["frontend"] == fe)
+            .map(|s| {
+                (
+                    s["svc_id"].as_u64().unwrap(),
+                    s["translated"].as_u64().unwrap(),
+                )
+            })
+            .unwrap_or_else(|| panic!("no {fe} in {st}"))
+    };
+    add("198.18.30.1:80", "tcp");
+    for a in probe(lab.pod(0), "tcp", false, "198.18.30.1:80", 3) {
+        assert!(a.ok, "{a:?}");
+    }
+    let (old_id, n) = id_of("198.18.30.1:80");
+    assert_eq!(n, 3);
+    cli.ok(&["svc", "del", "--frontend", "198.18.30.1:80"]);
+    // The next two ids, then the freed one again.
+    add("198.18.30.2:80", "tcp");
+    add("198.18.30.3:80", "tcp");
+    add("198.18.30.4:80", "tcp");
+    let (new_id, n) = id_of("198.18.30.4:80");
+    assert_eq!(
+        new_id, old_id,
+        "the freed id is reused once the others are taken"
+    );
+    assert_eq!(
+        n, 0,
+        "a new service starts at zero, whatever its id counted before"
+    );
+    let a = probe(lab.pod(0), "tcp", false, "198.18.30.4:80", 1).remove(0);
+    assert!(a.ok, "{a:?}");
+    assert_eq!(id_of("198.18.30.4:80").1, 1);
+    // A fourth live service does not fit: the error names the option.
+    let (_, out) = cli.fails(&[
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--frontend",
+        "198.18.30.5:80",
+        "--backend",
+        "203.0.113.1:8080",
+    ]);
+    assert!(out.contains("--max-services"), "{out}");
+}
+
+#[test]
+#[ignore = "needs root (make test runs it)"]
 fn stats_count_exactly_what_happened() {
     require_root();
     let lab = lab();

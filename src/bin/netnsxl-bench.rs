@@ -1349,6 +1349,9 @@ mod mem {
         pub value: u64,
         pub max: u64,
         pub prealloc: bool,
+        /// attach multiplies max_entries by the possible CPUs (a plain
+        /// array holding one counter per service and CPU).
+        pub per_cpu_entries: bool,
     }
 
     pub struct Model {
@@ -1389,6 +1392,7 @@ mod mem {
                 }
                 u
             }
+            MapType::Array if d.per_cpu_entries => r8(d.value) * d.max * cpus,
             MapType::Array => r8(d.value) * d.max,
             MapType::PercpuArray => 8 * d.max + r8(d.value) * d.max * cpus,
             MapType::RingBuf => {
@@ -1417,12 +1421,13 @@ mod mem {
                 netnsxl::datapath::state::MAPS
                     .contains(&name.as_str())
                     .then(|| Def {
-                        name,
                         kind: m.map_type(),
                         key: u64::from(m.key_size()),
                         value: u64::from(m.value_size()),
                         max: u64::from(m.max_entries()),
                         prealloc: m.map_flags() & BPF_F_NO_PREALLOC == 0,
+                        per_cpu_entries: name == "svc_count_map",
+                        name,
                     })
             })
             .collect();
@@ -1442,6 +1447,7 @@ mod mem {
             value,
             max,
             prealloc,
+            per_cpu_entries: false,
         };
         vec![
             d("svc_map", Hash, 24, 112, 65536 + 262144, false),

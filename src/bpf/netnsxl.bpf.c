@@ -146,17 +146,24 @@ struct {
 } stats_map SEC(".maps");
 
 /*
- * Connects translated per service, per CPU, indexed by service id (the
- * control plane keeps ids in 1..--max-services and zeroes a counter before
- * it gives its id to a new service). An array: no hash, no bucket and
- * element to bring in per connect, one 8-byte counter per service and CPU.
+ * Connects translated per service and CPU, indexed by service id (the
+ * control plane keeps ids in 1..--max-services and zeroes a service's
+ * counters before it gives its id to a new service). A plain array laid out
+ * CPU-major, element cpu * nxl_count_stride + svc_id: one cache line per
+ * connect (a per-CPU array reads a pointer, then the value: two cold lines
+ * at random services), and each CPU's counters are contiguous, so no two
+ * CPUs write one line.
  */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, __u64);
-	__uint(max_entries, NXL_DEFAULT_MAX_SERVICES + 1); /* attach: --max-services + 1 */
+	/* attach: (--max-services + 1) x possible CPUs */
+	__uint(max_entries, NXL_DEFAULT_MAX_SERVICES + 1);
 } svc_count_map SEC(".maps");
+
+/* Counters per CPU in svc_count_map (--max-services + 1), set by attach. */
+const volatile __u32 nxl_count_stride = NXL_DEFAULT_MAX_SERVICES + 1;
 
 /* Connects refused per service: a rare path, so one shared counter per
  * service that ever refused, created then (nothing preallocated). */
@@ -455,8 +462,12 @@ static __always_inline void count(__u32 stat)
 
 static __always_inline void count_translated(__u32 svc_id)
 {
-	__u64 *c = bpf_map_lookup_elem(&svc_count_map, &svc_id);
+	__u32 idx = bpf_get_smp_processor_id() * nxl_count_stride + svc_id;
+	__u64 *c;
 
+	if (svc_id >= nxl_count_stride)
+		return;
+	c = bpf_map_lookup_elem(&svc_count_map, &idx);
 	if (c)
 		*c += 1;
 }

@@ -229,8 +229,42 @@ fn add_writes_metadata_backends_index_slots_port_bit_and_the_master_last() {
     assert!(member_last < slot_first, "{log:?}");
     assert!(slot_last < port, "{log:?}");
     assert!(port < master, "the prefilter lets the port through first");
+    let zeroed = pos(
+        &log,
+        |o| matches!(o, Op::Write(MapId::SvcCount, k, v) if k == &1u32.to_ne_bytes() && v.iter().all(|b| *b == 0)),
+    );
+    assert!(
+        zeroed < master,
+        "the new id's counters start at zero before any connect counts"
+    );
     assert_eq!(master, log.len() - 1, "the master entry is the switch");
     assert!(log.iter().all(|o| matches!(o, Op::Write(..))), "no deletes");
+}
+
+#[test]
+fn service_ids_are_next_fit_within_capacity() {
+    let m = attached(&[(MapId::Meta, 3)]);
+    let id = |fe: &str| {
+        let mut c = spec(SvcType::Clusterip, fe, backends(1));
+        c.name = fe.to_string();
+        service::add(&m, &c, false).unwrap();
+        service::find(&m, &c.frontend, c.proto).unwrap().unwrap()
+    };
+    assert_eq!(id("198.18.0.1:80"), 1);
+    assert_eq!(id("198.18.0.2:80"), 2);
+    service::del(
+        &m,
+        &spec(SvcType::Clusterip, "198.18.0.1:80", vec![]).frontend,
+        Proto::Tcp,
+    )
+    .unwrap();
+    // Next fit: 3, then around to the freed 1; then full.
+    assert_eq!(id("198.18.0.3:80"), 3);
+    assert_eq!(id("198.18.0.4:80"), 1);
+    let mut c = spec(SvcType::Clusterip, "198.18.0.5:80", backends(1));
+    c.name = "x".into();
+    let err = service::add(&m, &c, false).unwrap_err();
+    assert!(format!("{err:#}").contains("--max-services"), "{err:#}");
 }
 
 #[test]

@@ -248,6 +248,11 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         .as_deref_mut()
         .context("the BPF object has no .rodata")?
         .nxl_tcp_slot_mask = cap.tcp_sockets - 1;
+    open.maps
+        .rodata_data
+        .as_deref_mut()
+        .context("the BPF object has no .rodata")?
+        .nxl_count_stride = cap.services + 1;
     open.progs
         .nxl_probe_init_cookie
         .set_autoload(probed.has(Id::InitCookieTc));
@@ -260,10 +265,15 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         .meta_map
         .set_max_entries(cap.services)
         .context("size meta_map")?;
-    // Indexed by service id, 1..=services.
+    // Per CPU, indexed by service id 1..=services.
+    let cpus = libbpf_rs::num_possible_cpus().context("count possible CPUs")? as u32;
     open.maps
         .svc_count_map
-        .set_max_entries(cap.services + 1)
+        .set_max_entries(
+            (cap.services + 1)
+                .checked_mul(cpus)
+                .context("--max-services times possible CPUs is over 2^32")?,
+        )
         .context("size svc_count_map")?;
     open.maps
         .svc_refused_map

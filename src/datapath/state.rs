@@ -7,6 +7,7 @@
 //! The config map's `attached` field is written last by `attach`: a pin dir
 //! without it is a failed or interrupted attach that the next attach redoes.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -225,6 +226,34 @@ impl State {
     }
 }
 
+/// (counters per CPU, possible CPUs) of svc_count_map: CPU-major, a
+/// service's counter on CPU c at c * stride + id.
+fn count_layout(h: &MapHandle) -> Result<(u32, u32)> {
+    let cpus = libbpf_rs::num_possible_cpus().context("count possible CPUs")? as u32;
+    Ok((h.max_entries() / cpus.max(1), cpus))
+}
+
+impl State {
+    /// Connects translated per service id, summed over CPUs.
+    pub fn svc_counts(&self) -> Result<HashMap<u32, u64>> {
+        let (stride, _) = count_layout(&self.svc_count)?;
+        let mut out: HashMap<u32, u64> = HashMap::new();
+        for (k, v) in read_raw(&self.svc_count)? {
+            let (Ok(k), Ok(v)) = (
+                <[u8; 4]>::try_from(k.as_slice()),
+                <[u8; 8]>::try_from(v.as_slice()),
+            ) else {
+                continue;
+            };
+            let v = u64::from_ne_bytes(v);
+            if v != 0 && stride > 0 {
+                *out.entry(u32::from_ne_bytes(k) % stride).or_default() += v;
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// The pinned maps, through BPF syscalls.
 impl Maps for State {
     fn lookup(&self, map: MapId, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -275,24 +304,24 @@ impl Maps for State {
         }
     }
 
+    /// svc_count_map holds a service's counter once per CPU, at
+    /// cpu * stride + id (see svc_counts).
     fn zero(&self, map: MapId, keys: &[&[u8]]) -> Result<()> {
         let h = self.handle(map);
-        let per_cpu = matches!(
-            h.map_type(),
-            libbpf_rs::MapType::PercpuArray | libbpf_rs::MapType::PercpuHash
-        );
+        let (stride, cpus) = if map == MapId::SvcCount {
+            count_layout(h)?
+        } else {
+            (0, 1)
+        };
+        let zero = vec![0u8; h.value_size() as usize];
         for k in keys {
-            let res = if per_cpu {
-                let cpus = libbpf_rs::num_possible_cpus().context("possible CPUs")?;
-                h.update_percpu(
-                    k,
-                    &vec![vec![0u8; h.value_size() as usize]; cpus],
-                    MapFlags::ANY,
-                )
-            } else {
-                h.update(k, &vec![0u8; h.value_size() as usize], MapFlags::ANY)
-            };
-            res.with_context(|| format!("zero {}", map.name()))?;
+            let id = <[u8; 4]>::try_from(*k)
+                .map(u32::from_ne_bytes)
+                .context("a counter key is 4 bytes")?;
+            for cpu in 0..cpus {
+                h.update(&(cpu * stride + id).to_ne_bytes(), &zero, MapFlags::ANY)
+                    .with_context(|| format!("zero {}", map.name()))?;
+            }
         }
         Ok(())
     }

@@ -93,13 +93,10 @@ pub fn read_stats(state: &State) -> Result<Stats> {
         crate::datapath::state::read_map::<u32, u64>(&state.svc_refused)?
             .into_iter()
             .collect();
+    let counts = state.svc_counts()?;
     let mut services = Vec::new();
     for (&id, meta) in &metas {
-        let translated = state
-            .svc_count
-            .lookup_percpu(&id.to_ne_bytes(), MapFlags::ANY)
-            .context("read svc_count_map")?
-            .map_or(0, |v| sum_percpu(&v));
+        let translated = counts.get(&id).copied().unwrap_or(0);
         let refused = refused.get(&id).copied().unwrap_or(0);
         let spec = crate::model::service::spec_from(meta, &[])?;
         services.push(SvcCounters {
