@@ -558,7 +558,12 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 		return SYS_PROCEED;
 	svc_id = master->svc_id;
 	orig = *dst;
-	netns = bpf_get_netns_cookie(ctx);
+	/* The socket's netns only when something asks for it: a plain
+	 * ClusterIP hit with no bypass and no tracer never reads it. */
+	netns = 0;
+	if ((master->flags & (NXL_SVC_F_SKIP_HOST | NXL_SVC_F_HOST_ONLY | NXL_SVC_F_AFFINITY)) ||
+	    cfg->bypass_count || cfg->tracers)
+		netns = bpf_get_netns_cookie(ctx);
 	from_host = netns == cfg->host_netns_cookie;
 	if ((master->flags & NXL_SVC_F_SKIP_HOST) && from_host) {
 		verdict = NXL_STAT_HOST_SKIPPED;

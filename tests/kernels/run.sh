@@ -122,6 +122,12 @@ main() {
 	bins=$(test_binaries | tr '\n' ' ')
 	[ -n "$bins" ] || { log "cargo built no test binaries"; exit 1; }
 
+	# A runner ended from outside ends its guest too: the VM runs in a
+	# session of its own, ended by its process group id on exit.
+	VM_PID=""
+	trap '[ -z "$VM_PID" ] || kill -TERM -- "-$VM_PID" 2>/dev/null' EXIT
+	trap 'exit 130' INT TERM HUP
+
 	local status=0 summary=""
 	for series in $KERNELS; do
 		local kimg out script started secs line
@@ -132,8 +138,11 @@ main() {
 		chmod +x "$script"
 		log "booting $(basename "$kimg") (results in $out)"
 		started=$(date +%s)
-		timeout "$VM_TIMEOUT" "$VENV/bin/vng" -v --disable-kvm -r "$kimg" \
-			--cpus 2 --memory 4G --rwdir="$out" -- "$script" >"$out/console.log" 2>&1 || true
+		setsid timeout "$VM_TIMEOUT" "$VENV/bin/vng" -v --disable-kvm -r "$kimg" \
+			--cpus 2 --memory 4G --rwdir="$out" -- "$script" >"$out/console.log" 2>&1 &
+		VM_PID=$!
+		wait "$VM_PID" || true
+		VM_PID=""
 		secs=$(($(date +%s) - started))
 		if [ ! -f "$out/done" ]; then
 			log "$(basename "$kimg"): the guest did not finish; last console lines:"
