@@ -666,7 +666,7 @@ fn pins_are_private_and_non_root_is_refused() {
     let dir = tempdir();
     std::fs::set_permissions(&*dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.join("netnsxl");
-    std::fs::copy(NETNSXL, &bin).unwrap();
+    copy_executable(NETNSXL, &bin);
     let before = lab.list();
     let pin = lab.pins.path.to_str().unwrap();
     for args in [

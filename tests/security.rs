@@ -310,7 +310,7 @@ fn a_user_with_bpf_capabilities_is_told_whose_pin_dir_it_is() {
     let dir = tempdir();
     std::fs::set_permissions(&*dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.join("netnsxl");
-    std::fs::copy(NETNSXL, &bin).unwrap();
+    copy_executable(NETNSXL, &bin);
     let out = as_nobody_with(
         "+bpf,+net_admin",
         bin.to_str().unwrap(),

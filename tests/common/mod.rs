@@ -329,6 +329,25 @@ impl Held {
     }
 }
 
+/// Copy an executable to run it from there. The copy is written by a `cp`
+/// process, not by this one: a descriptor this process held open for
+/// writing would be inherited by any child another test thread forks
+/// meanwhile, and exec of the copy would fail with ETXTBSY until that child
+/// execs.
+pub fn copy_executable(from: &str, to: &Path) {
+    let out = Command::new("cp")
+        .arg(from)
+        .arg(to)
+        .output()
+        .expect("run cp");
+    assert!(
+        out.status.success(),
+        "cp {from} {}: {}",
+        to.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// netnsxl with a pin dir of the test's own.
 pub struct Cli<'a> {
     pub pins: &'a PinDir,
