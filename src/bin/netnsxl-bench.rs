@@ -1479,6 +1479,19 @@ fn fmt_rate(v: f64) -> String {
     }
 }
 
+/// A table header with one column per size: `| first | N services | ...`.
+fn size_columns(md: &mut String, first: &str, results: &[SizeResult]) {
+    let _ = write!(md, "| {first} |");
+    for r in results {
+        let _ = write!(md, " {} services |", r.n);
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in results {
+        let _ = write!(md, "---:|");
+    }
+    md.push('\n');
+}
+
 fn mib(b: u64) -> String {
     format!("{:.2} MiB", b as f64 / 1048576.0)
 }
@@ -1541,15 +1554,7 @@ fn report_floor(
         "\n## Warm connect loops (bpf_stats ns per call, median of {} rounds)\n\nA client in the pod netns makes {} non-blocking connects per loop and closes each at once, so the programs run back to back with warm caches; the loops are interleaved, their order rotated each round. The empty program is nxl_bench_empty (return 1) alone in a cgroup of its own, connecting to the same port-miss targets: what bpf_stats reports for a program that does nothing. Hits pick a random ClusterIP of the N.\n",
         args.warm_rounds, args.warm_connects
     );
-    let _ = write!(md, "| loop |");
-    for r in results {
-        let _ = write!(md, " {} services |", r.n);
-    }
-    let _ = write!(md, "\n|---|");
-    for _ in results {
-        let _ = write!(md, "---:|");
-    }
-    md.push('\n');
+    size_columns(md, "loop", results);
     let w = |r: &SizeResult, k: &str| r.floor.warm.get(k).map_or(f64::NAN, |v| median(v.clone()));
     for name in [
         WARM_EMPTY,
@@ -1719,15 +1724,7 @@ fn report(
         .collect();
     names.sort();
     names.dedup();
-    let _ = write!(md, "| hook |");
-    for r in results {
-        let _ = write!(md, " {} services |", r.n);
-    }
-    let _ = write!(md, "\n|---|");
-    for _ in results {
-        let _ = write!(md, "---:|");
-    }
-    md.push('\n');
+    size_columns(&mut md, "hook", results);
     for name in &names {
         let _ = write!(md, "| {name} |");
         for r in results {
