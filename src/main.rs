@@ -580,9 +580,13 @@ fn apply_cmd(pin_dir: &Path, mut a: ApplyArgs) -> Result<()> {
         sys::require_privileges()?;
         let state = State::open(pin_dir)?;
         // The lock is taken per event, so other commands can run between.
-        let failed = apply::watch(&state, input, &opts)?;
-        if failed > 0 {
-            bail!("{failed} events could not be applied (see above); the others were");
+        let s = netnsxl::control::watch::watch(&state, input, &opts)?;
+        if s.failed > 0 {
+            bail!(
+                "{} of {} events could not be applied (see above); the others were",
+                s.failed,
+                s.events
+            );
         }
         return Ok(());
     }

@@ -201,25 +201,13 @@ fn check(entries: &[Entry], state: &State, node_addrs: &[IpAddr]) -> Result<()> 
 
 pub fn apply(state: &State, text: &str, opts: &ApplyOpts) -> Result<Report> {
     let parsed = manifest::parse(text, &opts.node_name)?;
-    apply_parsed(state, &parsed, opts, None)
+    apply_parsed(state, &parsed, opts)
 }
 
-/// What a watch may prune: the identities it wrote itself, and once it has
-/// seen the whole state (`kubernetes`), every service written from
-/// Kubernetes objects that they no longer describe.
-pub struct PruneScope<'a> {
-    pub owned: &'a HashSet<Identity>,
-    pub kubernetes: bool,
-}
-
-/// Apply what a file (or a watch stream's objects) says. `prune_only`:
-/// prune just these identities (a watch prunes only what it wrote itself).
-pub fn apply_parsed(
-    state: &State,
-    parsed: &manifest::Parsed,
-    opts: &ApplyOpts,
-    prune_only: Option<&PruneScope>,
-) -> Result<Report> {
+/// Apply what a file says. With --prune, services the file does not name
+/// go; a Kubernetes list prunes only services written from Kubernetes
+/// objects (what `svc add` or a netnsxl file wrote stays).
+pub fn apply_parsed(state: &State, parsed: &manifest::Parsed, opts: &ApplyOpts) -> Result<Report> {
     // A command that died mid-change is finished first (apply's own plan
     // would close the journal over what it leaves alone).
     if !opts.dry_run {
@@ -269,13 +257,8 @@ pub fn apply_parsed(
         store::plan_delete(&mut cur, &mut tx, id)?;
     }
     for (idk, svc_id) in &have {
-        let prunable = match prune_only {
-            Some(scope) => {
-                scope.owned.contains(idk)
-                    || (scope.kubernetes && cur.spec(*svc_id)?.is_some_and(|s| s.from_kubernetes))
-            }
-            None => opts.prune,
-        };
+        let prunable = opts.prune
+            && (!parsed.kubernetes || cur.spec(*svc_id)?.is_some_and(|s| s.from_kubernetes));
         if !want.contains(idk) && prunable {
             if let Some(spec) = cur.spec(*svc_id)? {
                 report.removed.push(describe(&spec));
@@ -354,175 +337,4 @@ pub fn apply_parsed(
             crate::control::stale::after_change(state, &done, opts.destroy_tcp)?;
     }
     Ok(report)
-}
-
-/// The identities a parsed file names (for a watch's ownership set).
-pub fn identities(state: &State, parsed: &manifest::Parsed) -> Result<HashSet<Identity>> {
-    let node_addrs = state.node_addrs()?;
-    Ok(parsed
-        .entries
-        .iter()
-        .map(|e| service::identity_key(&e.spec, &node_addrs))
-        .collect())
-}
-
-/// `apply --watch`: read the stream `kubectl get services,endpointslices -A
-/// --watch -o json --output-watch-events` prints, one
-/// `{"type": ADDED|MODIFIED|DELETED, "object": {...}}` after another, and
-/// after each event make the maps hold what all objects seen so far say, as
-/// one change. Services the stream produced and no longer describes are
-/// deleted; services it never produced are left alone. Replaying a stream
-/// from its start onto existing state converges to the same maps.
-/// How long the stream must be quiet before the watch takes what it has
-/// seen as the whole state (kubectl sends no marker after its initial list).
-const SYNC_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
-
-pub fn watch(
-    state: &State,
-    input: impl std::io::Read + Send + 'static,
-    opts: &ApplyOpts,
-) -> Result<usize> {
-    use serde_json::Value;
-    use std::sync::mpsc::RecvTimeoutError;
-    // One watcher per pin dir: a second one would prune what the first
-    // wrote.
-    let _watching = crate::sys::pindir::WatchLock::take(&state.pins.root)?;
-    let mut objects: BTreeMap<(String, String, String), Value> = BTreeMap::new();
-    let mut owned: HashSet<Identity> = HashSet::new();
-    let mut failed = 0;
-    // Events are read on a thread so that a quiet stream can be noticed.
-    let (tx, rx) = std::sync::mpsc::channel::<std::result::Result<Value, String>>();
-    std::thread::spawn(move || {
-        for v in serde_json::Deserializer::from_reader(input).into_iter::<Value>() {
-            let end = v.is_err();
-            if tx.send(v.map_err(|e| e.to_string())).is_err() || end {
-                break;
-            }
-        }
-    });
-    let mut synced = false;
-    let mut n = 0;
-    // Once the stream is quiet (or ends), what it described is all there
-    // is: services written from Kubernetes objects it no longer describes
-    // (deleted while no watch ran) go too.
-    let sync = |objects: &BTreeMap<(String, String, String), Value>,
-                owned: &HashSet<Identity>,
-                n: usize|
-     -> Result<()> {
-        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects.values().collect::<Vec<_>>()});
-        let parsed = manifest::parse(&list.to_string(), &opts.node_name)?;
-        let _lock = crate::sys::StateLock::take(&state.pins.root)?;
-        let scope = PruneScope {
-            owned,
-            kubernetes: true,
-        };
-        let report = apply_parsed(state, &parsed, opts, Some(&scope))?;
-        eprintln!(
-            "netnsxl: in sync after {n} events: {} added, {} changed, {} removed (services of Kubernetes objects that are gone)",
-            report.added.len(),
-            report.changed.len(),
-            report.removed.len()
-        );
-        Ok(())
-    };
-    loop {
-        let ev = match rx.recv_timeout(SYNC_IDLE) {
-            Ok(Ok(ev)) => ev,
-            Ok(Err(e)) => bail!("event {}: not valid JSON: {e}", n + 1),
-            Err(RecvTimeoutError::Timeout) => {
-                if !synced {
-                    sync(&objects, &owned, n)?;
-                    synced = true;
-                }
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                if !synced {
-                    sync(&objects, &owned, n)?;
-                }
-                break;
-            }
-        };
-        n += 1;
-        let at = format!("event {n}");
-        let kind = ev["type"].as_str().unwrap_or_default().to_string();
-        let obj = &ev["object"];
-        let key = (
-            obj["kind"].as_str().unwrap_or_default().to_string(),
-            obj["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("default")
-                .to_string(),
-            obj["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        );
-        let what = format!("{kind} {} {}/{}", key.0, key.1, key.2);
-        match kind.as_str() {
-            "ADDED" | "MODIFIED" | "DELETED" if key.0.is_empty() || key.2.is_empty() => {
-                eprintln!(
-                    "netnsxl: {at} ({what}): object.kind or object.metadata.name is missing; event skipped"
-                );
-                failed += 1;
-                continue;
-            }
-            "ADDED" | "MODIFIED" => {
-                objects.insert(key.clone(), obj.clone());
-            }
-            "DELETED" => {
-                objects.remove(&key);
-            }
-            "BOOKMARK" => continue,
-            "ERROR" => {
-                eprintln!("netnsxl: {at}: the API server sent an error: {}", obj);
-                failed += 1;
-                continue;
-            }
-            other => {
-                eprintln!(
-                    "netnsxl: {at}: type {other:?} is not one of ADDED, MODIFIED, DELETED, BOOKMARK, ERROR; event skipped"
-                );
-                failed += 1;
-                continue;
-            }
-        }
-        let list = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "List",
-            "items": objects.values().collect::<Vec<_>>(),
-        });
-        // One event, one change; the lock is held per event only, so other
-        // commands run between events.
-        let result = manifest::parse(&list.to_string(), &opts.node_name).and_then(|parsed| {
-            let _lock = crate::sys::StateLock::take(&state.pins.root)?;
-            let scope = PruneScope {
-                owned: &owned,
-                kubernetes: synced,
-            };
-            let report = apply_parsed(state, &parsed, opts, Some(&scope))?;
-            Ok((parsed, report))
-        });
-        match result {
-            Ok((parsed, report)) => {
-                owned.extend(identities(state, &parsed)?);
-                println!(
-                    "{at} {what}: {} added, {} changed, {} removed, {} unchanged",
-                    report.added.len(),
-                    report.changed.len(),
-                    report.removed.len(),
-                    report.unchanged
-                );
-            }
-            Err(e) => {
-                // Keep the maps as they were; forget the bad object.
-                eprintln!("netnsxl: {at} ({what}): {e:#}; nothing changed");
-                objects.remove(&key);
-                failed += 1;
-            }
-        }
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-    }
-    Ok(failed)
 }

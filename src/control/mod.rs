@@ -6,3 +6,4 @@ pub mod netns;
 pub mod service;
 pub mod stale;
 pub mod store;
+pub mod watch;

@@ -95,9 +95,9 @@ impl<'a> Current<'a> {
         })
     }
 
-    /// Only the service that owns `identity` (if any) is read.
-    pub fn scoped(maps: &'a dyn Maps, identity: &Frontend, proto: Proto) -> Result<Current<'a>> {
-        let mut cur = Current {
+    /// Nothing read yet: elements are looked up as they are asked for.
+    pub fn lazy(maps: &'a dyn Maps) -> Result<Current<'a>> {
+        Ok(Current {
             maps,
             full: false,
             metas: BTreeMap::new(),
@@ -105,7 +105,12 @@ impl<'a> Current<'a> {
             svc: HashMap::new(),
             members: HashMap::new(),
             node_addrs: maps::node_addrs(maps)?,
-        };
+        })
+    }
+
+    /// Only the service that owns `identity` (if any) is read.
+    pub fn scoped(maps: &'a dyn Maps, identity: &Frontend, proto: Proto) -> Result<Current<'a>> {
+        let mut cur = Current::lazy(maps)?;
         if let Some(m) = cur.svc_get(&svc_key(identity.ip, identity.port, proto, 0))? {
             cur.load_service(m.svc_id)?;
         }

@@ -190,21 +190,24 @@ pub fn alloc_svc_ids(maps: &dyn Maps, n: u32, commit: bool) -> Result<Vec<u32>> 
     }
     let cap = maps.max_entries(MapId::Meta);
     let mut cfg = config(maps)?;
-    // Few ids: a lookup each; many: one read of every id in use.
-    let used: Option<std::collections::HashSet<u32>> = if n > 16 {
-        Some(
-            maps.dump(MapId::Meta)?
-                .iter()
-                .filter_map(|(k, _)| <[u8; 4]>::try_from(k.as_slice()).ok())
-                .map(u32::from_ne_bytes)
-                .collect(),
-        )
-    } else {
-        None
-    };
+    // Next-fit from the cursor, a lookup per id tried; when many ids are
+    // asked for and the ones tried are mostly taken (ids wrapped around),
+    // one read of every id in use instead.
+    let mut used: Option<std::collections::HashSet<u32>> = None;
     let mut id = cfg.next_svc_id.clamp(1, cap);
     let mut out = Vec::with_capacity(n as usize);
+    let mut tried = 0u32;
     for _ in 0..cap {
+        if used.is_none() && n > 16 && tried > 4 * n {
+            used = Some(
+                maps.dump(MapId::Meta)?
+                    .iter()
+                    .filter_map(|(k, _)| <[u8; 4]>::try_from(k.as_slice()).ok())
+                    .map(u32::from_ne_bytes)
+                    .collect(),
+            );
+        }
+        tried += 1;
         let taken = match &used {
             Some(u) => u.contains(&id),
             None => maps.lookup(MapId::Meta, &id.to_ne_bytes())?.is_some(),

@@ -12,7 +12,7 @@
 //! Every error names where in the file it is (`items[3] (Service web/api)
 //! spec.ports[0].port`) and what to write instead.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -435,15 +435,107 @@ pub fn file_terms(e: &anyhow::Error) -> String {
 
 // ---------------------------------------------------------------------------
 // Kubernetes objects
+//
+// Each object is checked and reduced on its own (`K8sService::parse`,
+// `K8sSlice::parse`), so a watch can keep the last good version of an
+// object that fails and name it; `k8s_entries` then turns a Service and its
+// slices into services. A file is the same steps over all its items.
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-struct Slice<'a> {
-    at: String,
-    namespace: String,
-    service: String,
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq)]
+struct K8sPort {
+    name: Box<str>,
+    number: u16,
+    proto: Proto,
+    node_port: Option<u16>,
+}
+
+/// A Service, checked, holding only what its frontends need.
+#[derive(Clone, Debug, PartialEq)]
+pub struct K8sService {
+    /// Where it came from, for errors ("items[3] (Service ns/name)").
+    at: Box<str>,
+    pub namespace: Box<str>,
+    pub name: Box<str>,
+    cluster_ips: Vec<IpAddr>,
+    /// IP families, false for IPv4.
+    families: Vec<bool>,
+    external: Vec<IpAddr>,
+    ingress: Vec<IpAddr>,
+    affinity_timeout: Option<u32>,
+    internal_local: bool,
+    external_local: bool,
+    ports: Vec<K8sPort>,
+    /// What is left out on purpose (ExternalName, headless, SCTP ports).
+    skipped: Vec<String>,
+}
+
+/// An EndpointSlice, checked, holding only its usable endpoints.
+#[derive(Clone, Debug, PartialEq)]
+pub struct K8sSlice {
+    /// The Service it belongs to (its kubernetes.io/service-name label).
+    pub service: Box<str>,
     ipv6: bool,
-    obj: &'a Map<String, Value>,
+    /// (name, protocol, number); SCTP ports are dropped.
+    ports: Vec<(Box<str>, Proto, u16)>,
+    /// Ready endpoints, and serving-terminating ones (marked terminating,
+    /// used only when no ready one is left).
+    endpoints: Vec<SliceEndpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct SliceEndpoint {
+    ip: IpAddr,
+    local: bool,
+    terminating: bool,
+}
+
+/// What one Kubernetes object is.
+pub enum K8sObject {
+    Service(K8sService),
+    /// A slice, or None when it is left out (no service label, FQDN).
+    Slice(Option<K8sSlice>),
+    /// Another kind: left out, with the reason.
+    Other(String),
+}
+
+/// The kind, namespace and name of an object, before it is checked further.
+pub fn k8s_identity(o: &Map<String, Value>, at: &str) -> Result<(String, String, String)> {
+    let kind = req_str(o, "kind", at)?;
+    let meta = obj(
+        o.get("metadata")
+            .ok_or_else(|| anyhow!("{at}.metadata is missing"))?,
+        &format!("{at}.metadata"),
+    )?;
+    let name = req_str(meta, "name", &format!("{at}.metadata"))?;
+    let namespace = opt_str(meta, "namespace", &format!("{at}.metadata"))?.unwrap_or("default");
+    Ok((kind.to_string(), namespace.to_string(), name.to_string()))
+}
+
+/// Check one object. `at` names it in errors; `node_name` decides which
+/// endpoints are local.
+pub fn k8s_object(v: &Value, at: &str, node_name: &str) -> Result<K8sObject> {
+    let o = obj(v, at)?;
+    let (kind, namespace, name) = k8s_identity(o, at)?;
+    let api = req_str(o, "apiVersion", at)?;
+    match (kind.as_str(), api) {
+        ("Service", "v1") => {
+            let at = format!("{at} (Service {namespace}/{name})");
+            Ok(K8sObject::Service(K8sService::parse(
+                o, &at, &namespace, &name,
+            )?))
+        }
+        ("EndpointSlice", "discovery.k8s.io/v1") => {
+            let at = format!("{at} (EndpointSlice {namespace}/{name})");
+            K8sSlice::parse(o, &at, node_name).map(K8sObject::Slice)
+        }
+        ("Endpoints", _) => Ok(K8sObject::Other(format!(
+            "{at}: v1 Endpoints (EndpointSlices are read instead)"
+        ))),
+        _ => Ok(K8sObject::Other(format!("{at}: {api} {kind}"))),
+    }
 }
 
 fn k8s_items(v: &Value) -> Result<Vec<(String, &Value)>> {
@@ -467,71 +559,47 @@ fn kubernetes(v: &Value, node_name: &str) -> Result<Parsed> {
         kubernetes: true,
         ..Default::default()
     };
-    let items = k8s_items(v)?;
     let mut services = Vec::new();
-    let mut slices = Vec::new();
-    for (at, item) in &items {
-        let o = obj(item, at)?;
-        let kind = req_str(o, "kind", at)?;
-        let api = req_str(o, "apiVersion", at)?;
-        let meta = obj(
-            o.get("metadata")
-                .ok_or_else(|| anyhow!("{at}.metadata is missing"))?,
-            &format!("{at}.metadata"),
-        )?;
-        let name = req_str(meta, "name", &format!("{at}.metadata"))?;
-        let namespace = opt_str(meta, "namespace", &format!("{at}.metadata"))?
-            .unwrap_or("default")
-            .to_string();
-        match (kind, api) {
-            ("Service", "v1") => services.push((
-                format!("{at} (Service {namespace}/{name})"),
-                namespace,
-                name,
-                o,
-            )),
-            ("EndpointSlice", "discovery.k8s.io/v1") => {
-                let sat = format!("{at} (EndpointSlice {namespace}/{name})");
-                let labels = match meta.get("labels") {
-                    Some(l) => obj(l, &format!("{sat}.metadata.labels"))?.clone(),
-                    None => Map::new(),
-                };
-                let Some(service) = labels.get(SERVICE_NAME_LABEL).and_then(Value::as_str) else {
-                    out.skipped
-                        .push(format!("{sat}: no {SERVICE_NAME_LABEL} label"));
-                    continue;
-                };
-                let ipv6 = match req_str(o, "addressType", &sat)? {
-                    "IPv4" => false,
-                    "IPv6" => true,
-                    "FQDN" => {
-                        out.skipped.push(format!("{sat}: FQDN endpoints"));
-                        continue;
-                    }
-                    other => bail!("{sat}.addressType {other:?} is not one of IPv4, IPv6, FQDN"),
-                };
-                slices.push(Slice {
-                    at: sat,
-                    namespace: namespace.clone(),
-                    service: service.to_string(),
-                    ipv6,
-                    obj: o,
-                });
+    let mut slices: HashMap<(String, String), Vec<K8sSlice>> = HashMap::new();
+    for (at, item) in k8s_items(v)? {
+        match k8s_object(item, &at, node_name)? {
+            K8sObject::Service(s) => services.push(s),
+            K8sObject::Slice(Some(s)) => {
+                let (_, namespace, _) = k8s_identity(obj(item, &at)?, &at)?;
+                slices
+                    .entry((namespace, s.service.to_string()))
+                    .or_default()
+                    .push(s);
             }
-            ("Endpoints", _) => out.skipped.push(format!(
-                "{at}: v1 Endpoints (EndpointSlices are read instead)"
-            )),
-            _ => out.skipped.push(format!("{at}: {api} {kind}")),
+            K8sObject::Slice(None) => {
+                // Left out: say why (the reason is in the slice itself).
+                let o = obj(item, &at)?;
+                let (_, namespace, name) = k8s_identity(o, &at)?;
+                out.skipped.push(slice_skip_reason(
+                    o,
+                    &format!("{at} (EndpointSlice {namespace}/{name})"),
+                ));
+            }
+            K8sObject::Other(why) => out.skipped.push(why),
         }
     }
-    for (at, namespace, name, o) in services {
-        let slices: Vec<&Slice> = slices
-            .iter()
-            .filter(|s| s.namespace == namespace && s.service == name)
-            .collect();
-        k8s_service(&mut out, &at, &namespace, name, o, &slices, node_name)?;
+    for s in &services {
+        let mine: Vec<&K8sSlice> = slices
+            .get(&(s.namespace.to_string(), s.name.to_string()))
+            .map(|v| v.iter().collect())
+            .unwrap_or_default();
+        out.entries.extend(k8s_entries(s, &mine)?);
+        out.skipped.extend(s.skipped.iter().cloned());
     }
     Ok(out)
+}
+
+fn slice_skip_reason(o: &Map<String, Value>, at: &str) -> String {
+    if o.get("addressType").and_then(Value::as_str) == Some("FQDN") {
+        format!("{at}: FQDN endpoints")
+    } else {
+        format!("{at}: no {SERVICE_NAME_LABEL} label")
+    }
 }
 
 fn k8s_proto(o: &Map<String, Value>, at: &str) -> Result<Option<Proto>> {
@@ -543,34 +611,46 @@ fn k8s_proto(o: &Map<String, Value>, at: &str) -> Result<Option<Proto>> {
     }
 }
 
-/// The backends of one Service port in one family, from its EndpointSlices:
-/// ready endpoints, and serving-terminating ones (marked terminating, used
-/// only when no ready one is left).
-fn k8s_backends(
-    slices: &[&Slice],
-    port_name: &str,
-    proto: Proto,
-    ipv6: bool,
-    node_name: &str,
-) -> Result<Vec<BackendSpec>> {
-    let mut out: BTreeMap<SocketAddr, BackendSpec> = BTreeMap::new();
-    for s in slices.iter().filter(|s| s.ipv6 == ipv6) {
-        let mut number = None;
-        for (j, p) in opt_list(s.obj, "ports", &s.at)?.iter().enumerate() {
-            let pat = format!("{}.ports[{j}]", s.at);
+impl K8sSlice {
+    /// Check a slice whole. None when it is left out on purpose (no
+    /// service label, FQDN addresses).
+    pub fn parse(o: &Map<String, Value>, at: &str, node_name: &str) -> Result<Option<K8sSlice>> {
+        let meta = obj(
+            o.get("metadata")
+                .ok_or_else(|| anyhow!("{at}.metadata is missing"))?,
+            &format!("{at}.metadata"),
+        )?;
+        let labels = match meta.get("labels") {
+            Some(l) => Some(obj(l, &format!("{at}.metadata.labels"))?),
+            None => None,
+        };
+        let Some(service) = labels
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .and_then(Value::as_str)
+        else {
+            return Ok(None);
+        };
+        let ipv6 = match req_str(o, "addressType", at)? {
+            "IPv4" => false,
+            "IPv6" => true,
+            "FQDN" => return Ok(None),
+            other => bail!("{at}.addressType {other:?} is not one of IPv4, IPv6, FQDN"),
+        };
+        let mut ports = Vec::new();
+        for (j, p) in opt_list(o, "ports", at)?.iter().enumerate() {
+            let pat = format!("{at}.ports[{j}]");
             let po = obj(p, &pat)?;
-            if opt_str(po, "name", &pat)?.unwrap_or("") == port_name
-                && k8s_proto(po, &pat)? == Some(proto)
-            {
-                number =
-                    Some(port(po, "port", &pat)?.ok_or_else(|| anyhow!("{pat}.port is missing"))?);
+            let name = opt_str(po, "name", &pat)?.unwrap_or("");
+            let proto = k8s_proto(po, &pat)?;
+            let number = port(po, "port", &pat)?;
+            if let Some(proto) = proto {
+                let number = number.ok_or_else(|| anyhow!("{pat}.port is missing"))?;
+                ports.push((name.into(), proto, number));
             }
         }
-        let Some(number) = number else {
-            continue;
-        };
-        for (j, e) in opt_list(s.obj, "endpoints", &s.at)?.iter().enumerate() {
-            let eat = format!("{}.endpoints[{j}]", s.at);
+        let mut endpoints = Vec::new();
+        for (j, e) in opt_list(o, "endpoints", at)?.iter().enumerate() {
+            let eat = format!("{at}.endpoints[{j}]");
             let eo = obj(e, &eat)?;
             let cond = match eo.get("conditions") {
                 Some(c) => obj(c, &format!("{eat}.conditions"))?.clone(),
@@ -582,15 +662,12 @@ fn k8s_backends(
             let ready = opt_bool(&cond, "ready", &cat)?.unwrap_or(true);
             let serving = opt_bool(&cond, "serving", &cat)?.unwrap_or(ready);
             let terminating = opt_bool(&cond, "terminating", &cat)?.unwrap_or(false);
-            let usable_terminating = !ready && serving && terminating;
-            if !(ready || usable_terminating) {
-                continue;
-            }
             let local = opt_str(eo, "nodeName", &eat)? == Some(node_name);
             let addrs = opt_list(eo, "addresses", &eat)?;
             if addrs.is_empty() {
                 bail!("{eat}.addresses is missing or empty");
             }
+            let usable_terminating = !ready && serving && terminating;
             for (k, a) in addrs.iter().enumerate() {
                 let aat = format!("{eat}.addresses[{k}]");
                 let a = a
@@ -602,164 +679,227 @@ fn k8s_backends(
                 if ip.is_ipv6() != ipv6 {
                     bail!("{aat} {a} is not of the slice's addressType");
                 }
-                let addr = SocketAddr::new(ip, number);
-                let b = BackendSpec {
-                    addr,
-                    local,
-                    terminating: !ready,
-                };
-                // The same endpoint in two slices: ready wins.
-                out.entry(addr)
-                    .and_modify(|o| o.terminating &= b.terminating)
-                    .or_insert(b);
+                if ready || usable_terminating {
+                    endpoints.push(SliceEndpoint {
+                        ip,
+                        local,
+                        terminating: !ready,
+                    });
+                }
             }
         }
+        Ok(Some(K8sSlice {
+            service: service.into(),
+            ipv6,
+            ports,
+            endpoints,
+        }))
     }
-    Ok(out.into_values().collect())
 }
 
-fn k8s_service(
-    out: &mut Parsed,
-    at: &str,
-    namespace: &str,
-    name: &str,
-    o: &Map<String, Value>,
-    slices: &[&Slice],
-    node_name: &str,
-) -> Result<()> {
-    let spec = obj(
-        o.get("spec")
-            .ok_or_else(|| anyhow!("{at}.spec is missing"))?,
-        &format!("{at}.spec"),
-    )?;
-    let sat = format!("{at}.spec");
-    let ty = opt_str(spec, "type", &sat)?.unwrap_or("ClusterIP");
-    match ty {
-        "ClusterIP" | "NodePort" | "LoadBalancer" => {}
-        "ExternalName" => {
-            out.skipped.push(format!("{at}: ExternalName (DNS only)"));
-            return Ok(());
-        }
-        other => bail!(
-            "{sat}.type {other:?} is not one of ClusterIP, NodePort, LoadBalancer, ExternalName"
-        ),
-    }
-    let mut cluster_ips: Vec<String> = opt_list(spec, "clusterIPs", &sat)?
-        .iter()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
-    if cluster_ips.is_empty()
-        && let Some(ip) = opt_str(spec, "clusterIP", &sat)?
-    {
-        cluster_ips.push(ip.to_string());
-    }
-    let mut cips = Vec::new();
-    for (i, c) in cluster_ips.iter().enumerate() {
-        if c == "None" || c.is_empty() {
-            continue;
-        }
-        cips.push(
-            c.parse::<IpAddr>()
-                .map_err(|_| anyhow!("{sat}.clusterIPs[{i}] {c:?} is not an IP address"))?,
-        );
-    }
-    if cips.is_empty() && !cluster_ips.is_empty() {
-        out.skipped.push(format!("{at}: headless (clusterIP None)"));
-        return Ok(());
-    }
-    let mut families: Vec<bool> = cips.iter().map(|ip| ip.is_ipv6()).collect();
-    if families.is_empty() {
-        for f in opt_list(spec, "ipFamilies", &sat)? {
-            families.push(f.as_str() == Some("IPv6"));
-        }
-    }
-    if families.is_empty() {
-        families.push(false);
-    }
-    families.dedup();
-    let mut external = Vec::new();
-    for (i, e) in opt_list(spec, "externalIPs", &sat)?.iter().enumerate() {
-        let s = e.as_str().unwrap_or_default();
-        external.push(
-            s.parse::<IpAddr>()
-                .map_err(|_| anyhow!("{sat}.externalIPs[{i}] {e} is not an IP address"))?,
-        );
-    }
-    let mut ingress = Vec::new();
-    if ty == "LoadBalancer"
-        && let Some(status) = o.get("status")
-        && let Some(lb) = obj(status, &format!("{at}.status"))?.get("loadBalancer")
-    {
-        let lat = format!("{at}.status.loadBalancer");
-        for (i, g) in opt_list(obj(lb, &lat)?, "ingress", &lat)?
+/// The backends of one Service port in one family, from its slices.
+fn k8s_backends(
+    slices: &[&K8sSlice],
+    port_name: &str,
+    proto: Proto,
+    ipv6: bool,
+) -> Vec<BackendSpec> {
+    let mut out: BTreeMap<SocketAddr, BackendSpec> = BTreeMap::new();
+    for s in slices.iter().filter(|s| s.ipv6 == ipv6) {
+        let Some(number) = s
+            .ports
             .iter()
-            .enumerate()
-        {
-            let gat = format!("{lat}.ingress[{i}]");
-            if let Some(ip) = opt_str(obj(g, &gat)?, "ip", &gat)? {
-                ingress.push(
-                    ip.parse::<IpAddr>()
-                        .map_err(|_| anyhow!("{gat}.ip {ip:?} is not an IP address"))?,
-                );
-            }
-        }
-    }
-    let affinity_timeout = match opt_str(spec, "sessionAffinity", &sat)?.unwrap_or("None") {
-        "None" => None,
-        "ClientIP" => {
-            let t = spec
-                .get("sessionAffinityConfig")
-                .and_then(|c| c.get("clientIP"))
-                .and_then(|c| c.get("timeoutSeconds"));
-            match t {
-                None | Some(Value::Null) => Some(AFFINITY_TIMEOUT_DEFAULT),
-                Some(v) => Some(
-                    v.as_u64()
-                        .filter(|t| (1..=86400).contains(t))
-                        .ok_or_else(|| anyhow!("{sat}.sessionAffinityConfig.clientIP.timeoutSeconds {v} is out of range: 1..=86400"))?
-                        as u32,
-                ),
-            }
-        }
-        other => bail!("{sat}.sessionAffinity {other:?} is not one of None, ClientIP"),
-    };
-    let local = |field: &str| -> Result<bool> { Ok(opt_str(spec, field, &sat)? == Some("Local")) };
-    let internal_local = local("internalTrafficPolicy")?;
-    let external_local = local("externalTrafficPolicy")?;
-
-    let ports = opt_list(spec, "ports", &sat)?;
-    if ports.is_empty() {
-        out.skipped.push(format!("{at}: no ports"));
-    }
-    for (j, p) in ports.iter().enumerate() {
-        let pat = format!("{sat}.ports[{j}]");
-        let po = obj(p, &pat)?;
-        let number = port(po, "port", &pat)?.ok_or_else(|| anyhow!("{pat}.port is missing"))?;
-        let Some(proto) = k8s_proto(po, &pat)? else {
-            out.skipped.push(format!("{pat}: SCTP"));
+            .rev()
+            .find(|(n, p, _)| &**n == port_name && *p == proto)
+            .map(|(_, _, n)| *n)
+        else {
             continue;
         };
-        let port_name = opt_str(po, "name", &pat)?.unwrap_or("");
-        let node_port = if ty == "ClusterIP" {
-            None
-        } else {
-            port(po, "nodePort", &pat)?
-        };
-        let label = if port_name.is_empty() {
-            format!("{namespace}/{name}:{number}")
-        } else {
-            format!("{namespace}/{name}:{port_name}")
-        };
-        let mut backends_by_family = Vec::new();
-        for &v6 in &families {
-            backends_by_family.push((v6, k8s_backends(slices, port_name, proto, v6, node_name)?));
+        for e in &s.endpoints {
+            let addr = SocketAddr::new(e.ip, number);
+            let b = BackendSpec {
+                addr,
+                local: e.local,
+                terminating: e.terminating,
+            };
+            // The same endpoint in two slices: ready wins.
+            out.entry(addr)
+                .and_modify(|o| o.terminating &= b.terminating)
+                .or_insert(b);
         }
-        let backends_of = |v6: bool| -> Vec<BackendSpec> {
-            backends_by_family
+    }
+    out.into_values().collect()
+}
+
+impl K8sService {
+    pub fn parse(
+        o: &Map<String, Value>,
+        at: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<K8sService> {
+        let mut out = K8sService {
+            at: at.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+            cluster_ips: Vec::new(),
+            families: Vec::new(),
+            external: Vec::new(),
+            ingress: Vec::new(),
+            affinity_timeout: None,
+            internal_local: false,
+            external_local: false,
+            ports: Vec::new(),
+            skipped: Vec::new(),
+        };
+        let spec = obj(
+            o.get("spec")
+                .ok_or_else(|| anyhow!("{at}.spec is missing"))?,
+            &format!("{at}.spec"),
+        )?;
+        let sat = format!("{at}.spec");
+        let ty = opt_str(spec, "type", &sat)?.unwrap_or("ClusterIP");
+        match ty {
+            "ClusterIP" | "NodePort" | "LoadBalancer" => {}
+            "ExternalName" => {
+                out.skipped.push(format!("{at}: ExternalName (DNS only)"));
+                return Ok(out);
+            }
+            other => bail!(
+                "{sat}.type {other:?} is not one of ClusterIP, NodePort, LoadBalancer, ExternalName"
+            ),
+        }
+        let mut cluster_ips: Vec<String> = opt_list(spec, "clusterIPs", &sat)?
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        if cluster_ips.is_empty()
+            && let Some(ip) = opt_str(spec, "clusterIP", &sat)?
+        {
+            cluster_ips.push(ip.to_string());
+        }
+        for (i, c) in cluster_ips.iter().enumerate() {
+            if c == "None" || c.is_empty() {
+                continue;
+            }
+            out.cluster_ips.push(
+                c.parse::<IpAddr>()
+                    .map_err(|_| anyhow!("{sat}.clusterIPs[{i}] {c:?} is not an IP address"))?,
+            );
+        }
+        if out.cluster_ips.is_empty() && !cluster_ips.is_empty() {
+            out.skipped.push(format!("{at}: headless (clusterIP None)"));
+            return Ok(out);
+        }
+        let mut families: Vec<bool> = out.cluster_ips.iter().map(|ip| ip.is_ipv6()).collect();
+        if families.is_empty() {
+            for f in opt_list(spec, "ipFamilies", &sat)? {
+                families.push(f.as_str() == Some("IPv6"));
+            }
+        }
+        if families.is_empty() {
+            families.push(false);
+        }
+        families.dedup();
+        for (i, e) in opt_list(spec, "externalIPs", &sat)?.iter().enumerate() {
+            let s = e.as_str().unwrap_or_default();
+            out.external.push(
+                s.parse::<IpAddr>()
+                    .map_err(|_| anyhow!("{sat}.externalIPs[{i}] {e} is not an IP address"))?,
+            );
+        }
+        if ty == "LoadBalancer"
+            && let Some(status) = o.get("status")
+            && let Some(lb) = obj(status, &format!("{at}.status"))?.get("loadBalancer")
+        {
+            let lat = format!("{at}.status.loadBalancer");
+            for (i, g) in opt_list(obj(lb, &lat)?, "ingress", &lat)?
                 .iter()
-                .find(|(f, _)| *f == v6)
-                .map(|(_, b)| b.clone())
-                .unwrap_or_default()
+                .enumerate()
+            {
+                let gat = format!("{lat}.ingress[{i}]");
+                if let Some(ip) = opt_str(obj(g, &gat)?, "ip", &gat)? {
+                    out.ingress.push(
+                        ip.parse::<IpAddr>()
+                            .map_err(|_| anyhow!("{gat}.ip {ip:?} is not an IP address"))?,
+                    );
+                }
+            }
+        }
+        out.affinity_timeout = match opt_str(spec, "sessionAffinity", &sat)?.unwrap_or("None") {
+            "None" => None,
+            "ClientIP" => {
+                let t = spec
+                    .get("sessionAffinityConfig")
+                    .and_then(|c| c.get("clientIP"))
+                    .and_then(|c| c.get("timeoutSeconds"));
+                match t {
+                    None | Some(Value::Null) => Some(AFFINITY_TIMEOUT_DEFAULT),
+                    Some(v) => Some(
+                        v.as_u64()
+                            .filter(|t| (1..=86400).contains(t))
+                            .ok_or_else(|| anyhow!("{sat}.sessionAffinityConfig.clientIP.timeoutSeconds {v} is out of range: 1..=86400"))?
+                            as u32,
+                    ),
+                }
+            }
+            other => bail!("{sat}.sessionAffinity {other:?} is not one of None, ClientIP"),
+        };
+        let local =
+            |field: &str| -> Result<bool> { Ok(opt_str(spec, field, &sat)? == Some("Local")) };
+        out.internal_local = local("internalTrafficPolicy")?;
+        out.external_local = local("externalTrafficPolicy")?;
+        out.families = families;
+
+        let ports = opt_list(spec, "ports", &sat)?;
+        if ports.is_empty() {
+            out.skipped.push(format!("{at}: no ports"));
+        }
+        for (j, p) in ports.iter().enumerate() {
+            let pat = format!("{sat}.ports[{j}]");
+            let po = obj(p, &pat)?;
+            let number = port(po, "port", &pat)?.ok_or_else(|| anyhow!("{pat}.port is missing"))?;
+            let Some(proto) = k8s_proto(po, &pat)? else {
+                out.skipped.push(format!("{pat}: SCTP"));
+                continue;
+            };
+            let port_name = opt_str(po, "name", &pat)?.unwrap_or("");
+            let node_port = if ty == "ClusterIP" {
+                None
+            } else {
+                port(po, "nodePort", &pat)?
+            };
+            out.ports.push(K8sPort {
+                name: port_name.into(),
+                number,
+                proto,
+                node_port,
+            });
+        }
+        // The frontends must be valid on their own (e.g. names that fit):
+        // refuse the Service now, not when its slices arrive.
+        k8s_entries(&out, &[])?;
+        Ok(out)
+    }
+
+    /// What the Service leaves out on purpose.
+    pub fn skipped(&self) -> &[String] {
+        &self.skipped
+    }
+}
+
+/// The services (one per port, protocol and frontend) a Service and its
+/// slices describe.
+pub fn k8s_entries(svc: &K8sService, slices: &[&K8sSlice]) -> Result<Vec<Entry>> {
+    let (at, namespace, name) = (&*svc.at, &*svc.namespace, &*svc.name);
+    let sat = format!("{at}.spec");
+    let mut out = Vec::new();
+    for (j, p) in svc.ports.iter().enumerate() {
+        let pat = format!("{sat}.ports[{j}]");
+        let label = if p.name.is_empty() {
+            format!("{namespace}/{name}:{}", p.number)
+        } else {
+            format!("{namespace}/{name}:{}", p.name)
         };
         let mut push = |svc_type: SvcType, ip: Option<IpAddr>, fport: u16, v6: bool, what: &str| {
             let spec = ServiceSpec {
@@ -770,63 +910,51 @@ fn k8s_service(
                     port: fport,
                     ipv6: v6,
                 },
-                proto,
+                proto: p.proto,
                 node_port: None,
-                backends: backends_of(v6),
-                affinity_timeout,
-                internal_local,
-                external_local,
+                backends: k8s_backends(slices, &p.name, p.proto, v6),
+                affinity_timeout: svc.affinity_timeout,
+                internal_local: svc.internal_local,
+                external_local: svc.external_local,
                 from_kubernetes: true,
             };
-            out.entries.push(Entry {
-                source: format!("{pat} ({what} {}/{proto})", spec.frontend.display()),
+            out.push(Entry {
+                source: format!("{pat} ({what} {}/{})", spec.frontend.display(), p.proto),
                 spec,
             });
         };
-        for ip in &cips {
+        for ip in &svc.cluster_ips {
             push(
                 SvcType::Clusterip,
                 Some(*ip),
-                number,
+                p.number,
                 ip.is_ipv6(),
                 "cluster IP",
             );
         }
-        if let Some(np) = node_port {
-            for &v6 in &families {
+        if let Some(np) = p.node_port {
+            for &v6 in &svc.families {
                 push(SvcType::Nodeport, None, np, v6, "node port");
             }
         }
-        for ip in &external {
-            if families.contains(&ip.is_ipv6()) {
-                push(
-                    SvcType::Externalip,
-                    Some(*ip),
-                    number,
-                    ip.is_ipv6(),
-                    "external IP",
-                );
-            }
-        }
-        for ip in &ingress {
-            if families.contains(&ip.is_ipv6()) {
-                push(
-                    SvcType::Loadbalancer,
-                    Some(*ip),
-                    number,
-                    ip.is_ipv6(),
-                    "load-balancer ingress",
-                );
+        for (ips, ty, what) in [
+            (&svc.external, SvcType::Externalip, "external IP"),
+            (&svc.ingress, SvcType::Loadbalancer, "load-balancer ingress"),
+        ] {
+            for ip in ips {
+                if svc.families.contains(&ip.is_ipv6()) {
+                    push(ty, Some(*ip), p.number, ip.is_ipv6(), what);
+                }
             }
         }
     }
-    for e in out.entries.iter().filter(|e| e.source.starts_with(&sat)) {
+    for e in &out {
         e.spec
             .validate()
             .with_context(|| e.source.clone())
             .map_err(|err| anyhow!("{}", file_terms(&err)))?;
     }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,0 +1,576 @@
+//! `apply --watch`: keep the maps in step with a Kubernetes watch stream.
+//!
+//! The stream is what `kubectl get services,endpointslices -A --watch -o json
+//! --output-watch-events` prints: `{"type": ADDED|MODIFIED|DELETED|BOOKMARK|
+//! ERROR, "object": {...}}`, one after another.
+//!
+//! - **Incremental.** Every object is checked and reduced once, when its
+//!   event arrives, and kept in memory. An event re-plans only the Service
+//!   it touches (a slice touches the Service its
+//!   `kubernetes.io/service-name` label names), reading from the maps only
+//!   that Service's elements, and writes only what differs, in the write
+//!   engine's order (src/control/store.rs).
+//! - **Batched.** The events already waiting when one is taken (up to
+//!   [`BATCH_EVENTS`], or [`BATCH_TIME`] after the first) are one change: the
+//!   initial list is a few large applies, and a burst of endpoint changes
+//!   costs one write per Service.
+//! - **A bad event changes nothing.** An object that fails its checks keeps
+//!   its last good version, and its services keep serving it; the error
+//!   names the event, the object, the field and the fix, and the loop goes
+//!   on. A batch that cannot be written is undone and its events are applied
+//!   one by one, so only the bad one is refused.
+//! - **Deletes only what the stream deletes.** A Service's frontends go when
+//!   the stream deletes it or changes it so that it no longer has them;
+//!   silence, however long, and the end of the stream delete nothing.
+//!   Services whose objects vanished while no watch ran are removed from an
+//!   exact source: `apply --prune` of a full `kubectl get` list, which the
+//!   unit and the DaemonSet run before the watch.
+//! - **No gap on a restart.** A restarted watch first sees each Service
+//!   before its slices (kubectl lists Services, then EndpointSlices). Until
+//!   a Service's first slice event, a frontend the maps already serve keeps
+//!   the backends it has, instead of dropping to none for the seconds the
+//!   list takes.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+use crate::bpf::types;
+use crate::control::apply::{ApplyOpts, Identity};
+use crate::control::store::{self, Current, Ids, Tx};
+use crate::datapath::maps::{self, MapId};
+use crate::datapath::state::State;
+use crate::model::manifest::{self, Entry, K8sObject, K8sService, K8sSlice};
+use crate::model::service;
+
+/// Most events one change takes.
+pub const BATCH_EVENTS: usize = 1000;
+/// How long a change waits for more events after its first.
+pub const BATCH_TIME: Duration = Duration::from_millis(100);
+
+/// How long a change waits for the reader to finish parsing a next event
+/// (one event alone waits this long once).
+const GRACE: Duration = Duration::from_millis(1);
+
+/// (namespace, name) of an object.
+type Key = (String, String);
+
+/// One decoded event.
+enum Change {
+    Service(Key, Option<K8sService>),
+    /// (namespace, slice name), the slice or None when it goes.
+    Slice(Key, Option<K8sSlice>),
+}
+
+struct Event {
+    n: usize,
+    /// "MODIFIED EndpointSlice shop/web-a", for messages.
+    what: String,
+    change: Change,
+}
+
+/// What one change did, for its line in the log.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+}
+
+/// How a watch ended.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub events: usize,
+    pub failed: usize,
+    pub changes: usize,
+}
+
+/// The objects a watch holds, and what their services were written as.
+#[derive(Default)]
+pub struct Objects {
+    services: HashMap<Key, K8sService>,
+    slices: HashMap<Key, K8sSlice>,
+    /// (namespace, Service name) -> names of its slices.
+    by_service: HashMap<Key, BTreeSet<String>>,
+    /// Services that had a slice event since the watch started.
+    slices_seen: HashSet<Key>,
+    /// The frontends (identities) each Service was last written with.
+    produced: HashMap<Key, Vec<Identity>>,
+}
+
+/// How to put one object back as it was.
+enum Undo {
+    Service(Key, Option<K8sService>),
+    /// The slice as it was, and the Services it marked as having had a
+    /// slice event.
+    Slice(Key, Option<K8sSlice>, Vec<Key>),
+}
+
+impl Objects {
+    pub fn len(&self) -> usize {
+        self.services.len() + self.slices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn set_slice(&mut self, key: Key, new: Option<K8sSlice>) -> Option<K8sSlice> {
+        let old = self.slices.remove(&key);
+        if let Some(o) = &old {
+            let owner = (key.0.clone(), o.service.to_string());
+            if let Some(set) = self.by_service.get_mut(&owner) {
+                set.remove(&key.1);
+                if set.is_empty() {
+                    self.by_service.remove(&owner);
+                }
+            }
+        }
+        if let Some(n) = new {
+            self.by_service
+                .entry((key.0.clone(), n.service.to_string()))
+                .or_default()
+                .insert(key.1.clone());
+            self.slices.insert(key, n);
+        }
+        old
+    }
+
+    /// Apply one change; returns how to undo it and the Services it touches.
+    fn apply(&mut self, change: &Change, touched: &mut BTreeSet<Key>) -> Undo {
+        match change {
+            Change::Service(key, new) => {
+                touched.insert(key.clone());
+                let old = match new {
+                    Some(s) => self.services.insert(key.clone(), s.clone()),
+                    None => self.services.remove(key),
+                };
+                Undo::Service(key.clone(), old)
+            }
+            Change::Slice(key, new) => {
+                let old = self.set_slice(key.clone(), new.clone());
+                let mut marked = Vec::new();
+                for s in old.iter().chain(new.iter()) {
+                    let owner = (key.0.clone(), s.service.to_string());
+                    if self.slices_seen.insert(owner.clone()) {
+                        marked.push(owner.clone());
+                    }
+                    touched.insert(owner);
+                }
+                Undo::Slice(key.clone(), old, marked)
+            }
+        }
+    }
+
+    fn undo(&mut self, undo: Undo) {
+        match undo {
+            Undo::Service(key, old) => {
+                match old {
+                    Some(s) => self.services.insert(key, s),
+                    None => self.services.remove(&key),
+                };
+            }
+            Undo::Slice(key, old, marked) => {
+                self.set_slice(key, old);
+                for m in marked {
+                    self.slices_seen.remove(&m);
+                }
+            }
+        }
+    }
+
+    /// The services a Service and its slices describe now.
+    fn entries(&self, key: &Key) -> Result<Vec<Entry>> {
+        let Some(svc) = self.services.get(key) else {
+            return Ok(Vec::new());
+        };
+        let slices: Vec<&K8sSlice> = self
+            .by_service
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| self.slices.get(&(key.0.clone(), name.clone())))
+            .collect();
+        manifest::k8s_entries(svc, &slices)
+    }
+}
+
+/// The service the maps hold under `idk`, if its metadata agrees.
+fn owner_of(cur: &mut Current, idk: &Identity) -> Result<Option<u32>> {
+    let Some(m) = cur.svc_get(&store::svc_key(idk.0, idk.1, idk.2, 0))? else {
+        return Ok(None);
+    };
+    cur.load_service(m.svc_id)?;
+    Ok(match cur.spec(m.svc_id)? {
+        Some(spec) if service::identity_key(&spec, &cur.node_addrs) == *idk => Some(m.svc_id),
+        _ => None,
+    })
+}
+
+/// Write what the touched Services describe now, as one change.
+fn write(
+    state: &State,
+    objects: &Objects,
+    touched: &BTreeSet<Key>,
+    opts: &ApplyOpts,
+) -> Result<(Counts, HashMap<Key, Vec<Identity>>)> {
+    let _lock = crate::sys::StateLock::take(&state.pins.root)?;
+    store::repair_if_interrupted(state)?;
+    let mut cur = Current::lazy(state)?;
+    let node_addrs = cur.node_addrs.clone();
+    let cfg = state.config()?;
+
+    let mut plans: Vec<(&Key, Vec<Entry>)> = Vec::with_capacity(touched.len());
+    let mut frontends: HashMap<(std::net::IpAddr, u16, crate::model::addr::Proto), String> =
+        HashMap::new();
+    for key in touched {
+        let entries = objects.entries(key)?;
+        for e in &entries {
+            service::check_against_config(&e.spec, &cfg)
+                .map_err(|err| anyhow!("{}: {}", e.source, manifest::file_terms(&err)))?;
+            for f in service::expand(&e.spec, &node_addrs) {
+                if let Some(other) =
+                    frontends.insert((f.ip, f.port, e.spec.proto), e.source.clone())
+                {
+                    bail!(
+                        "{}: frontend {}/{} is also given by {other}; a frontend belongs to one service",
+                        e.source,
+                        f.display(),
+                        e.spec.proto
+                    );
+                }
+            }
+        }
+        plans.push((key, entries));
+    }
+
+    // What the maps hold under every identity involved, old and new.
+    let mut tx = Tx::default();
+    let mut have: HashMap<Identity, u32> = HashMap::new();
+    for (key, entries) in &plans {
+        let old = objects.produced.get(*key).into_iter().flatten().copied();
+        let new = entries
+            .iter()
+            .map(|e| service::identity_key(&e.spec, &node_addrs));
+        for idk in old.chain(new) {
+            if let std::collections::hash_map::Entry::Vacant(v) = have.entry(idk)
+                && let Some(id) = owner_of(&mut cur, &idk)?
+            {
+                v.insert(id);
+                tx.release(id);
+            }
+        }
+    }
+
+    let mut counts = Counts::default();
+    let mut produced = HashMap::new();
+    let mut fresh_backends = 0u32;
+    let mut new_services = 0u32;
+    for (key, entries) in &mut plans {
+        let ids: Vec<Identity> = entries
+            .iter()
+            .map(|e| service::identity_key(&e.spec, &node_addrs))
+            .collect();
+        // Frontends the Service no longer has.
+        for idk in objects.produced.get(*key).into_iter().flatten() {
+            if ids.contains(idk) {
+                continue;
+            }
+            if let Some(&id) = have.get(idk)
+                && cur.spec(id)?.is_some_and(|s| s.from_kubernetes)
+            {
+                store::plan_delete(&mut cur, &mut tx, id)?;
+                counts.removed += 1;
+            }
+        }
+        // Until its first slice, a restarted watch keeps what the maps serve.
+        let carry = !objects.slices_seen.contains(*key);
+        for (e, idk) in entries.iter_mut().zip(&ids) {
+            match have.get(idk) {
+                Some(&id) => {
+                    if carry
+                        && e.spec.backends.is_empty()
+                        && let Some(old) = cur.spec(id)?
+                        && old.proto == e.spec.proto
+                    {
+                        e.spec.backends = old.backends;
+                    }
+                    fresh_backends += store::fresh_backends(&e.spec, cur.backends_of(id));
+                }
+                None => {
+                    new_services += 1;
+                    fresh_backends += e.spec.backends.len() as u32;
+                }
+            }
+        }
+        produced.insert((*key).clone(), ids);
+    }
+    let mut svc_ids = maps::alloc_svc_ids(state, new_services, true)?.into_iter();
+    let mut ids = Ids::alloc(state, fresh_backends)?;
+    for (_, entries) in &plans {
+        for e in entries {
+            let idk = service::identity_key(&e.spec, &node_addrs);
+            let (svc_id, existed) = match have.get(&idk) {
+                Some(&id) => (id, true),
+                None => (
+                    svc_ids
+                        .next()
+                        .context("internal error: fewer service ids than new services")?,
+                    false,
+                ),
+            };
+            let changed = store::plan_write(&mut cur, &mut tx, &e.spec, svc_id, &mut ids)
+                .map_err(|err| anyhow!("{}: {err:#}", e.source))?;
+            match (existed, changed) {
+                (false, _) => counts.added += 1,
+                (true, true) => counts.changed += 1,
+                (true, false) => counts.unchanged += 1,
+            }
+        }
+    }
+    let done = store::execute(state, tx)?;
+    crate::control::stale::after_change(state, &done, opts.destroy_tcp)?;
+    Ok((counts, produced))
+}
+
+/// The frontends of the Kubernetes services the maps hold, by Service, from
+/// their names ("namespace/name:port"), so that a restarted watch removes
+/// the frontends a Service lost, and the whole of a Service deleted, before
+/// it ever saw them. Names cut at the name limit are left to `apply --prune`.
+fn held_services(state: &State) -> Result<HashMap<Key, Vec<Identity>>> {
+    let node_addrs = state.node_addrs()?;
+    let mut out: HashMap<Key, Vec<Identity>> = HashMap::new();
+    for (_, meta) in maps::read::<u32, types::svc_meta>(state, MapId::Meta)? {
+        if meta.origin != types::nxl_origin::NXL_ORIGIN_KUBERNETES.0 as u16 {
+            continue;
+        }
+        let Ok(spec) = service::spec_from(&meta, &[]) else {
+            continue;
+        };
+        let Some((ns, rest)) = spec.name.split_once('/') else {
+            continue;
+        };
+        let Some((name, _port)) = rest.split_once(':') else {
+            continue;
+        };
+        out.entry((ns.to_string(), name.to_string()))
+            .or_default()
+            .push(service::identity_key(&spec, &node_addrs));
+    }
+    Ok(out)
+}
+
+/// Decode one event. Ok(None): nothing to do (a bookmark, another kind).
+fn decode(ev: &Value, n: usize, node_name: &str) -> std::result::Result<Option<Event>, String> {
+    let ty = ev["type"].as_str().unwrap_or_default();
+    let obj = &ev["object"];
+    let head = obj
+        .as_object()
+        .ok_or_else(|| anyhow!("object is missing or not a mapping"))
+        .and_then(|o| manifest::k8s_identity(o, "object"));
+    let what = match &head {
+        Ok((kind, ns, name)) => format!("{ty} {kind} {ns}/{name}"),
+        Err(_) => ty.to_string(),
+    };
+    let fail = |e: String| format!("event {n} ({what}): {e}");
+    match ty {
+        "BOOKMARK" => return Ok(None),
+        "ERROR" => return Err(fail(format!("the API server sent an error: {obj}"))),
+        "ADDED" | "MODIFIED" | "DELETED" => {}
+        other => {
+            return Err(fail(format!(
+                "type {other:?} is not one of ADDED, MODIFIED, DELETED, BOOKMARK, ERROR; event skipped"
+            )));
+        }
+    }
+    let (kind, ns, name) = head.map_err(|e| fail(format!("{e:#}")))?;
+    let key = (ns, name);
+    let change = if ty == "DELETED" {
+        match kind.as_str() {
+            "Service" => Change::Service(key, None),
+            "EndpointSlice" => Change::Slice(key, None),
+            _ => return Ok(None),
+        }
+    } else {
+        match manifest::k8s_object(obj, "object", node_name) {
+            Ok(K8sObject::Service(s)) => Change::Service(key, Some(s)),
+            // A slice that lost its service label belongs to none now.
+            Ok(K8sObject::Slice(s)) => Change::Slice(key, s),
+            Ok(K8sObject::Other(_)) => return Ok(None),
+            Err(e) => {
+                return Err(fail(format!(
+                    "{e:#}; the object keeps its last good version"
+                )));
+            }
+        }
+    };
+    Ok(Some(Event { n, what, change }))
+}
+
+/// Apply a batch as one change. On failure nothing changed, maps or objects.
+fn apply_batch(
+    state: &State,
+    objects: &mut Objects,
+    batch: &[Event],
+    opts: &ApplyOpts,
+) -> Result<Counts> {
+    let mut touched = BTreeSet::new();
+    let mut undo = Vec::with_capacity(batch.len());
+    for ev in batch {
+        undo.push(objects.apply(&ev.change, &mut touched));
+    }
+    match write(state, objects, &touched, opts) {
+        Ok((counts, produced)) => {
+            for (key, ids) in produced {
+                if ids.is_empty() {
+                    objects.produced.remove(&key);
+                } else {
+                    objects.produced.insert(key, ids);
+                }
+            }
+            Ok(counts)
+        }
+        Err(e) => {
+            for u in undo.into_iter().rev() {
+                objects.undo(u);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn report(batch: &[Event], c: &Counts) {
+    use std::io::Write;
+    let counts = format!(
+        "{} added, {} changed, {} removed, {} unchanged",
+        c.added, c.changed, c.removed, c.unchanged
+    );
+    match batch {
+        [one] => println!("event {} {}: {counts}", one.n, one.what),
+        [first, .., last] => println!(
+            "events {}-{} ({} events): {counts}",
+            first.n,
+            last.n,
+            batch.len()
+        ),
+        [] => {}
+    }
+    let _ = std::io::stdout().flush();
+}
+
+/// Run the watch until the stream ends. Events that could not be applied
+/// are reported and counted, never fatal; a stream that is not JSON is.
+pub fn watch(
+    state: &State,
+    input: impl std::io::Read + Send + 'static,
+    opts: &ApplyOpts,
+) -> Result<Summary> {
+    use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+    // One watcher per pin dir: two would undo each other's changes.
+    let _watching = crate::sys::pindir::WatchLock::take(&state.pins.root)?;
+    let mut objects = Objects {
+        produced: held_services(state)?,
+        ..Default::default()
+    };
+    let mut summary = Summary::default();
+    // Events are read and parsed on a thread, so the next ones are ready
+    // (and batched) while a change is written.
+    let (tx, rx) =
+        std::sync::mpsc::sync_channel::<std::result::Result<Value, String>>(4 * BATCH_EVENTS);
+    std::thread::spawn(move || {
+        for v in serde_json::Deserializer::from_reader(input).into_iter::<Value>() {
+            let end = v.is_err();
+            if tx.send(v.map_err(|e| e.to_string())).is_err() || end {
+                break;
+            }
+        }
+    });
+    let mut broken = None;
+    let mut ended = false;
+    while !ended && broken.is_none() {
+        let mut batch = Vec::new();
+        let mut started = None::<Instant>;
+        loop {
+            let next = if started.is_none() {
+                rx.recv().map_err(|_| TryRecvError::Disconnected)
+            } else {
+                // What is waiting, and what the reader is parsing now.
+                rx.try_recv().or_else(|e| match e {
+                    TryRecvError::Empty => rx.recv_timeout(GRACE).map_err(|e| match e {
+                        RecvTimeoutError::Timeout => TryRecvError::Empty,
+                        RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
+                    }),
+                    d => Err(d),
+                })
+            };
+            let v = match next {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    broken = Some(format!("event {}: not valid JSON: {e}", summary.events + 1));
+                    break;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    ended = true;
+                    break;
+                }
+            };
+            let t0 = *started.get_or_insert_with(Instant::now);
+            summary.events += 1;
+            match decode(&v, summary.events, &opts.node_name) {
+                Ok(Some(ev)) => batch.push(ev),
+                Ok(None) => {}
+                Err(msg) => {
+                    eprintln!("netnsxl: {msg}; nothing changed");
+                    summary.failed += 1;
+                }
+            }
+            if batch.len() >= BATCH_EVENTS || t0.elapsed() >= BATCH_TIME {
+                break;
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        match apply_batch(state, &mut objects, &batch, opts) {
+            Ok(c) => {
+                summary.changes += 1;
+                report(&batch, &c);
+            }
+            Err(e) if batch.len() == 1 => {
+                let ev = &batch[0];
+                eprintln!(
+                    "netnsxl: event {} ({}): {e:#}; the object keeps its last good version, nothing changed",
+                    ev.n, ev.what
+                );
+                summary.failed += 1;
+            }
+            Err(_) => {
+                // Find the bad ones: each event alone.
+                for ev in batch {
+                    let one = [ev];
+                    match apply_batch(state, &mut objects, &one, opts) {
+                        Ok(c) => {
+                            summary.changes += 1;
+                            report(&one, &c);
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "netnsxl: event {} ({}): {e:#}; the object keeps its last good version, nothing changed",
+                                one[0].n, one[0].what
+                            );
+                            summary.failed += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(b) = broken {
+        bail!("{b}");
+    }
+    Ok(summary)
+}
