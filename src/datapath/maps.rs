@@ -196,8 +196,7 @@ pub fn alloc_svc_ids(maps: &dyn Maps, n: u32, commit: bool) -> Result<Vec<u32>> 
     let mut used: Option<std::collections::HashSet<u32>> = None;
     let mut id = cfg.next_svc_id.clamp(1, cap);
     let mut out = Vec::with_capacity(n as usize);
-    let mut tried = 0u32;
-    for _ in 0..cap {
+    for tried in 0..cap {
         if used.is_none() && n > 16 && tried > 4 * n {
             used = Some(
                 maps.dump(MapId::Meta)?
@@ -207,7 +206,6 @@ pub fn alloc_svc_ids(maps: &dyn Maps, n: u32, commit: bool) -> Result<Vec<u32>> 
                     .collect(),
             );
         }
-        tried += 1;
         let taken = match &used {
             Some(u) => u.contains(&id),
             None => maps.lookup(MapId::Meta, &id.to_ne_bytes())?.is_some(),
