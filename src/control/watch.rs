@@ -198,16 +198,30 @@ impl Objects {
     }
 }
 
-/// The service the maps hold under `idk`, if its metadata agrees.
-fn owner_of(cur: &mut Current, idk: &Identity) -> Result<Option<u32>> {
+/// The service the maps hold under `idk`, if its metadata agrees, with
+/// the Kubernetes Service it was written from (None: not from Kubernetes).
+fn owner_of(cur: &mut Current, idk: &Identity) -> Result<Option<(u32, Option<Key>)>> {
     let Some(m) = cur.svc_get(&store::svc_key(idk.0, idk.1, idk.2, 0))? else {
         return Ok(None);
     };
     cur.load_service(m.svc_id)?;
     Ok(match cur.spec(m.svc_id)? {
-        Some(spec) if service::identity_key(&spec, &cur.node_addrs) == *idk => Some(m.svc_id),
+        Some(spec) if service::identity_key(&spec, &cur.node_addrs) == *idk => {
+            let key = spec
+                .from_kubernetes
+                .then(|| service_key(&spec.name))
+                .flatten();
+            Some((m.svc_id, key))
+        }
         _ => None,
     })
+}
+
+/// The Service ("namespace/name:port") a Kubernetes service's name names.
+fn service_key(name: &str) -> Option<Key> {
+    let (ns, rest) = name.split_once('/')?;
+    let (name, _port) = rest.split_once(':')?;
+    Some((ns.to_string(), name.to_string()))
 }
 
 /// Write what the touched Services describe now, as one change.
@@ -247,21 +261,46 @@ fn write(
         plans.push((key, entries));
     }
 
-    // What the maps hold under every identity involved, old and new.
+    // What the maps hold under every identity involved, old and new: a
+    // frontend this Service had, or one the maps hold for it (by name) or
+    // for no Service (written by hand, which apply takes over too). One
+    // another Service holds is a conflict.
     let mut tx = Tx::default();
     let mut have: HashMap<Identity, u32> = HashMap::new();
     for (key, entries) in &plans {
-        let old = objects.produced.get(*key).into_iter().flatten().copied();
-        let new = entries
-            .iter()
-            .map(|e| service::identity_key(&e.spec, &node_addrs));
-        for idk in old.chain(new) {
-            if let std::collections::hash_map::Entry::Vacant(v) = have.entry(idk)
-                && let Some(id) = owner_of(&mut cur, &idk)?
-            {
-                v.insert(id);
-                tx.release(id);
+        let produced = objects.produced.get(*key);
+        let old = produced.into_iter().flatten().map(|i| (*i, None));
+        let new = entries.iter().map(|e| {
+            (
+                service::identity_key(&e.spec, &node_addrs),
+                Some(e.source.as_str()),
+            )
+        });
+        for (idk, source) in old.chain(new) {
+            if have.contains_key(&idk) {
+                continue;
             }
+            let Some((id, owner)) = owner_of(&mut cur, &idk)? else {
+                continue;
+            };
+            if let Some((ons, oname)) = &owner
+                && (ons, oname) != (&key.0, &key.1)
+                && !produced.is_some_and(|p| p.contains(&idk))
+            {
+                bail!(
+                    "{}: frontend {}/{} belongs to Service {ons}/{oname} already; a frontend belongs to one Service",
+                    source.unwrap_or("a frontend"),
+                    service::Frontend {
+                        ip: idk.0,
+                        port: idk.1,
+                        flags: 0
+                    }
+                    .display(),
+                    idk.2
+                );
+            }
+            have.insert(idk, id);
+            tx.release(id);
         }
     }
 
