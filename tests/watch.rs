@@ -362,7 +362,7 @@ fn a_generated_stream_converges_to_what_one_full_apply_writes() {
     const SERVICES: u64 = 40;
     let svc = |i: u64, port: u64, nodeport: bool| -> Value {
         let (v4, v6) = (format!("198.19.1.{i}"), format!("2001:db8:fe::{i:x}"));
-        let dual = i % 3 == 0;
+        let dual = i.is_multiple_of(3);
         let mut p = json!({"name": "http", "port": port, "protocol": "TCP", "targetPort": 8080});
         let mut spec = json!({"type": "ClusterIP", "clusterIP": v4, "clusterIPs": [v4],
                               "ipFamilies": ["IPv4"], "ports": []});
@@ -389,7 +389,7 @@ fn a_generated_stream_converges_to_what_one_full_apply_writes() {
                     let h = (i << 9) + j * 256 + base + k + 1;
                     format!("198.18.{}.{}", h >> 8, h & 255)
                 };
-                let ready = (base + k) % 7 != 0;
+                let ready = !(base + k).is_multiple_of(7);
                 json!({"addresses": [a], "nodeName": if k % 2 == 0 { "node-a" } else { "node-b" },
                        "conditions": {"ready": ready, "serving": true, "terminating": !ready}})
             })
