@@ -335,18 +335,31 @@ fn a_second_watch_on_one_pin_dir_is_refused_naming_the_first() {
             .args(["--pin-dir", pin])
             .args(["apply", "-f", "-", "--watch", "--node-name", "node-a"])
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
     let mut first = Reaped(watch(p));
-    // The first holds the watch lock from its start; it says so on stderr
-    // once the (empty) stream has been quiet for a while.
-    let mut first_err = std::io::BufReader::new(first.0.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut first_err, &mut line).unwrap();
-    assert!(line.contains("in sync"), "{line}");
+    // The first holds the watch lock from its start: once it has applied
+    // an event, it surely does.
+    {
+        use std::io::{BufRead, Write};
+        let stdin = first.0.stdin.as_mut().unwrap();
+        writeln!(
+            stdin,
+            r#"{{"type": "ADDED", "object": {{"apiVersion": "v1", "kind": "Service", "metadata": {{"name": "a", "namespace": "t"}}, "spec": {{"clusterIP": "198.18.40.1", "ports": [{{"port": 80}}]}}}}}}"#
+        )
+        .unwrap();
+        stdin.flush().unwrap();
+        let mut out = std::io::BufReader::new(first.0.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(
+            line.contains("event 1 ADDED Service t/a: 1 added"),
+            "{line}"
+        );
+    }
     let second = watch(&format!("{p}/")).wait_with_output().unwrap();
     assert!(!second.status.success());
     let err = stderr(&second);

@@ -517,12 +517,34 @@ pub fn watch(
     let mut summary = Summary::default();
     // Events are read and parsed on a thread, so the next ones are ready
     // (and batched) while a change is written.
-    let (tx, rx) =
-        std::sync::mpsc::sync_channel::<std::result::Result<Value, String>>(4 * BATCH_EVENTS);
+    // Events are read, parsed and checked on a thread, so the next ones are
+    // ready (and batched) while a change is written; only their compact
+    // checked form waits in the channel.
+    enum Msg {
+        Event(Box<Event>),
+        /// A bookmark, another kind: counted, nothing to do.
+        Nothing,
+        /// A refused event, with its message.
+        Refused(String),
+        /// The stream is not JSON: the end.
+        Broken(String),
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(BATCH_EVENTS / 4);
+    let node_name = opts.node_name.clone();
     std::thread::spawn(move || {
+        let mut n = 0;
         for v in serde_json::Deserializer::from_reader(input).into_iter::<Value>() {
-            let end = v.is_err();
-            if tx.send(v.map_err(|e| e.to_string())).is_err() || end {
+            n += 1;
+            let msg = match v {
+                Ok(v) => match decode(&v, n, &node_name) {
+                    Ok(Some(ev)) => Msg::Event(Box::new(ev)),
+                    Ok(None) => Msg::Nothing,
+                    Err(m) => Msg::Refused(m),
+                },
+                Err(e) => Msg::Broken(format!("event {n}: not valid JSON: {e}")),
+            };
+            let end = matches!(msg, Msg::Broken(_));
+            if tx.send(msg).is_err() || end {
                 break;
             }
         }
@@ -545,12 +567,8 @@ pub fn watch(
                     d => Err(d),
                 })
             };
-            let v = match next {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => {
-                    broken = Some(format!("event {}: not valid JSON: {e}", summary.events + 1));
-                    break;
-                }
+            let msg = match next {
+                Ok(m) => m,
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     ended = true;
@@ -558,13 +576,20 @@ pub fn watch(
                 }
             };
             let t0 = *started.get_or_insert_with(Instant::now);
-            summary.events += 1;
-            match decode(&v, summary.events, &opts.node_name) {
-                Ok(Some(ev)) => batch.push(ev),
-                Ok(None) => {}
-                Err(msg) => {
-                    eprintln!("netnsxl: {msg}; nothing changed");
+            match msg {
+                Msg::Event(ev) => {
+                    summary.events += 1;
+                    batch.push(*ev);
+                }
+                Msg::Nothing => summary.events += 1,
+                Msg::Refused(m) => {
+                    summary.events += 1;
+                    eprintln!("netnsxl: {m}; nothing changed");
                     summary.failed += 1;
+                }
+                Msg::Broken(m) => {
+                    broken = Some(m);
+                    break;
                 }
             }
             if batch.len() >= BATCH_EVENTS || t0.elapsed() >= BATCH_TIME {
@@ -574,6 +599,7 @@ pub fn watch(
         if batch.is_empty() {
             continue;
         }
+        let large = batch.len() >= 100;
         match apply_batch(state, &mut objects, &batch, opts) {
             Ok(c) => {
                 summary.changes += 1;
@@ -605,6 +631,15 @@ pub fn watch(
                         }
                     }
                 }
+            }
+        }
+        if large {
+            // A large change (the initial list) leaves its working memory
+            // free but resident; give it back, so the loop's footprint is
+            // what it holds.
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe {
+                libc::malloc_trim(0);
             }
         }
     }

@@ -1,5 +1,5 @@
 //! RAII guards shared by the integration tests (`tests/common`) and the
-//! benchmark (`src/bin/netnsxl-bench.rs` includes this file): every network
+//! benchmark (`src/bin/netnsxl-bench/main.rs` includes this file): every network
 //! namespace, veth, cgroup and process they create goes away on drop, also
 //! when a test panics or the benchmark fails. Names are unique (prefix, pid,
 //! counter), so parallel tests and reruns never collide, and nothing here

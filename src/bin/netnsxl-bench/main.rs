@@ -91,6 +91,16 @@ struct RunArgs {
     /// Connects per warm loop.
     #[arg(long, default_value_t = 20000)]
     warm_connects: u32,
+    /// Numbers of Services (each with one EndpointSlice) the watch loop is
+    /// measured with.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000,100000")]
+    watch_sizes: Vec<usize>,
+    /// Single MODIFIED EndpointSlices per watch size.
+    #[arg(long, default_value_t = 1000)]
+    watch_events: usize,
+    /// Only the watch loop's table (no datapath, no iptables).
+    #[arg(long)]
+    only_watch: bool,
 }
 
 #[derive(Args)]
@@ -392,8 +402,9 @@ fn client(a: ClientArgs) -> Result<()> {
 // Guards: everything the benchmark creates goes away on drop. Netns, veth,
 // cgroups and processes are the integration tests' own guards (one file).
 
-#[path = "../../tests/common/guards.rs"]
+#[path = "../../../tests/common/guards.rs"]
 mod guards;
+mod watch;
 use guards::{Cgroup, Netns, Reaped, sh, try_veth};
 
 /// Run `prog args` inside a netns with `stdin` as its input; returns the
@@ -2028,17 +2039,63 @@ fn run(args: RunArgs) -> Result<()> {
     // Sanity: every system reaches a backend before anything is measured.
     let env = environment();
     let mut results = Vec::new();
-    for &n in &args.sizes {
+    for &n in args.sizes.iter().filter(|_| !args.only_watch) {
         if n == 0 || n > 131_000 {
             bail!("--sizes: each size must be 1..=131000 (the VIPs come from 198.18.0.0/15)");
         }
         results.push(run_size(&lab, &runner, &att, &args, n, &dir, empty_id)?);
     }
     let _ = &lab.backend;
-    let (md, verdicts) = report(&results, &args, &env, &model, default_memlock);
+    let mut watched = Vec::new();
+    for &n in &args.watch_sizes {
+        if n == 0 || n > 131_000 {
+            bail!("--watch-sizes: each size must be 1..=131000");
+        }
+        eprintln!("== watch loop, {n} Services + {n} EndpointSlices");
+        let _ = att.ok(&["detach"]);
+        att.ok(&[
+            "attach",
+            "--cgroup",
+            lab.cg.path.to_str().unwrap(),
+            "--max-services",
+            &(n + 1100).to_string(),
+            "--max-backends",
+            &(3 * n + 3300).to_string(),
+        ])?;
+        let r = watch::measure(&att.netnsxl, &att.pins, n, args.watch_events)?;
+        eprintln!("   {r:?}");
+        watched.push(r);
+    }
+    let _ = att.ok(&["detach"]);
+    let (md, verdicts) = if args.only_watch {
+        let mut md = format!("# netnsxl benchmark: the watch loop\n\n{env}\n");
+        let mut verdicts = Vec::new();
+        watch::report(&mut md, &mut verdicts, &watched);
+        md.push_str("\n## Targets\n\n");
+        for v in &verdicts {
+            md.push_str(&format!("- {v}\n"));
+        }
+        (md, verdicts)
+    } else {
+        let (mut md, mut verdicts) = report(&results, &args, &env, &model, default_memlock);
+        if !watched.is_empty() {
+            let mut section = String::new();
+            let mut wv = Vec::new();
+            watch::report(&mut section, &mut wv, &watched);
+            let at = md.find("\n## Targets").unwrap_or(md.len());
+            md.insert_str(at, &section);
+            let lines: String = wv.iter().map(|v| format!("- {v}\n")).collect();
+            let at = md.find("\n![connect rate").unwrap_or(md.len());
+            md.insert_str(at, &lines);
+            verdicts.extend(wv);
+        }
+        (md, verdicts)
+    };
     fs::create_dir_all(&args.out)?;
     fs::write(args.out.join("results.md"), &md)?;
-    fs::write(args.out.join("rate.svg"), plot(&results))?;
+    if !results.is_empty() {
+        fs::write(args.out.join("rate.svg"), plot(&results))?;
+    }
     println!("{md}");
     eprintln!(
         "wrote {} and {}",

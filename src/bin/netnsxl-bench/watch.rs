@@ -1,0 +1,236 @@
+//! The watch loop's table: `apply --watch` fed N Services and N
+//! EndpointSlices as kubectl's initial list, then single MODIFIED slices.
+//!
+//! - initial list: from the first byte written to the change line that
+//!   names the last event (the loop batches what is waiting);
+//! - per event: MODIFIED EndpointSlices sent one at a time, each waiting for
+//!   its change line. Processing is the loop's CPU time (user + system,
+//!   from /proc) over them, divided by their number: what the loop spends
+//!   per event, whatever the machine does meanwhile. The wall time per
+//!   event (p50) also holds the pipe, the scheduler and the loop's 1 ms
+//!   wait for a following event;
+//! - memory: the loop's resident anonymous memory (heap and stacks; the
+//!   program's code pages are file-backed and shared) after the list, less
+//!   before any event, per object held.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// One size's figures.
+#[derive(Debug, Default)]
+pub struct WatchResult {
+    pub n: usize,
+    pub initial_s: f64,
+    pub changes: usize,
+    pub event_cpu_ms: f64,
+    pub event_wall_p50_ms: f64,
+    pub events: usize,
+    pub rss_base_kib: u64,
+    pub rss_kib: u64,
+}
+
+impl WatchResult {
+    pub fn bytes_per_object(&self) -> f64 {
+        (self.rss_kib.saturating_sub(self.rss_base_kib) * 1024) as f64 / (2 * self.n) as f64
+    }
+}
+
+fn service(i: usize) -> String {
+    let ip = super::vip(i);
+    format!(
+        r#"{{"type":"ADDED","object":{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"s{i}","namespace":"bench","resourceVersion":"{i}","uid":"00000000-0000-0000-0000-{i:012}","creationTimestamp":"2026-12-02T00:00:00Z"}},"spec":{{"type":"ClusterIP","clusterIP":"{ip}","clusterIPs":["{ip}"],"ipFamilies":["IPv4"],"ipFamilyPolicy":"SingleStack","internalTrafficPolicy":"Cluster","sessionAffinity":"None","ports":[{{"name":"http","port":80,"protocol":"TCP","targetPort":8080}}]}},"status":{{"loadBalancer":{{}}}}}}}}"#
+    )
+}
+
+fn slice(kind: &str, i: usize, endpoints: &[&str]) -> String {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|a| {
+            format!(
+                r#"{{"addresses":["{a}"],"conditions":{{"ready":true,"serving":true,"terminating":false}},"nodeName":"node-b","targetRef":{{"kind":"Pod","name":"s{i}-pod","namespace":"bench"}}}}"#
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"type":"{kind}","object":{{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{{"name":"s{i}-abcde","namespace":"bench","labels":{{"kubernetes.io/service-name":"s{i}","endpointslice.kubernetes.io/managed-by":"endpointslice-controller.k8s.io"}},"generateName":"s{i}-"}},"addressType":"IPv4","ports":[{{"name":"http","port":8080,"protocol":"TCP"}}],"endpoints":[{}]}}}}"#,
+        eps.join(",")
+    )
+}
+
+const BACKENDS: [&str; 3] = ["203.0.113.1", "203.0.113.2", "203.0.113.3"];
+
+/// (user + system) CPU seconds and resident anonymous KiB (the heap and
+/// stacks, not the program's code pages) of a process.
+fn proc_usage(pid: u32) -> Result<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").context("/proc/PID/stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    let cpu = (f[11].parse::<f64>()? + f[12].parse::<f64>()?) / tick;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("RssAnon")?;
+    Ok((cpu, rss))
+}
+
+/// Measure one size. `netnsxl` and `pins` name an attachment with room for
+/// N services and 3N backends and no services yet.
+pub fn measure(netnsxl: &Path, pins: &Path, n: usize, events: usize) -> Result<WatchResult> {
+    let mut child = super::guards::Reaped(
+        Command::new(netnsxl)
+            .arg("--pin-dir")
+            .arg(pins)
+            .args(["apply", "-f", "-", "--watch", "--node-name", "node-a"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start apply --watch")?,
+    );
+    let pid = child.0.id();
+    let mut stdin = child.0.stdin.take().context("stdin")?;
+    let mut lines = BufReader::new(child.0.stdout.take().context("stdout")?).lines();
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, rss_base_kib) = proc_usage(pid)?;
+
+    // The initial list: all Services, then all slices, as kubectl prints it.
+    let mut list = String::with_capacity(n * 1400);
+    for i in 1..=n {
+        list.push_str(&service(i));
+        list.push('\n');
+    }
+    for i in 1..=n {
+        list.push_str(&slice("ADDED", i, &BACKENDS));
+        list.push('\n');
+    }
+    let total = 2 * n;
+    let t0 = Instant::now();
+    let writer = std::thread::spawn(move || -> std::io::Result<std::process::ChildStdin> {
+        stdin.write_all(list.as_bytes())?;
+        stdin.flush()?;
+        Ok(stdin)
+    });
+    let mut changes = 0;
+    // The last event a change line names: "event N ..." or "events A-B ...".
+    let last_of = |l: &str| -> Option<usize> {
+        let rest = l
+            .strip_prefix("events ")
+            .and_then(|r| r.split_once('-').map(|(_, b)| b))
+            .or_else(|| l.strip_prefix("event "))?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    loop {
+        let l = lines.next().context("the watch ended during the list")??;
+        changes += 1;
+        if last_of(&l) == Some(total) {
+            break;
+        }
+    }
+    let initial_s = t0.elapsed().as_secs_f64();
+    let mut stdin = writer.join().map_err(|_| anyhow::anyhow!("writer"))??;
+    let (_, rss_kib) = proc_usage(pid)?;
+
+    // Single events: one slice at a time, each waiting for its line.
+    let mut walls = Vec::with_capacity(events);
+    let (cpu0, _) = proc_usage(pid)?;
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    for k in 0..events {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let i = 1 + (seed % n as u64) as usize;
+        let eps: &[&str] = if k % 2 == 0 {
+            &BACKENDS[..2]
+        } else {
+            &BACKENDS
+        };
+        let ev = slice("MODIFIED", i, eps);
+        let t = Instant::now();
+        writeln!(stdin, "{ev}")?;
+        stdin.flush()?;
+        let l = lines.next().context("the watch ended")??;
+        walls.push(t.elapsed().as_secs_f64() * 1e3);
+        if last_of(&l) != Some(total + k + 1) {
+            bail!("unexpected change line {l:?}");
+        }
+    }
+    let (cpu1, _) = proc_usage(pid)?;
+    drop(stdin);
+    let status = child.0.wait()?;
+    if !status.success() {
+        bail!("apply --watch failed: {status}");
+    }
+    walls.sort_by(f64::total_cmp);
+    Ok(WatchResult {
+        n,
+        initial_s,
+        changes,
+        event_cpu_ms: (cpu1 - cpu0) * 1e3 / events as f64,
+        event_wall_p50_ms: walls[walls.len() / 2],
+        events,
+        rss_base_kib,
+        rss_kib,
+    })
+}
+
+/// The Markdown section and the targets.
+pub fn report(md: &mut String, verdicts: &mut Vec<String>, results: &[WatchResult]) {
+    let _ = writeln!(
+        md,
+        "\n## Watch loop\n\n`apply --watch` fed kubectl-shaped JSON through a pipe: N Services then N EndpointSlices (3 endpoints each) as the initial list, then MODIFIED EndpointSlices of random Services one at a time, each waiting for its change line. Processing per event is the loop's CPU time (user + system) over them; wall p50 adds the pipe, scheduling and the loop's 1 ms wait for a following event. Memory is the loop's resident anonymous memory (RssAnon: heap and stacks, not its code pages) after the list, and its growth from before the first event per object held (N Services + N slices).\n\n| services + slices | initial list | changes it took | per event: processing | per event: wall p50 | resident anonymous memory | per object |\n|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in results {
+        let _ = writeln!(
+            md,
+            "| {} + {} | {:.2} s | {} | {:.3} ms (over {}) | {:.2} ms | {:.1} MiB | {:.0} B |",
+            r.n,
+            r.n,
+            r.initial_s,
+            r.changes,
+            r.event_cpu_ms,
+            r.events,
+            r.event_wall_p50_ms,
+            r.rss_kib as f64 / 1024.0,
+            r.bytes_per_object()
+        );
+    }
+    let met = |ok: bool| if ok { "MET" } else { "NOT MET" };
+    for r in results {
+        let limit = if r.n <= 5000 { 3.0 } else { 20.0 };
+        if r.n == 5000 || r.n == 100_000 {
+            verdicts.push(format!(
+                "{} initial list of {} Services + {} EndpointSlices through apply --watch <= {limit} s: {:.2} s",
+                met(r.initial_s <= limit),
+                r.n,
+                r.n,
+                r.initial_s
+            ));
+        }
+        verdicts.push(format!(
+            "{} one MODIFIED EndpointSlice <= 1 ms of processing after {} + {} objects: {:.3} ms",
+            met(r.event_cpu_ms <= 1.0),
+            r.n,
+            r.n,
+            r.event_cpu_ms
+        ));
+        verdicts.push(format!(
+            "{} watch loop memory <= 2 KiB per object held at {} + {}: {:.0} B",
+            met(r.bytes_per_object() <= 2048.0),
+            r.n,
+            r.n,
+            r.bytes_per_object()
+        ));
+    }
+}
