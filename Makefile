@@ -1,10 +1,10 @@
 # netnsxl: every target that needs root says so; CI runs as root.
 
-DEBS := clang libelf-dev pkg-config zlib1g-dev bpftool iproute2 strace
+DEBS := clang libelf-dev pkg-config zlib1g-dev bpftool iproute2 strace curl python3-venv
 CARGO ?= cargo
 ARCH := $(shell uname -m)
 
-.PHONY: all build deps test test-kernels demo bench lint licenses vmlinux fuzz clean
+.PHONY: all build deps test test-kernels demo bench lint licenses manifests vmlinux fuzz clean
 
 all: build
 
@@ -46,10 +46,18 @@ bench: build
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; }; fi
 	./target/release/netnsxl-bench --out bench $(BENCH_ARGS)
 
-# Formatting, clippy (warnings are errors) and the licence of every crate.
-lint: licenses
+# Formatting, clippy (warnings are errors), the licence of every crate, and
+# the deploy/ manifests against a current Kubernetes schema.
+lint: licenses manifests
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+
+# kubernetes-validate (PyPI) in a venv under target/, strict: an unknown
+# field is an error.
+KV := target/kv/bin/kubernetes-validate
+manifests:
+	@test -x $(KV) || { python3 -m venv target/kv && target/kv/bin/pip install -q kubernetes-validate; }
+	$(KV) --strict --quiet deploy/daemonset.yaml
 
 licenses:
 	./tools/check-licenses

@@ -131,6 +131,12 @@ struct ApplyArgs {
     /// one change per event, until the stream ends.
     #[arg(long, conflicts_with_all = ["dry_run", "prune"])]
     watch: bool,
+    /// With --watch: serve Prometheus metrics on http://ADDR:PORT/metrics
+    /// and health on /healthz (200 once the initial list is applied and the
+    /// programs are attached to the recorded cgroup, else 503 and why).
+    /// Binds only this address, e.g. 127.0.0.1:10249.
+    #[arg(long, value_name = "ADDR:PORT", requires = "watch")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// No progress bar (it is shown only on a terminal, for 1,000 services
     /// or more).
     #[arg(short, long)]
@@ -580,7 +586,18 @@ fn apply_cmd(pin_dir: &Path, mut a: ApplyArgs) -> Result<()> {
         sys::require_privileges()?;
         let state = State::open(pin_dir)?;
         // The lock is taken per event, so other commands can run between.
-        let s = netnsxl::control::watch::watch(&state, input, &opts)?;
+        let metrics = std::sync::Arc::new(netnsxl::observe::metrics::WatchMetrics::default());
+        if let Some(addr) = a.metrics_addr {
+            netnsxl::observe::metrics::serve(addr, pin_dir.to_path_buf(), metrics.clone())?;
+        }
+        use netnsxl::control::watch::Progress;
+        let mut on = |p: Progress| match p {
+            Progress::Event { kind, applied } => metrics.event(kind, applied),
+            Progress::Change { seconds } => metrics.change(seconds),
+            Progress::Held { services, slices } => metrics.held(services, slices),
+            Progress::CaughtUp => metrics.caught_up(),
+        };
+        let s = netnsxl::control::watch::watch(&state, input, &opts, &mut on)?;
         if s.failed > 0 {
             bail!(
                 "{} of {} events could not be applied (see above); the others were",

@@ -66,6 +66,8 @@ enum Change {
 
 struct Event {
     n: usize,
+    /// The object's kind, for metrics.
+    kind: String,
     /// "MODIFIED EndpointSlice shop/web-a", for messages.
     what: String,
     change: Change,
@@ -78,6 +80,19 @@ pub struct Counts {
     pub changed: usize,
     pub removed: usize,
     pub unchanged: usize,
+}
+
+/// What the loop reports as it goes (to metrics).
+pub enum Progress<'a> {
+    /// One event: its object's kind (Service, EndpointSlice, or what the
+    /// stream said), and whether it applied.
+    Event { kind: &'a str, applied: bool },
+    /// One change written, in `seconds`.
+    Change { seconds: f64 },
+    /// The objects held after a change.
+    Held { services: usize, slices: usize },
+    /// Everything read is applied and nothing waits: the initial list is in.
+    CaughtUp,
 }
 
 /// How a watch ended.
@@ -403,7 +418,11 @@ fn held_services(state: &State) -> Result<HashMap<Key, Vec<Identity>>> {
 }
 
 /// Decode one event. Ok(None): nothing to do (a bookmark, another kind).
-fn decode(ev: &Value, n: usize, node_name: &str) -> std::result::Result<Option<Event>, String> {
+fn decode(
+    ev: &Value,
+    n: usize,
+    node_name: &str,
+) -> std::result::Result<Option<Event>, (String, String)> {
     let ty = ev["type"].as_str().unwrap_or_default();
     let obj = &ev["object"];
     let head = obj
@@ -414,7 +433,11 @@ fn decode(ev: &Value, n: usize, node_name: &str) -> std::result::Result<Option<E
         Ok((kind, ns, name)) => format!("{ty} {kind} {ns}/{name}"),
         Err(_) => ty.to_string(),
     };
-    let fail = |e: String| format!("event {n} ({what}): {e}");
+    let kind_of = match &head {
+        Ok((kind, _, _)) => kind.clone(),
+        Err(_) => "unknown".to_string(),
+    };
+    let fail = |e: String| (kind_of.clone(), format!("event {n} ({what}): {e}"));
     match ty {
         "BOOKMARK" => return Ok(None),
         "ERROR" => return Err(fail(format!("the API server sent an error: {obj}"))),
@@ -426,9 +449,10 @@ fn decode(ev: &Value, n: usize, node_name: &str) -> std::result::Result<Option<E
         }
     }
     let (kind, ns, name) = head.map_err(|e| fail(format!("{e:#}")))?;
+    let kind_name = kind.clone();
     let key = (ns, name);
     let change = if ty == "DELETED" {
-        match kind.as_str() {
+        match kind_name.as_str() {
             "Service" => Change::Service(key, None),
             "EndpointSlice" => Change::Slice(key, None),
             _ => return Ok(None),
@@ -446,7 +470,12 @@ fn decode(ev: &Value, n: usize, node_name: &str) -> std::result::Result<Option<E
             }
         }
     };
-    Ok(Some(Event { n, what, change }))
+    Ok(Some(Event {
+        n,
+        kind,
+        what,
+        change,
+    }))
 }
 
 /// Apply a batch as one change. On failure nothing changed, maps or objects.
@@ -506,6 +535,7 @@ pub fn watch(
     state: &State,
     input: impl std::io::Read + Send + 'static,
     opts: &ApplyOpts,
+    on: &mut dyn FnMut(Progress),
 ) -> Result<Summary> {
     use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
     // One watcher per pin dir: two would undo each other's changes.
@@ -515,8 +545,6 @@ pub fn watch(
         ..Default::default()
     };
     let mut summary = Summary::default();
-    // Events are read and parsed on a thread, so the next ones are ready
-    // (and batched) while a change is written.
     // Events are read, parsed and checked on a thread, so the next ones are
     // ready (and batched) while a change is written; only their compact
     // checked form waits in the channel.
@@ -524,8 +552,8 @@ pub fn watch(
         Event(Box<Event>),
         /// A bookmark, another kind: counted, nothing to do.
         Nothing,
-        /// A refused event, with its message.
-        Refused(String),
+        /// A refused event: its object's kind and the message.
+        Refused(String, String),
         /// The stream is not JSON: the end.
         Broken(String),
     }
@@ -539,7 +567,7 @@ pub fn watch(
                 Ok(v) => match decode(&v, n, &node_name) {
                     Ok(Some(ev)) => Msg::Event(Box::new(ev)),
                     Ok(None) => Msg::Nothing,
-                    Err(m) => Msg::Refused(m),
+                    Err((kind, m)) => Msg::Refused(kind, m),
                 },
                 Err(e) => Msg::Broken(format!("event {n}: not valid JSON: {e}")),
             };
@@ -554,6 +582,8 @@ pub fn watch(
     while !ended && broken.is_none() {
         let mut batch = Vec::new();
         let mut started = None::<Instant>;
+        // Whether the batch ended because nothing more was waiting.
+        let mut drained = false;
         loop {
             let next = if started.is_none() {
                 rx.recv().map_err(|_| TryRecvError::Disconnected)
@@ -569,7 +599,10 @@ pub fn watch(
             };
             let msg = match next {
                 Ok(m) => m,
-                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Empty) => {
+                    drained = true;
+                    break;
+                }
                 Err(TryRecvError::Disconnected) => {
                     ended = true;
                     break;
@@ -582,10 +615,14 @@ pub fn watch(
                     batch.push(*ev);
                 }
                 Msg::Nothing => summary.events += 1,
-                Msg::Refused(m) => {
+                Msg::Refused(kind, m) => {
                     summary.events += 1;
                     eprintln!("netnsxl: {m}; nothing changed");
                     summary.failed += 1;
+                    on(Progress::Event {
+                        kind: &kind,
+                        applied: false,
+                    });
                 }
                 Msg::Broken(m) => {
                     broken = Some(m);
@@ -597,14 +634,32 @@ pub fn watch(
             }
         }
         if batch.is_empty() {
+            if drained && summary.changes > 0 {
+                on(Progress::CaughtUp);
+            }
             continue;
         }
         let large = batch.len() >= 100;
-        match apply_batch(state, &mut objects, &batch, opts) {
-            Ok(c) => {
+        let mut run = |one: &[Event], on: &mut dyn FnMut(Progress)| -> Result<()> {
+            let t = Instant::now();
+            let r = apply_batch(state, &mut objects, one, opts);
+            if let Ok(c) = &r {
                 summary.changes += 1;
-                report(&batch, &c);
+                report(one, c);
+                on(Progress::Change {
+                    seconds: t.elapsed().as_secs_f64(),
+                });
+                for ev in one {
+                    on(Progress::Event {
+                        kind: &ev.kind,
+                        applied: true,
+                    });
+                }
             }
+            r.map(|_| ())
+        };
+        match run(&batch, on) {
+            Ok(()) => {}
             Err(e) if batch.len() == 1 => {
                 let ev = &batch[0];
                 eprintln!(
@@ -612,26 +667,35 @@ pub fn watch(
                     ev.n, ev.what
                 );
                 summary.failed += 1;
+                on(Progress::Event {
+                    kind: &ev.kind,
+                    applied: false,
+                });
             }
             Err(_) => {
                 // Find the bad ones: each event alone.
                 for ev in batch {
                     let one = [ev];
-                    match apply_batch(state, &mut objects, &one, opts) {
-                        Ok(c) => {
-                            summary.changes += 1;
-                            report(&one, &c);
-                        }
-                        Err(e) => {
-                            eprintln!(
-                                "netnsxl: event {} ({}): {e:#}; the object keeps its last good version, nothing changed",
-                                one[0].n, one[0].what
-                            );
-                            summary.failed += 1;
-                        }
+                    if let Err(e) = run(&one, on) {
+                        eprintln!(
+                            "netnsxl: event {} ({}): {e:#}; the object keeps its last good version, nothing changed",
+                            one[0].n, one[0].what
+                        );
+                        summary.failed += 1;
+                        on(Progress::Event {
+                            kind: &one[0].kind,
+                            applied: false,
+                        });
                     }
                 }
             }
+        }
+        on(Progress::Held {
+            services: objects.services.len(),
+            slices: objects.slices.len(),
+        });
+        if drained {
+            on(Progress::CaughtUp);
         }
         if large {
             // A large change (the initial list) leaves its working memory

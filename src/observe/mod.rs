@@ -1,4 +1,5 @@
 //! Read-only views of an attachment: status, counters, the trace.
 
+pub mod metrics;
 pub mod stats;
 pub mod status;

@@ -100,6 +100,37 @@ pub fn revnat_entries(state: &State) -> Result<usize> {
     Ok(udp_revnat_sockets(state)? + tcp_revnat_sockets(state)?)
 }
 
+/// (map, elements, capacity) of the maps the control plane fills.
+pub fn map_fill(state: &State) -> Result<Vec<(String, usize, u32)>> {
+    let mut out = Vec::new();
+    for id in [
+        MapId::Svc,
+        MapId::Backend,
+        MapId::Member,
+        MapId::Meta,
+        MapId::Affinity,
+        MapId::NodeAddr,
+        MapId::Bypass,
+        MapId::Doomed,
+    ] {
+        let map = state.handle(id);
+        out.push((id.name().to_string(), map.keys().count(), map.max_entries()));
+    }
+    Ok(out)
+}
+
+/// Whether the cgroup program `name`'s pinned link is attached to the
+/// cgroup attach recorded.
+pub fn link_attached(state: &State, cgroup_id: u64, name: &str) -> bool {
+    let info = Link::open(&state.pins.link(name))
+        .and_then(|l| l.info())
+        .ok();
+    matches!(
+        info.as_ref().map(|i| &i.info),
+        Some(libbpf_rs::query::LinkTypeInfo::Cgroup(c)) if c.cgroup_id == cgroup_id
+    )
+}
+
 pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
     let state = State::open(pin_dir)?;
     let cfg = state.config()?;
@@ -118,10 +149,7 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
         let attached = if iter {
             info.is_some()
         } else {
-            matches!(
-                info.as_ref().map(|i| &i.info),
-                Some(libbpf_rs::query::LinkTypeInfo::Cgroup(c)) if c.cgroup_id == cfg.cgroup_id
-            )
+            link_attached(&state, cfg.cgroup_id, name)
         };
         let pi = prog_id.and_then(|id| infos.iter().find(|p| p.id == id));
         let (run_cnt, run_time_ns) = match pi {
@@ -143,24 +171,14 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
         });
     }
 
-    let mut maps = Vec::new();
-    for id in [
-        MapId::Svc,
-        MapId::Backend,
-        MapId::Member,
-        MapId::Meta,
-        MapId::Affinity,
-        MapId::NodeAddr,
-        MapId::Bypass,
-        MapId::Doomed,
-    ] {
-        let map = state.handle(id);
-        maps.push(MapStatus {
-            name: id.name().to_string(),
-            used: map.keys().count(),
-            capacity: Some(map.max_entries()),
-        });
-    }
+    let mut maps: Vec<MapStatus> = map_fill(&state)?
+        .into_iter()
+        .map(|(name, used, capacity)| MapStatus {
+            name,
+            used,
+            capacity: Some(capacity),
+        })
+        .collect();
     // Socket-local storage: one element per UDP socket that holds state;
     // the kernel frees it with the socket, so it has no capacity.
     maps.push(MapStatus {
