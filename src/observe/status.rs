@@ -122,7 +122,7 @@ pub fn map_fill(state: &State) -> Result<Vec<(String, usize, u32)>> {
 /// Whether the cgroup program `name`'s pinned link is attached to the
 /// cgroup attach recorded.
 pub fn link_attached(state: &State, cgroup_id: u64, name: &str) -> bool {
-    let info = Link::open(&state.pins.link(name))
+    let info = Link::open(state.pins.link(name))
         .and_then(|l| l.info())
         .ok();
     matches!(
