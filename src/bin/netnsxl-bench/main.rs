@@ -98,7 +98,8 @@ struct RunArgs {
     /// Single MODIFIED EndpointSlices per watch size.
     #[arg(long, default_value_t = 1000)]
     watch_events: usize,
-    /// Only the watch loop's table (no datapath, no iptables).
+    /// Only the watch loop's table (no datapath, no iptables), written to
+    /// watch.md.
     #[arg(long)]
     only_watch: bool,
 }
@@ -2092,16 +2093,25 @@ fn run(args: RunArgs) -> Result<()> {
         (md, verdicts)
     };
     fs::create_dir_all(&args.out)?;
-    fs::write(args.out.join("results.md"), &md)?;
-    if !results.is_empty() {
-        fs::write(args.out.join("rate.svg"), plot(&results))?;
-    }
+    // The watch loop alone goes to a file of its own, so a short run never
+    // overwrites the full results.
+    let md_file = args.out.join(if args.only_watch {
+        "watch.md"
+    } else {
+        "results.md"
+    });
+    fs::write(&md_file, &md)?;
     println!("{md}");
-    eprintln!(
-        "wrote {} and {}",
-        args.out.join("results.md").display(),
-        args.out.join("rate.svg").display()
-    );
+    if results.is_empty() {
+        eprintln!("wrote {}", md_file.display());
+    } else {
+        fs::write(args.out.join("rate.svg"), plot(&results))?;
+        eprintln!(
+            "wrote {} and {}",
+            md_file.display(),
+            args.out.join("rate.svg").display()
+        );
+    }
     let _ = verdicts;
     Ok(())
 }
