@@ -4,7 +4,7 @@ DEBS := clang libelf-dev pkg-config zlib1g-dev bpftool iproute2 strace curl pyth
 CARGO ?= cargo
 ARCH := $(shell uname -m)
 
-.PHONY: all build deps test test-kernels demo bench lint licenses manifests vmlinux fuzz clean
+.PHONY: all build deps test image test-kernels demo bench lint licenses manifests vmlinux fuzz clean
 
 all: build
 
@@ -23,9 +23,22 @@ build: deps
 
 # Every test: unit tests and the integration tests with real sockets. Those
 # need root and are marked #[ignore = "needs root ..."], so a plain
-# `cargo test` lists them as ignored; here they run.
-test: deps
+# `cargo test` lists them as ignored; here they run. The image is built
+# first: tests/image.rs runs it with podman.
+test: deps image
 	$(CARGO) test --release -- --include-ignored
+
+# The DaemonSet's OCI image, FROM scratch with Debian's podman, offline:
+# target/image/netnsxl-VERSION.oci.tar (see tools/build-image).
+IMAGE_DEBS := podman runc busybox-static file
+image: build
+	@missing=$$(for p in $(IMAGE_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; }; \
+	fi
+	./tools/build-image
 
 # The whole suite again inside Debian 12's newest 6.1 and 6.12 kernels, each
 # booted in QEMU (TCG) with virtme-ng; about 7 minutes per kernel. KERNELS
