@@ -13,6 +13,57 @@ use common::*;
 
 const TAG: &str = concat!("localhost/netnsxl:", env!("CARGO_PKG_VERSION"));
 
+/// The cgroup podman puts a container (and its conmon) under, by name, in
+/// every cgroup hierarchy (v1 controllers and v2 alike: podman's cgroupfs
+/// manager creates it in each). Unique to the test, removed on drop;
+/// without it podman would leave `libpod_parent` behind.
+struct PodmanParent(String);
+
+impl PodmanParent {
+    fn new() -> PodmanParent {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PodmanParent(format!("netnsxl-image-test-{}-{n}", std::process::id()))
+    }
+
+    fn arg(&self) -> String {
+        format!("/{}", self.0)
+    }
+}
+
+/// `name` in every mounted cgroup hierarchy (whether it exists or not).
+fn in_every_hierarchy(name: &str) -> Vec<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            let dash = f.iter().position(|x| *x == "-")?;
+            matches!(f.get(dash + 1), Some(&"cgroup") | Some(&"cgroup2"))
+                .then(|| std::path::Path::new(f[4]).join(name))
+        })
+        .collect()
+}
+
+impl Drop for PodmanParent {
+    fn drop(&mut self) {
+        for top in in_every_hierarchy(&self.0) {
+            // Children (conmon) first; each is empty once its processes ended.
+            let mut dirs = vec![top.clone()];
+            if let Ok(rd) = std::fs::read_dir(&top) {
+                for e in rd.flatten() {
+                    if e.path().is_dir() {
+                        dirs.insert(0, e.path());
+                    }
+                }
+            }
+            for d in dirs {
+                let _ = std::fs::remove_dir(&d);
+            }
+        }
+    }
+}
+
 /// podman with the storage tools/build-image used (tools/podman-env).
 fn podman() -> Command {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/target/podman");
@@ -47,8 +98,16 @@ fn image_present() {
 fn the_image_holds_this_netnsxl_and_kubectl() {
     require_root();
     image_present();
+    let parent = PodmanParent::new();
     let out = podman()
-        .args(["run", "--rm", TAG, "--version"])
+        .args([
+            "run",
+            "--rm",
+            "--cgroup-parent",
+            &parent.arg(),
+            TAG,
+            "--version",
+        ])
         .output()
         .unwrap();
     assert_eq!(
@@ -58,7 +117,8 @@ fn the_image_holds_this_netnsxl_and_kubectl() {
         String::from_utf8_lossy(&out.stderr)
     );
     let out = podman()
-        .args(["run", "--rm", "--entrypoint", "/bin/sh", TAG, "-c"])
+        .args(["run", "--rm", "--cgroup-parent", &parent.arg()])
+        .args(["--entrypoint", "/bin/sh", TAG, "-c"])
         .arg("kubectl version --client && command -v netnsxl && command -v kubectl")
         .output()
         .unwrap();
@@ -84,9 +144,11 @@ fn apply_watch_runs_inside_the_image() {
     let cli = Cli { pins: &pins };
     cli.attach(&cg, &[]);
     let pin = pins.path.to_str().unwrap();
+    let parent = PodmanParent::new();
     let mut child = Reaped(
         podman()
             .args(["run", "--rm", "-i", "--privileged", "--network", "host"])
+            .args(["--cgroup-parent", &parent.arg()])
             .args(["-v", "/sys/fs/bpf:/sys/fs/bpf", TAG])
             .args(["--pin-dir", pin, "apply", "-f", "-", "--watch"])
             .args(["--node-name", "node-a"])
@@ -126,6 +188,14 @@ fn apply_watch_runs_inside_the_image() {
         out.contains("event 1 ADDED Service img/web: 1 added"),
         "{out}{err}"
     );
+    // Nothing of podman's is left in any cgroup hierarchy.
+    let name = parent.0.clone();
+    drop(parent);
+    let left: Vec<_> = in_every_hierarchy(&name)
+        .into_iter()
+        .filter(|p| p.exists())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     let list = cli.json(&["svc", "list"]);
     let svc = list
         .as_array()
