@@ -125,14 +125,6 @@ enum Undo {
 }
 
 impl Objects {
-    pub fn len(&self) -> usize {
-        self.services.len() + self.slices.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn set_slice(&mut self, key: Key, new: Option<K8sSlice>) -> Option<K8sSlice> {
         let old = self.slices.remove(&key);
         if let Some(o) = &old {

@@ -881,11 +881,6 @@ impl K8sService {
         k8s_entries(&out, &[])?;
         Ok(out)
     }
-
-    /// What the Service leaves out on purpose.
-    pub fn skipped(&self) -> &[String] {
-        &self.skipped
-    }
 }
 
 /// The services (one per port, protocol and frontend) a Service and its
