@@ -16,18 +16,7 @@ use serde_json::Value;
 /// Two backends on the node, one pod, attached, with the services the
 /// counters and trace tests drive.
 fn lab() -> Lab {
-    let lab = Lab::build()
-        .backends(
-            (1..=2)
-                .map(|i| Backend {
-                    ip: ["203.0.113.1", "203.0.113.2"][i - 1],
-                    name: format!("be-{i}"),
-                })
-                .collect(),
-            &["tcp"],
-            8080,
-        )
-        .up();
+    let lab = Lab::build().two_backends().up();
 
     let cli = lab.cli();
     cli.ok(&[
@@ -1028,24 +1017,13 @@ fn apply_watch_handles_loadbalancer_externalip_and_udp_shapes() {
     // A Service deleted while no watch ran goes by the exact source the unit
     // runs before its watch: apply --prune of the full list, which prunes
     // only services written from Kubernetes objects.
-    let list = dir.join("list.json");
-    std::fs::write(
-        &list,
-        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
-            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "other", "namespace": "edge"},
-             "spec": {"clusterIP": "198.18.31.9", "ports": [{"port": 80}]}}
-        ]})
-        .to_string(),
-    )
-    .unwrap();
-    let out = lab.cli().ok(&[
-        "apply",
-        "--prune",
-        "-f",
-        list.to_str().unwrap(),
-        "--node-name",
-        "node-a",
-    ]);
+    let other = serde_json::json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "other", "namespace": "edge"},
+        "spec": {"clusterIP": "198.18.31.9", "ports": [{"port": 80}]}});
+    let list = k8s_list_file(&dir, "list.json", &[other]);
+    let out = lab
+        .cli()
+        .ok(&["apply", "--prune", "-f", &list, "--node-name", "node-a"]);
     assert!(out.contains("1 added, 0 changed, 8 removed"), "{out}");
     assert_eq!(gw_count(), 0);
     lab.cli()

@@ -18,18 +18,7 @@ use common::*;
 use serde_json::{Value, json};
 
 fn lab() -> Lab {
-    Lab::build()
-        .backends(
-            (1..=2)
-                .map(|i| Backend {
-                    ip: ["203.0.113.1", "203.0.113.2"][i - 1],
-                    name: format!("be-{i}"),
-                })
-                .collect(),
-            &["tcp"],
-            8080,
-        )
-        .up()
+    Lab::build().two_backends().up()
 }
 
 /// A running `apply --watch`, fed event by event; its stdout and stderr
@@ -250,23 +239,16 @@ fn a_pause_deletes_nothing_and_a_restarted_watch_keeps_serving() {
     let lab = lab();
     // A Kubernetes service the coming stream never mentions.
     let dir = tempdir();
-    let list = dir.join("list.json");
-    std::fs::write(
-        &list,
-        json!({"apiVersion": "v1", "kind": "List", "items": [
+    let list = k8s_list_file(
+        &dir,
+        "old.json",
+        &[
             service("old", "198.18.30.3", json!(80)),
             slice("old-a", "old", &["203.0.113.2"]),
-        ]})
-        .to_string(),
-    )
-    .unwrap();
-    lab.cli().ok(&[
-        "apply",
-        "-f",
-        list.to_str().unwrap(),
-        "--node-name",
-        "node-a",
-    ]);
+        ],
+    );
+    lab.cli()
+        .ok(&["apply", "-f", &list, "--node-name", "node-a"]);
 
     let mut w = Watcher::start(&lab);
     w.ok(&ev("ADDED", service("web", "198.18.30.1", json!(80))));
@@ -323,22 +305,14 @@ fn a_pause_deletes_nothing_and_a_restarted_watch_keeps_serving() {
         assert!(!c.wait().unwrap().success(), "{input:?} is refused");
     }
     assert_eq!(lab.list().len(), 2);
-    std::fs::write(
-        &list,
-        json!({"apiVersion": "v1", "kind": "List", "items": [
-            service("web", "198.18.30.1", json!(80)),
-        ]})
-        .to_string(),
-    )
-    .unwrap();
-    let out = lab.cli().ok(&[
-        "apply",
-        "--prune",
-        "-f",
-        list.to_str().unwrap(),
-        "--node-name",
-        "node-a",
-    ]);
+    let list = k8s_list_file(
+        &dir,
+        "web.json",
+        &[service("web", "198.18.30.1", json!(80))],
+    );
+    let out = lab
+        .cli()
+        .ok(&["apply", "--prune", "-f", &list, "--node-name", "node-a"]);
     assert!(out.contains("0 added, 0 changed, 1 removed"), "{out}");
 }
 
@@ -481,20 +455,15 @@ fn a_generated_stream_converges_to_what_one_full_apply_writes() {
     }
     assert!(bad > 10, "the stream has bad events: {bad}");
     let dir = tempdir();
-    let final_list = dir.join("final.json");
-    std::fs::write(
-        &final_list,
-        json!({"apiVersion": "v1", "kind": "List", "items": st.last.values().collect::<Vec<_>>()})
-            .to_string(),
-    )
-    .unwrap();
+    let last: Vec<Value> = st.last.values().cloned().collect();
+    let final_list = k8s_list_file(&dir, "final.json", &last);
     let check = |how: &str| {
         let out = lab.cli().ok(&[
             "apply",
             "--prune",
             "--dry-run",
             "-f",
-            final_list.to_str().unwrap(),
+            &final_list,
             "--node-name",
             "node-a",
         ]);
@@ -587,12 +556,11 @@ impl Stream {
     }
 }
 
-/// A Kubernetes list with no objects: apply --prune of it removes every
+/// A Kubernetes list with no Service: apply --prune of it removes every
 /// Kubernetes service.
 fn empty_list(dir: &std::path::Path) -> String {
-    let f = dir.join("empty.json");
-    std::fs::write(&f, r#"{"apiVersion": "v1", "kind": "List", "items": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}]}"#).unwrap();
-    f.to_str().unwrap().to_string()
+    let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}});
+    k8s_list_file(dir, "empty.json", &[other])
 }
 
 /// The service `pick` names has `n` backends (-1: some, all IPv6).

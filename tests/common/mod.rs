@@ -496,7 +496,30 @@ impl Lab {
     }
 }
 
+/// A Kubernetes List of `items`, written to `dir/name`; its path.
+pub fn k8s_list_file(dir: &Path, name: &str, items: &[Value]) -> String {
+    let f = dir.join(name);
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    fs::write(&f, list.to_string()).expect("write the list");
+    f.to_str().unwrap().to_string()
+}
+
 impl LabBuilder {
+    /// Two backends on the node, be-1 at 203.0.113.1 and be-2 at
+    /// 203.0.113.2, serving TCP on 8080.
+    pub fn two_backends(self) -> Self {
+        self.backends(
+            (1..=2)
+                .map(|i| Backend {
+                    ip: ["203.0.113.1", "203.0.113.2"][i - 1],
+                    name: format!("be-{i}"),
+                })
+                .collect(),
+            &["tcp"],
+            8080,
+        )
+    }
+
     pub fn pods(mut self, n: usize) -> Self {
         self.pods = n;
         self
