@@ -48,6 +48,9 @@ const SHARED: &[&str] = &[
     "svc_backend",
     "rev_tcp_slot",
     "nxl_event",
+    "redirect_backend",
+    "redirect_value",
+    "redirect_skip_key",
 ];
 
 plain_types!(
@@ -64,6 +67,9 @@ plain_types!(
     svc_backend,
     rev_tcp_slot,
     nxl_event,
+    redirect_backend,
+    redirect_value,
+    redirect_skip_key,
 );
 
 /// The shared structs' sizes, fixed: a change here is a layout change
@@ -83,7 +89,10 @@ sizes!(
     affinity_key = 16,
     affinity_value = 16,
     revnat_value = 152,
-    nxl_config = 312,
+    nxl_config = 376,
+    redirect_backend = 64,
+    redirect_value = 584,
+    redirect_skip_key = 32,
     doomed_key = 20,
     member_key = 8,
     rev_tcp_slot = 32,
@@ -93,6 +102,10 @@ sizes!(
 pub const LAYOUT_VERSION: u32 = types::nxl_limits::NXL_LAYOUT_VERSION.0;
 pub const MAX_DOOMED: usize = types::nxl_limits::NXL_MAX_DOOMED.0 as usize;
 pub const NAME_LEN: usize = types::nxl_limits::NXL_NAME_LEN.0 as usize;
+pub const ZONE_LEN: usize = types::nxl_limits::NXL_ZONE_LEN.0 as usize;
+pub const NETNS_NAME_LEN: usize = types::nxl_limits::NXL_NETNS_NAME_LEN.0 as usize;
+pub const REDIRECT_BACKENDS: usize = types::nxl_limits::NXL_REDIRECT_BACKENDS.0 as usize;
+pub const MAX_REDIRECTS: usize = types::nxl_limits::NXL_MAX_REDIRECTS.0 as usize;
 
 pub mod svc_flags {
     use super::types::nxl_svc_flags as F;
@@ -107,6 +120,7 @@ pub mod backend_flags {
     use super::types::nxl_backend_flags as F;
     pub const TERMINATING: u8 = F::NXL_BE_F_TERMINATING.0 as u8;
     pub const LOCAL: u8 = F::NXL_BE_F_LOCAL.0 as u8;
+    pub const OFF_TOPOLOGY: u8 = F::NXL_BE_F_OFF_TOPOLOGY.0 as u8;
 }
 
 /// The bytes of a map key or value.

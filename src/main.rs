@@ -9,13 +9,16 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use netnsxl::control::{affinity, apply, netns, service};
+use netnsxl::bpf;
+use netnsxl::control::{affinity, apply, netns, redirect, service};
 use netnsxl::datapath::loader as attach;
 use netnsxl::datapath::state::State;
 use netnsxl::model::addr::{BackendSpec, Proto, parse_ip};
+use netnsxl::model::redirect::{RedirectBackend, RedirectSpec};
 use netnsxl::model::service::{
     AFFINITY_TIMEOUT_DEFAULT, FrontendSpec, NODE_PORT_RANGE_DEFAULT, ServiceSpec, SvcType,
 };
+use netnsxl::model::topology::{Place, Topology, TrafficDist};
 use netnsxl::observe::status;
 use netnsxl::output::Format;
 use netnsxl::sys;
@@ -64,6 +67,13 @@ enum Cmd {
     #[command(subcommand)]
     #[command(after_help = "Example:\n  netnsxl netns bypass add debug-shell")]
     Netns(NetnsCmd),
+    /// Local redirects: a frontend's connects go to backends on this node
+    /// first (Cilium's Local Redirect Policy), e.g. to a node-local DNS cache.
+    #[command(subcommand)]
+    #[command(
+        after_help = "Example:\n  netnsxl redirect add --frontend 198.51.100.10:53 --proto udp --backend 192.0.2.53:53,netns=dns-cache --skip-from-backend"
+    )]
+    Redirect(RedirectCmd),
     /// Node addresses.
     #[command(subcommand)]
     #[command(after_help = "Example:\n  netnsxl node refresh --node-ip 198.51.100.1")]
@@ -183,6 +193,10 @@ struct AttachArgs {
     /// no room shows its backend and is counted as tcp_unrecorded.
     #[arg(long, value_name = "N", default_value_t = attach::Capacity::default().tcp_sockets)]
     max_tcp_sockets: u32,
+    /// This node's zone (its topology.kubernetes.io/zone label): services
+    /// whose endpoints carry zone hints use the ones for this zone.
+    #[arg(long, value_name = "ZONE", default_value = "")]
+    zone: String,
 }
 
 #[derive(Args)]
@@ -233,10 +247,22 @@ struct SvcAddArgs {
     /// A NodePort's port (same as --frontend :PORT), or a LoadBalancer's NodePort.
     #[arg(long, value_name = "PORT")]
     node_port: Option<u16>,
-    /// A backend ADDR:PORT[,local][,terminating] (repeatable; none: every
-    /// connect is refused, as for a service without ready endpoints).
+    /// A backend ADDR:PORT[,local][,terminating][,zone=ZONE][,node=NODE]
+    /// (repeatable; none: every connect is refused, as for a service without
+    /// ready endpoints). zone and node are where it runs, for
+    /// --traffic-distribution.
     #[arg(long = "backend", value_name = "ADDR:PORT")]
     backends: Vec<String>,
+    /// Keep traffic close, as Kubernetes' spec.trafficDistribution:
+    /// prefer-same-zone (or prefer-close) uses the backends of this node's
+    /// zone (attach --zone), prefer-same-node those of this node (local or
+    /// node=NODE), when every active backend says where it runs and one
+    /// matches; otherwise all.
+    #[arg(long, value_name = "DIST", value_parser = parse_traffic_dist)]
+    traffic_distribution: Option<TrafficDist>,
+    /// This node's name, for node=NODE (default: the hostname).
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
     /// NAMESPACE/NAME, for people reading svc list.
     #[arg(long, default_value = "")]
     name: String,
@@ -294,6 +320,49 @@ enum AffinityCmd {
 }
 
 #[derive(Subcommand)]
+enum RedirectCmd {
+    /// Redirect a frontend (or replace its redirect).
+    #[command(
+        after_help = "Example:\n  netnsxl redirect add --frontend 198.51.100.10:53 --proto udp --backend 192.0.2.53:53 --skip-from-backend --name kube-system/node-local-dns"
+    )]
+    Add(RedirectAddArgs),
+    /// Delete a redirect: the frontend's service (or its address) answers again.
+    #[command(
+        after_help = "Example:\n  netnsxl redirect del --frontend 198.51.100.10:53 --proto udp"
+    )]
+    Del {
+        #[arg(long, value_name = "ADDR:PORT")]
+        frontend: String,
+        #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+        proto: Proto,
+    },
+    /// Every redirect, with each backend's netns name and cookie.
+    #[command(after_help = "Example:\n  netnsxl redirect list -o json")]
+    List(OutputArgs),
+}
+
+#[derive(Args)]
+struct RedirectAddArgs {
+    /// The address:port whose connects are redirected (a service's, or any).
+    #[arg(long, value_name = "ADDR:PORT")]
+    frontend: String,
+    #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+    proto: Proto,
+    /// A backend on this node, ADDR:PORT[,netns=NAME] (repeatable, at most 8).
+    /// Its netns is NAME under /run/netns, or the netns that has ADDR.
+    #[arg(long = "backend", value_name = "ADDR:PORT")]
+    backends: Vec<String>,
+    /// Leave alone the sockets of the backends' own netns: they reach the
+    /// service on the frontend (or its address), as a cache forwarding to
+    /// the service it caches must.
+    #[arg(long)]
+    skip_from_backend: bool,
+    /// NAMESPACE/NAME, for people reading redirect list.
+    #[arg(long, default_value = "")]
+    name: String,
+}
+
+#[derive(Subcommand)]
 enum NetnsCmd {
     /// Every netns that can be found, with its cookie.
     #[command(after_help = "Example:\n  netnsxl netns list -o json")]
@@ -344,6 +413,10 @@ enum NodeCmd {
         /// The host netns (default: the initial netns).
         #[arg(long, value_name = "PATH")]
         host_netns: Option<PathBuf>,
+        /// Set this node's zone ("" for none); apply and svc add choose
+        /// topology-hinted backends with it from then on.
+        #[arg(long, value_name = "ZONE")]
+        zone: Option<String>,
     },
 }
 
@@ -414,7 +487,9 @@ fn run(cli: Cli) -> Result<()> {
     let pin_dir = cli.pin_dir.as_path();
     match cli.cmd {
         Cmd::Attach(a) => {
+            netnsxl::model::topology::check_zone("--zone", &a.zone)?;
             let opts = attach::AttachOpts {
+                zone: a.zone,
                 node_ips: parse_ips(&a.node_ips)?,
                 node_port_range: parse_port_range(&a.node_port_range)?,
                 cgroup: a.cgroup,
@@ -466,6 +541,47 @@ fn run(cli: Cli) -> Result<()> {
             println!("flushed {n} affinity entries");
             Ok(())
         }
+        Cmd::Redirect(RedirectCmd::Add(a)) => {
+            let spec = RedirectSpec {
+                name: a.name,
+                frontend: netnsxl::model::addr::parse_endpoint("--frontend", &a.frontend)?,
+                proto: a.proto,
+                backends: a
+                    .backends
+                    .iter()
+                    .map(|b| RedirectBackend::parse(b))
+                    .collect::<Result<_>>()?,
+                skip_from_backend: a.skip_from_backend,
+                from_file: false,
+            };
+            spec.validate()?;
+            let (state, _lock) = open_for_change(pin_dir)?;
+            let verb = match redirect::add(&state, &spec)? {
+                redirect::Added::New => "added",
+                redirect::Added::Replaced => "replaced",
+                redirect::Added::Unchanged => "unchanged",
+            };
+            println!(
+                "{verb} redirect {}/{} -> {} backends{}",
+                spec.frontend,
+                spec.proto,
+                spec.backends.len(),
+                if spec.skip_from_backend {
+                    " (skipped from their own netns)"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
+        Cmd::Redirect(RedirectCmd::Del { frontend, proto }) => {
+            let fe = netnsxl::model::addr::parse_endpoint("--frontend", &frontend)?;
+            let (state, _lock) = open_for_change(pin_dir)?;
+            redirect::del(&state, fe, proto)?;
+            println!("deleted redirect {fe}/{proto}");
+            Ok(())
+        }
+        Cmd::Redirect(RedirectCmd::List(o)) => redirect::list(&State::open(pin_dir)?, o.format),
         Cmd::Netns(NetnsCmd::List(o)) => netns::list(&State::open(pin_dir)?, o.format),
         Cmd::Netns(NetnsCmd::Bypass(b)) => {
             let (state, _lock) = open_for_change(pin_dir)?;
@@ -543,15 +659,31 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Node(NodeCmd::Refresh {
             node_ips,
             host_netns,
+            zone,
         }) => {
             let extra = parse_ips(&node_ips)?;
+            if let Some(z) = &zone {
+                netnsxl::model::topology::check_zone("--zone", z)?;
+            }
             let (state, _lock) = open_for_change(pin_dir)?;
             let addrs = attach::host_addrs(host_netns.as_deref(), &extra)?;
             let n = service::refresh_node_addrs(&state, &addrs)?;
             println!("{} node addresses; {n} services rewritten", addrs.len());
+            if let Some(z) = zone {
+                service::set_zone(&state, &z)?;
+                println!("zone {}", if z.is_empty() { "(none)" } else { &z });
+            }
+            let r = redirect::refresh(&state)?;
+            if !r.is_empty() {
+                println!("{}", r.join("\n"));
+            }
             Ok(())
         }
     }
+}
+
+fn parse_traffic_dist(s: &str) -> Result<TrafficDist> {
+    TrafficDist::parse("--traffic-distribution", s)
 }
 
 /// --node-name, or the hostname.
@@ -690,7 +822,7 @@ fn svc_add(pin_dir: &Path, a: SvcAddArgs) -> Result<()> {
             bail!("--affinity-timeout needs --session-affinity client-ip")
         }
     };
-    let spec = ServiceSpec {
+    let mut spec = ServiceSpec {
         name: a.name,
         svc_type: a.svc_type,
         frontend,
@@ -701,9 +833,19 @@ fn svc_add(pin_dir: &Path, a: SvcAddArgs) -> Result<()> {
         internal_local: a.internal_traffic_policy == Policy::Local,
         external_local: a.external_traffic_policy == Policy::Local,
         from_kubernetes: false,
+        topology: Topology {
+            distribution: a.traffic_distribution.unwrap_or_default(),
+            ..Topology::default()
+        },
     };
     spec.validate()?;
+    let node = node_name(a.node_name)?;
     let (state, _lock) = open_for_change(pin_dir)?;
+    let zone = bpf::from_cstr(&state.config()?.zone);
+    spec.apply_topology(Place {
+        node: &node,
+        zone: &zone,
+    });
     let done = service::add(&state, &spec, a.replace)?;
     println!(
         "{} {} {}/{} -> {} backends",

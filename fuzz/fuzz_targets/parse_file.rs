@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(parsed) = netnsxl::model::manifest::parse(s, "node-a") {
+    if let Ok(parsed) = netnsxl::model::manifest::parse(s, netnsxl::model::topology::Place { node: "node-a", zone: "zone-a" }) {
         for e in &parsed.entries {
             e.spec.validate().expect("parsed services are valid");
         }

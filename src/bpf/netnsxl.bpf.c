@@ -214,6 +214,26 @@ struct {
 	__uint(max_entries, NXL_MAX_DOOMED);
 } doomed_map SEC(".maps");
 
+/* Local redirects by frontend (slot 0): looked up only on a port whose
+ * port_map bits say some redirect uses it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct svc_key);
+	__type(value, struct redirect_value);
+	__uint(max_entries, NXL_MAX_REDIRECTS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} redirect_map SEC(".maps");
+
+/* (netns cookie, frontend) -> 1: a redirect with NXL_RD_F_SKIP_BACKEND
+ * leaves alone the sockets of this netns (one of its backends' own). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct redirect_skip_key);
+	__type(value, __u32);
+	__uint(max_entries, NXL_MAX_REDIRECTS * NXL_REDIRECT_BACKENDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} redirect_skip_map SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
@@ -287,8 +307,9 @@ static __always_inline struct svc_value *lookup_loopback_any(struct svc_key *key
 	return lookup_master(key);
 }
 
-/* A backend is usable for a frontend if it still belongs to the service and
- * is not terminating while active backends exist. */
+/* A backend is usable for a frontend if it still belongs to the service, is
+ * not terminating while active backends exist, is node-local for a Local
+ * frontend, and (for a cluster-wide one) is not left out by topology. */
 static __always_inline bool backend_usable(const struct svc_value *master,
 					   const struct backend_value *be)
 {
@@ -296,9 +317,9 @@ static __always_inline bool backend_usable(const struct svc_value *master,
 		return false;
 	if ((be->flags & NXL_BE_F_TERMINATING) && !(master->flags & NXL_SVC_F_FALLBACK))
 		return false;
-	if ((master->flags & NXL_SVC_F_LOCAL_ONLY) && !(be->flags & NXL_BE_F_LOCAL))
-		return false;
-	return true;
+	if (master->flags & NXL_SVC_F_LOCAL_ONLY)
+		return be->flags & NXL_BE_F_LOCAL;
+	return !(be->flags & NXL_BE_F_OFF_TOPOLOGY);
 }
 
 /*
@@ -515,6 +536,70 @@ static __always_inline void trace(__u64 netns, __u8 hook, __u8 verdict, __u8 pro
 }
 
 /*
+ * A local redirect on dst, if one applies: dst is rewritten to one of its
+ * backends and true is returned. False leaves dst to the services (or as
+ * it is): no redirect, no backend left, a bypassed netns, or a socket of a
+ * backend's own netns when the redirect skips those.
+ */
+static __always_inline bool redirect(struct bpf_sock_addr *ctx, struct nxl_dest *dst, __u32 proto,
+				     __u8 hook)
+{
+	struct svc_key key = {};
+	struct redirect_value *rv;
+	struct redirect_backend *be;
+	struct nxl_config *cfg;
+	struct nxl_dest orig;
+	__u64 netns = 0;
+	__u32 idx;
+
+	__builtin_memcpy(key.addr, dst->addr, 16);
+	key.port = dst->port;
+	key.proto = proto;
+	rv = bpf_map_lookup_elem(&redirect_map, &key);
+	if (!rv || rv->count == 0)
+		return false;
+	cfg = nxl_cfg();
+	if (!cfg)
+		return false;
+	if ((rv->flags & NXL_RD_F_SKIP_BACKEND) || cfg->bypass_count || cfg->tracers)
+		netns = bpf_get_netns_cookie(ctx);
+	/* The service path counts and traces the bypass. */
+	if (cfg->bypass_count && bpf_map_lookup_elem(&bypass_map, &netns))
+		return false;
+	orig = *dst;
+	if (rv->flags & NXL_RD_F_SKIP_BACKEND) {
+		struct redirect_skip_key skey = {
+			.netns_cookie = netns,
+			.port = dst->port,
+			.proto = proto,
+		};
+
+		__builtin_memcpy(skey.addr, dst->addr, 16);
+		if (bpf_map_lookup_elem(&redirect_skip_map, &skey)) {
+			count(NXL_STAT_REDIRECT_SKIPPED);
+			if (cfg->tracers)
+				trace(netns, hook, NXL_STAT_REDIRECT_SKIPPED, proto, 0, &orig,
+				      orig.addr, orig.port);
+			return false;
+		}
+	}
+	idx = bpf_get_prandom_u32() % rv->count;
+	if (idx >= NXL_REDIRECT_BACKENDS)
+		return false;
+	be = &rv->be[idx];
+	if (proto == IPPROTO_UDP)
+		remember_revnat(ctx, dst, be->addr, be->port);
+	else if (!remember_tcp(ctx, dst, be->addr, be->port))
+		count(NXL_STAT_TCP_UNRECORDED);
+	__builtin_memcpy(dst->addr, be->addr, 16);
+	dst->port = be->port;
+	count(NXL_STAT_REDIRECTED);
+	if (cfg->tracers)
+		trace(netns, hook, NXL_STAT_REDIRECTED, proto, 0, &orig, dst->addr, dst->port);
+	return true;
+}
+
+/*
  * Translate dst in place. Returns SYS_PROCEED, or SYS_REJECT with the
  * return value set to -ECONNREFUSED when the frontend has no usable backend.
  */
@@ -540,7 +625,14 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 	/* No frontend on this port and protocol: done, without hashing. */
 	pidx = bpf_ntohs(dst->port);
 	ports = bpf_map_lookup_elem(&port_map, &pidx);
-	if (!ports || !(*ports & (proto == IPPROTO_TCP ? NXL_PORT_TCP : NXL_PORT_UDP)))
+	if (!ports)
+		return SYS_PROCEED;
+	if ((*ports & (proto == IPPROTO_TCP ? NXL_PORT_REDIRECT_TCP : NXL_PORT_REDIRECT_UDP)) &&
+	    redirect(ctx, dst, proto, hook)) {
+		*changed = true;
+		return SYS_PROCEED;
+	}
+	if (!(*ports & (proto == IPPROTO_TCP ? NXL_PORT_TCP : NXL_PORT_UDP)))
 		return SYS_PROCEED;
 
 	__builtin_memcpy(key.addr, dst->addr, 16);

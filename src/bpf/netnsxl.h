@@ -21,7 +21,7 @@
 enum nxl_limits {
 	/* Bump when any structure below, or the meaning of a field, changes.
 	 * The control plane refuses a pin directory written by another layout. */
-	NXL_LAYOUT_VERSION = 5,
+	NXL_LAYOUT_VERSION = 6,
 	NXL_DEFAULT_MAX_SERVICES = 65536,
 	NXL_DEFAULT_MAX_BACKENDS = 262144,
 	NXL_DEFAULT_MAX_AFFINITY = 65536,
@@ -29,6 +29,13 @@ enum nxl_limits {
 	NXL_MAX_BYPASS = 4096,
 	/* Backends whose sockets one destroy pass handles (more go in rounds). */
 	NXL_MAX_DOOMED = 4096,
+	/* Local redirects (redirect_map) and backends one redirect holds. */
+	NXL_MAX_REDIRECTS = 1024,
+	NXL_REDIRECT_BACKENDS = 8,
+	/* An `ip netns` name as a redirect backend records it. */
+	NXL_NETNS_NAME_LEN = 32,
+	/* The node's topology.kubernetes.io/zone (a label value: 63 bytes). */
+	NXL_ZONE_LEN = 64,
 	/* Reverse-translation pairs remembered per socket (unconnected UDP may
 	 * talk to several services from one socket). */
 	NXL_REV_PER_SOCK = 4,
@@ -57,7 +64,10 @@ enum nxl_stat {
 	NXL_STAT_TCP_UNRECORDED = 9, /* a translated TCP socket found no free slot
 				      * in rev_tcp_map: getpeername() shows it
 				      * the backend */
-	NXL_STAT_MAX = 10,
+	NXL_STAT_REDIRECTED = 10,   /* sent to a local redirect's backend */
+	NXL_STAT_REDIRECT_SKIPPED = 11, /* a redirect left alone a socket of its
+					 * backend's own netns */
+	NXL_STAT_MAX = 12,
 };
 
 /* Which program made a decision (nxl_event.hook). */
@@ -99,6 +109,9 @@ enum nxl_origin {
 enum nxl_port_bits {
 	NXL_PORT_TCP = 1 << 0,
 	NXL_PORT_UDP = 1 << 1,
+	/* some local redirect uses this port (redirect_map is looked up first) */
+	NXL_PORT_REDIRECT_TCP = 1 << 2,
+	NXL_PORT_REDIRECT_UDP = 1 << 3,
 };
 
 /* Frontend (service master / slot) flags: svc_value.flags. */
@@ -114,6 +127,25 @@ enum nxl_svc_flags {
 enum nxl_backend_flags {
 	NXL_BE_F_TERMINATING = 1 << 0,
 	NXL_BE_F_LOCAL = 1 << 1,
+	/* left out by topology (hints name other zones or nodes): cluster-wide
+	 * frontends do not use it; node-local (policy Local) ones may */
+	NXL_BE_F_OFF_TOPOLOGY = 1 << 2,
+};
+
+/* Which hints a service's cluster-wide frontends follow (svc_meta.topology),
+ * kube-proxy's topology mode. */
+enum nxl_topology {
+	NXL_TOPO_NONE = 0,
+	NXL_TOPO_ZONE = 1, /* hints.forZones name this node's zone */
+	NXL_TOPO_NODE = 2, /* hints.forNodes name this node */
+};
+
+/* spec.trafficDistribution, as recorded (svc_meta.traffic_distribution). */
+enum nxl_traffic_dist {
+	NXL_TD_NONE = 0,
+	NXL_TD_PREFER_CLOSE = 1,
+	NXL_TD_PREFER_SAME_ZONE = 2,
+	NXL_TD_PREFER_SAME_NODE = 3,
 };
 
 /* Service types, as recorded in svc_meta.type. */
@@ -178,7 +210,8 @@ struct svc_meta {
 	__u8 ext_policy_local;
 	__u8 int_policy_local;
 	__be16 node_port; /* LoadBalancer's NodePort; 0 when none */
-	__u16 pad0;
+	__u8 topology;             /* NXL_TOPO_*: the hints in use */
+	__u8 traffic_distribution; /* NXL_TD_* */
 	__u16 origin; /* NXL_ORIGIN_*: who wrote the service (no implicit hole here) */
 	__u32 affinity_timeout; /* seconds; 0 when affinity is off */
 	/* member_map holds this service's backend ids at indexes 0..n-1, so a
@@ -267,6 +300,48 @@ struct nxl_config {
 	__u32 bypass_count; /* entries in bypass_map: 0 skips its lookup */
 	__u32 tracers;      /* running `netnsxl trace`s: 0 sends no events */
 	__u32 features;     /* NXL_FEAT_* that attach found on this kernel */
+	char zone[NXL_ZONE_LEN]; /* this node's zone (attach/node refresh --zone, or
+				  * the Node object apply read); "" when unknown */
+};
+
+/*
+ * Local redirect (redirect_map, keyed by the frontend as a struct svc_key
+ * with slot 0): sockets connecting to the frontend go to one of its
+ * backends instead, before any service on that frontend is looked at. With
+ * NXL_RD_F_SKIP_BACKEND, sockets of a backend's own netns are left alone:
+ * redirect_skip_map holds (netns cookie, frontend) for each backend's netns.
+ * One element holds the whole redirect, so a change is one atomic update.
+ */
+enum nxl_redirect_flags {
+	NXL_RD_F_SKIP_BACKEND = 1 << 0,
+};
+
+struct redirect_backend {
+	__u8 addr[16];
+	__be16 port;
+	__u8 by_name;  /* 1: the user named the netns (netns=NAME); 0: found from the address */
+	__u8 pad0;
+	__u32 pad1;
+	__u64 netns_cookie; /* 0 when no netns on this node owns it now */
+	char netns[NXL_NETNS_NAME_LEN]; /* its /run/netns name, if it has one */
+};
+
+struct redirect_value {
+	char name[NXL_NAME_LEN];
+	__u16 count;    /* backends in use: be[0..count-1] */
+	__u8 flags;     /* NXL_RD_F_* */
+	__u8 from_file; /* 1: apply wrote it from a file (apply --prune may delete it) */
+	__u32 pad0;
+	struct redirect_backend be[NXL_REDIRECT_BACKENDS];
+};
+
+struct redirect_skip_key {
+	__u64 netns_cookie;
+	__u8 addr[16];
+	__be16 port;
+	__u8 proto;
+	__u8 pad0;
+	__u32 pad1;
 };
 
 /*
@@ -302,7 +377,10 @@ _Static_assert(sizeof(struct affinity_key) == 16, "affinity_key layout");
 _Static_assert(sizeof(struct affinity_value) == 16, "affinity_value layout");
 _Static_assert(sizeof(struct revnat_value) == 152, "revnat_value layout");
 _Static_assert(sizeof(struct doomed_key) == 20, "doomed_key layout");
-_Static_assert(sizeof(struct nxl_config) == 312, "nxl_config layout");
+_Static_assert(sizeof(struct nxl_config) == 376, "nxl_config layout");
+_Static_assert(sizeof(struct redirect_backend) == 64, "redirect_backend layout");
+_Static_assert(sizeof(struct redirect_value) == 584, "redirect_value layout");
+_Static_assert(sizeof(struct redirect_skip_key) == 32, "redirect_skip_key layout");
 _Static_assert(sizeof(struct rev_tcp_slot) == 32, "rev_tcp_slot layout");
 _Static_assert(sizeof(struct nxl_event) == 80, "nxl_event layout");
 
@@ -318,6 +396,9 @@ struct nxl_abi {
 	struct nxl_event event; /* a ring buffer record has no map type of its own */
 	enum nxl_origin origin;
 	enum nxl_feature feature;
+	enum nxl_topology topology;
+	enum nxl_traffic_dist traffic_dist;
+	enum nxl_redirect_flags redirect_flags;
 };
 
 #endif /* __NETNSXL_H */

@@ -20,6 +20,7 @@ use crate::datapath::state::State;
 use crate::model::addr::Proto;
 use crate::model::manifest::{self, Entry};
 use crate::model::service::{self, ServiceSpec};
+use crate::model::topology::Place;
 
 pub struct ApplyOpts {
     pub dry_run: bool,
@@ -57,6 +58,8 @@ pub struct Report {
     pub skipped: Vec<String>,
     /// Sockets connected to removed backends, destroyed.
     pub sockets_destroyed: usize,
+    /// Redirect backends bound to a new netns (a replaced pod).
+    pub rebound: Vec<String>,
     pub dry_run: bool,
 }
 
@@ -74,6 +77,9 @@ impl Report {
         }
         for s in &self.skipped {
             println!("  skipped {s}");
+        }
+        for r in &self.rebound {
+            println!("  {r}");
         }
         let mut line = format!(
             "{} {verb}added, {} {verb}changed, {} {verb}removed, {} unchanged",
@@ -200,7 +206,12 @@ fn check(entries: &[Entry], state: &State, node_addrs: &[IpAddr]) -> Result<()> 
 }
 
 pub fn apply(state: &State, text: &str, opts: &ApplyOpts) -> Result<Report> {
-    let parsed = manifest::parse(text, &opts.node_name)?;
+    let zone = crate::bpf::from_cstr(&state.config()?.zone);
+    let place = Place {
+        node: &opts.node_name,
+        zone: &zone,
+    };
+    let parsed = manifest::parse(text, place)?;
     apply_parsed(state, &parsed, opts)
 }
 
@@ -252,12 +263,23 @@ pub fn apply_parsed(state: &State, parsed: &manifest::Parsed, opts: &ApplyOpts) 
         skipped: parsed.skipped.clone(),
         ..Default::default()
     };
+    // Redirects first: their backends' netns are looked up before any
+    // service is written, so a missing one changes nothing.
+    if let Some(redirects) = &parsed.redirects {
+        let (a, c, r, u) =
+            crate::control::redirect::apply(state, redirects, opts.prune, opts.dry_run)?;
+        report.added.extend(a);
+        report.changed.extend(c);
+        report.removed.extend(r);
+        report.unchanged += u;
+    }
     let mut tx = Tx::default();
     for id in duplicates {
         store::plan_delete(&mut cur, &mut tx, id)?;
     }
     for (idk, svc_id) in &have {
         let prunable = opts.prune
+            && parsed.has_services
             && (!parsed.kubernetes || cur.spec(*svc_id)?.is_some_and(|s| s.from_kubernetes));
         if !want.contains(idk) && prunable {
             if let Some(spec) = cur.spec(*svc_id)? {
@@ -335,6 +357,13 @@ pub fn apply_parsed(state: &State, parsed: &manifest::Parsed, opts: &ApplyOpts) 
         let done = done?;
         report.sockets_destroyed =
             crate::control::stale::after_change(state, &done, opts.destroy_tcp)?;
+        if let Some(z) = &parsed.zone {
+            crate::control::service::set_zone(state, z)?;
+        }
+        // Backends whose pod was replaced: their new netns.
+        report
+            .rebound
+            .extend(crate::control::redirect::refresh(state)?);
     }
     Ok(report)
 }

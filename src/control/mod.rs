@@ -3,6 +3,7 @@
 pub mod affinity;
 pub mod apply;
 pub mod netns;
+pub mod redirect;
 pub mod service;
 pub mod stale;
 pub mod store;

@@ -111,6 +111,21 @@ pub struct BackendView {
     pub addr: String,
     pub terminating: bool,
     pub local: bool,
+    /// Left out of the cluster-wide frontends by topology hints.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub off_topology: bool,
+}
+
+/// The topology hints a service's cluster-wide frontends follow.
+#[derive(Serialize, Clone)]
+pub struct TopologyView {
+    /// "zone" or "node".
+    pub mode: crate::model::topology::Mode,
+    /// The zone (this node's), or the node's name "this node".
+    pub at: String,
+    /// Active backends in use, of all active ones.
+    pub in_use: usize,
+    pub of: usize,
 }
 
 #[derive(Serialize, Clone)]
@@ -133,6 +148,18 @@ pub struct ServiceView {
     pub state: String,
     /// "kubernetes" when written from Kubernetes objects, else "user".
     pub origin: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_distribution: Option<&'static str>,
+    /// Present while topology hints choose the backends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<TopologyView>,
+}
+
+/// Set this node's zone (attach --zone, node refresh --zone, a Node object).
+pub fn set_zone(state: &State, zone: &str) -> Result<()> {
+    let mut cfg = state.config()?;
+    cfg.zone = crate::bpf::to_cstr(zone);
+    state.write_config(&cfg)
 }
 
 fn policy(local: bool) -> &'static str {
@@ -144,6 +171,7 @@ fn policy(local: bool) -> &'static str {
 pub fn read_all(state: &State) -> Result<(Vec<ServiceView>, usize)> {
     let mut cur = Current::full(state)?;
     let node_addrs = cur.node_addrs.clone();
+    let zone = crate::bpf::from_cstr(&state.config()?.zone);
     let mut out = Vec::new();
     let ids: Vec<u32> = cur.metas.keys().copied().collect();
     for svc_id in ids {
@@ -182,6 +210,23 @@ pub fn read_all(state: &State) -> Result<(Vec<ServiceView>, usize)> {
             "ok".to_string()
         };
         let backends = cur.backends_of(svc_id).to_vec();
+        let active = || {
+            backends
+                .iter()
+                .filter(|(_, b)| b.flags & backend_flags::TERMINATING == 0)
+        };
+        let topology =
+            (spec.topology.mode != crate::model::topology::Mode::None).then(|| TopologyView {
+                mode: spec.topology.mode,
+                at: match spec.topology.mode {
+                    crate::model::topology::Mode::Zone => zone.clone(),
+                    _ => "this node".to_string(),
+                },
+                in_use: active()
+                    .filter(|(_, b)| b.flags & backend_flags::OFF_TOPOLOGY == 0)
+                    .count(),
+                of: active().count(),
+            });
         out.push(ServiceView {
             svc_id,
             name: spec.name.clone(),
@@ -209,8 +254,11 @@ pub fn read_all(state: &State) -> Result<(Vec<ServiceView>, usize)> {
                     addr: fmt_endpoint(from_map_addr(b.addr), from_map_port(b.port)),
                     terminating: b.flags & backend_flags::TERMINATING != 0,
                     local: b.flags & backend_flags::LOCAL != 0,
+                    off_topology: b.flags & backend_flags::OFF_TOPOLOGY != 0,
                 })
                 .collect(),
+            traffic_distribution: spec.topology.distribution.name(),
+            topology,
             affinity_timeout: spec.affinity_timeout,
             internal_traffic_policy: policy(spec.internal_local),
             external_traffic_policy: policy(spec.external_local),
@@ -254,6 +302,8 @@ struct SvcRow {
     backends: String,
     #[tabled(rename = "AFFINITY")]
     affinity: String,
+    #[tabled(rename = "TOPOLOGY")]
+    topology: String,
     #[tabled(rename = "STATE")]
     state: String,
 }
@@ -304,6 +354,9 @@ pub fn list(state: &State, format: Format) -> Result<()> {
                     if b.terminating {
                         t.push_str(",terminating");
                     }
+                    if b.off_topology {
+                        t.push_str(",off-topology");
+                    }
                     t
                 })
                 .collect::<Vec<_>>()
@@ -311,6 +364,21 @@ pub fn list(state: &State, format: Format) -> Result<()> {
             affinity: s
                 .affinity_timeout
                 .map_or_else(|| "-".to_string(), |t| format!("client-ip {t}s")),
+            topology: match (&s.topology, s.traffic_distribution) {
+                (Some(t), _) => format!(
+                    "{} {}, {} of {}",
+                    if t.mode == crate::model::topology::Mode::Zone {
+                        "zone"
+                    } else {
+                        "node:"
+                    },
+                    t.at,
+                    t.in_use,
+                    t.of
+                ),
+                (None, Some(td)) => format!("{td}: all (no hint for here)"),
+                (None, None) => "-".to_string(),
+            },
             state: s.state.clone(),
         })
         .collect();

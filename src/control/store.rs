@@ -293,6 +293,9 @@ fn backend_value(b: &BackendSpec, svc_id: u32) -> types::backend_value {
     if b.local {
         flags |= backend_flags::LOCAL;
     }
+    if b.off_topology {
+        flags |= backend_flags::OFF_TOPOLOGY;
+    }
     types::backend_value {
         addr: to_map_addr(b.addr.ip()),
         port: to_map_port(b.addr.port()),
@@ -316,11 +319,20 @@ pub fn fresh_backends(spec: &ServiceSpec, old: &[(u32, types::backend_value)]) -
 
 /// The backends new connections to one frontend may use: active ones, or the
 /// terminating ones when no active one is left (Kubernetes' serving-terminating
-/// fallback); node-local ones only, for internalTrafficPolicy Local.
+/// fallback); node-local ones only, for internalTrafficPolicy Local; for a
+/// cluster-wide frontend, not the ones topology leaves out (kube-proxy's
+/// CategorizeEndpoints: only ready endpoints are ever left out, so the
+/// terminating fallback is whole).
 fn usable(backends: &[(u32, types::backend_value)], local_only: bool) -> (Vec<u32>, bool) {
     let eligible: Vec<&(u32, types::backend_value)> = backends
         .iter()
-        .filter(|(_, b)| !local_only || b.flags & backend_flags::LOCAL != 0)
+        .filter(|(_, b)| {
+            if local_only {
+                b.flags & backend_flags::LOCAL != 0
+            } else {
+                b.flags & backend_flags::OFF_TOPOLOGY == 0
+            }
+        })
         .collect();
     let active: Vec<u32> = eligible
         .iter()
@@ -1013,8 +1025,11 @@ fn write_exact_ports(maps: &dyn Maps, ports: &HashSet<(u16, u8)>) -> Result<()> 
     for &(port, proto) in ports {
         *want.entry(u32::from(port)).or_default() |= port_bit(proto);
     }
+    // Redirect bits belong to src/control/redirect.rs: kept as they are.
+    let redirect_bits = types::nxl_port_bits::NXL_PORT_REDIRECT_TCP.0
+        | types::nxl_port_bits::NXL_PORT_REDIRECT_UDP.0;
     for (port, bits) in maps::read::<u32, u32>(maps, MapId::Ports)? {
-        let w = want.get(&port).copied().unwrap_or(0);
+        let w = want.get(&port).copied().unwrap_or(0) | (bits & redirect_bits);
         if w != bits {
             maps::put(maps, MapId::Ports, &port.to_ne_bytes(), &w.to_ne_bytes())?;
         }

@@ -39,13 +39,11 @@ fn attached(capacity: &[(MapId, u32)]) -> FakeMaps {
 
 fn backends(n: usize) -> Vec<BackendSpec> {
     (0..n)
-        .map(|i| BackendSpec {
-            addr: SocketAddr::new(
+        .map(|i| {
+            BackendSpec::new(SocketAddr::new(
                 std::net::Ipv4Addr::new(203, 0, 113, 1 + i as u8).into(),
                 8080,
-            ),
-            local: false,
-            terminating: false,
+            ))
         })
         .collect()
 }
@@ -73,6 +71,7 @@ fn spec(svc_type: SvcType, frontend: &str, bes: Vec<BackendSpec>) -> ServiceSpec
         internal_local: false,
         external_local: false,
         from_kubernetes: false,
+        topology: Default::default(),
     }
 }
 
@@ -660,12 +659,10 @@ fn more_backends_than_sixteen_bit_slots_are_refused_before_any_write() {
         "198.18.0.1:80",
         (0..=crate::model::service::MAX_BACKENDS_PER_SERVICE)
             .map(|i| BackendSpec {
-                addr: SocketAddr::new(
+                ..BackendSpec::new(SocketAddr::new(
                     std::net::Ipv4Addr::from(0xc612_0000u32 + i as u32).into(),
                     80,
-                ),
-                local: false,
-                terminating: false,
+                ))
             })
             .collect(),
     );

@@ -44,6 +44,7 @@ use crate::datapath::maps::{self, MapId};
 use crate::datapath::state::State;
 use crate::model::manifest::{self, Entry, K8sObject, K8sService, K8sSlice};
 use crate::model::service;
+use crate::model::topology::Place;
 
 /// Most events one change takes.
 pub const BATCH_EVENTS: usize = 1000;
@@ -62,6 +63,9 @@ enum Change {
     Service(Key, Option<K8sService>),
     /// (namespace, slice name), the slice or None when it goes.
     Slice(Key, Option<K8sSlice>),
+    /// This node's Node object, with its zone label ("" without): every
+    /// Service is planned again when the zone changes (topology hints).
+    Zone(String),
 }
 
 struct Event {
@@ -114,6 +118,11 @@ pub struct Objects {
     slices_seen: HashSet<Key>,
     /// The frontends (identities) each Service was last written with.
     produced: HashMap<Key, Vec<Identity>>,
+    /// This node's name and zone (attach --zone, or its Node object).
+    node: String,
+    zone: String,
+    /// The stream sent this node's Node object: its zone is the one to keep.
+    zone_from_stream: bool,
 }
 
 /// How to put one object back as it was.
@@ -122,6 +131,7 @@ enum Undo {
     /// The slice as it was, and the Services it marked as having had a
     /// slice event.
     Slice(Key, Option<K8sSlice>, Vec<Key>),
+    Zone(String),
 }
 
 impl Objects {
@@ -169,6 +179,13 @@ impl Objects {
                 }
                 Undo::Slice(key.clone(), old, marked)
             }
+            Change::Zone(zone) => {
+                if *zone != self.zone {
+                    touched.extend(self.services.keys().cloned());
+                }
+                self.zone_from_stream = true;
+                Undo::Zone(std::mem::replace(&mut self.zone, zone.clone()))
+            }
         }
     }
 
@@ -186,6 +203,7 @@ impl Objects {
                     self.slices_seen.remove(&m);
                 }
             }
+            Undo::Zone(zone) => self.zone = zone,
         }
     }
 
@@ -201,7 +219,11 @@ impl Objects {
             .flatten()
             .filter_map(|name| self.slices.get(&(key.0.clone(), name.clone())))
             .collect();
-        manifest::k8s_entries(svc, &slices)
+        let place = Place {
+            node: &self.node,
+            zone: &self.zone,
+        };
+        manifest::k8s_entries(svc, &slices, place)
     }
 }
 
@@ -378,6 +400,13 @@ fn write(
         }
     }
     let done = store::execute(state, tx)?;
+    // A zone from this node's Node object is the node's zone from now on
+    // (svc list shows it, a later apply starts from it).
+    if objects.zone_from_stream && crate::bpf::from_cstr(&cfg.zone) != objects.zone {
+        let mut cfg = state.config()?;
+        cfg.zone = crate::bpf::to_cstr(&objects.zone);
+        state.write_config(&cfg)?;
+    }
     crate::control::stale::after_change(state, &done, opts.destroy_tcp)?;
     Ok((counts, produced))
 }
@@ -454,7 +483,8 @@ fn decode(
             Ok(K8sObject::Service(s)) => Change::Service(key, Some(s)),
             // A slice that lost its service label belongs to none now.
             Ok(K8sObject::Slice(s)) => Change::Slice(key, s),
-            Ok(K8sObject::Other(_)) => return Ok(None),
+            Ok(K8sObject::Node { name, zone }) if name == node_name => Change::Zone(zone),
+            Ok(K8sObject::Node { .. } | K8sObject::Other(_)) => return Ok(None),
             Err(e) => {
                 return Err(fail(format!(
                     "{e:#}; the object keeps its last good version"
@@ -534,6 +564,8 @@ pub fn watch(
     let _watching = crate::sys::pindir::WatchLock::take(&state.pins.root)?;
     let mut objects = Objects {
         produced: held_services(state)?,
+        node: opts.node_name.clone(),
+        zone: crate::bpf::from_cstr(&state.config()?.zone),
         ..Default::default()
     };
     let mut summary = Summary::default();

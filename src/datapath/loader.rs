@@ -24,6 +24,8 @@ pub struct AttachOpts {
     pub node_ips: Vec<IpAddr>,
     pub node_port_range: (u16, u16),
     pub capacity: Capacity,
+    /// This node's topology.kubernetes.io/zone ("" when not known).
+    pub zone: String,
 }
 
 /// Map sizes, fixed at attach (`--max-*`).
@@ -351,6 +353,7 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         cgroup_path: bpf::to_cstr(&cgroup.to_string_lossy()),
         bypass_count: 0,
         tracers: 0,
+        zone: bpf::to_cstr(&opts.zone),
         features: feature_bits
             | if cookie_from_bpf {
                 features::bits::INIT_COOKIE_BPF

@@ -29,10 +29,12 @@ pub enum MapId {
     Bypass,
     Doomed,
     Config,
+    Redirect,
+    RedirectSkip,
 }
 
 impl MapId {
-    pub const ALL: [MapId; 12] = [
+    pub const ALL: [MapId; 14] = [
         MapId::Svc,
         MapId::Backend,
         MapId::Meta,
@@ -45,6 +47,8 @@ impl MapId {
         MapId::Bypass,
         MapId::Doomed,
         MapId::Config,
+        MapId::Redirect,
+        MapId::RedirectSkip,
     ];
 
     /// The map's name in the BPF object and under PIN_DIR/maps.
@@ -62,6 +66,8 @@ impl MapId {
             MapId::Bypass => "bypass_map",
             MapId::Doomed => "doomed_map",
             MapId::Config => "config_map",
+            MapId::Redirect => "redirect_map",
+            MapId::RedirectSkip => "redirect_skip_map",
         }
     }
 
@@ -70,6 +76,7 @@ impl MapId {
         match self {
             MapId::Backend | MapId::Member => "--max-backends",
             MapId::Affinity => "--max-affinity",
+            MapId::Redirect | MapId::RedirectSkip => "the redirect limit (NXL_MAX_REDIRECTS)",
             _ => "--max-services",
         }
     }

@@ -35,6 +35,8 @@ pub const MAPS: &[&str] = &[
     "rev_tcp_map",
     "events_map",
     "config_map",
+    "redirect_map",
+    "redirect_skip_map",
 ];
 
 /// The cgroup programs `attach` attaches, in attach order.
@@ -108,6 +110,8 @@ pub struct State {
     pub rev_tcp: MapHandle,
     pub events: MapHandle,
     pub config: MapHandle,
+    pub redirect: MapHandle,
+    pub redirect_skip: MapHandle,
 }
 
 fn open_map(pins: &Pins, name: &str) -> Result<MapHandle> {
@@ -183,6 +187,8 @@ impl State {
             rev_tcp: open_map(&pins, "rev_tcp_map")?,
             events: open_map(&pins, "events_map")?,
             config: open_map(&pins, MapId::Config.name())?,
+            redirect: open_map(&pins, MapId::Redirect.name())?,
+            redirect_skip: open_map(&pins, MapId::RedirectSkip.name())?,
             pins,
         })
     }
@@ -222,6 +228,8 @@ impl State {
             MapId::Bypass => &self.bypass,
             MapId::Doomed => &self.doomed,
             MapId::Config => &self.config,
+            MapId::Redirect => &self.redirect,
+            MapId::RedirectSkip => &self.redirect_skip,
         }
     }
 }

@@ -140,29 +140,50 @@ pub fn parse_ip(field: &str, s: &str) -> Result<IpAddr> {
     IpAddr::from_str(s.trim()).with_context(|| format!("{field} {s:?} is not an IP address"))
 }
 
-/// A backend as given on the command line: `ADDR:PORT[,local][,terminating]`.
+/// A backend as given on the command line:
+/// `ADDR:PORT[,local][,terminating][,zone=Z][,node=N]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendSpec {
     pub addr: SocketAddr,
     pub local: bool,
     pub terminating: bool,
+    /// Left out of the cluster-wide frontends by topology (hints that name
+    /// other zones or nodes); set by the model, recorded in the maps.
+    pub off_topology: bool,
+    /// Native input only: the zone and node the backend runs in, from which
+    /// a traffic distribution derives its hints (not recorded in the maps).
+    pub zone: Option<Box<str>>,
+    pub node: Option<Box<str>>,
 }
 
 impl BackendSpec {
-    pub fn parse(s: &str) -> Result<BackendSpec> {
-        let mut parts = s.split(',');
-        let addr = parse_endpoint("--backend", parts.next().unwrap_or_default())?;
-        let mut spec = BackendSpec {
+    pub fn new(addr: SocketAddr) -> BackendSpec {
+        BackendSpec {
             addr,
             local: false,
             terminating: false,
-        };
+            off_topology: false,
+            zone: None,
+            node: None,
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<BackendSpec> {
+        let mut parts = s.split(',');
+        let addr = parse_endpoint("--backend", parts.next().unwrap_or_default())?;
+        let mut spec = BackendSpec::new(addr);
         for flag in parts {
-            match flag.trim() {
-                "local" => spec.local = true,
-                "terminating" => spec.terminating = true,
-                other => bail!(
-                    "--backend {s:?}: unknown flag {other:?}: the flags are local and terminating, e.g. 198.51.100.10:8080,local"
+            match flag.trim().split_once('=') {
+                None if flag.trim() == "local" => spec.local = true,
+                None if flag.trim() == "terminating" => spec.terminating = true,
+                Some(("zone", z)) => {
+                    crate::model::topology::check_zone(&format!("--backend {s:?}: zone"), z)?;
+                    spec.zone = Some(z.into());
+                }
+                Some(("node", n)) if !n.is_empty() => spec.node = Some(n.into()),
+                _ => bail!(
+                    "--backend {s:?}: unknown flag {:?}: the flags are local, terminating, zone=ZONE and node=NODE, e.g. 198.51.100.10:8080,local,zone=us-east-1a",
+                    flag.trim()
                 ),
             }
         }

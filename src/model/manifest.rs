@@ -20,7 +20,11 @@ use serde_json::{Map, Value};
 
 use crate::bpf::NAME_LEN;
 use crate::model::addr::{BackendSpec, Proto, parse_endpoint};
-use crate::model::service::{AFFINITY_TIMEOUT_DEFAULT, FrontendSpec, ServiceSpec, SvcType};
+use crate::model::redirect::{RedirectBackend, RedirectSpec};
+use crate::model::service::{
+    AFFINITY_TIMEOUT_DEFAULT, FrontendSpec, ServiceSpec, SvcType, select_topology,
+};
+use crate::model::topology::{self, Hints, Place, Topology, TrafficDist};
 
 /// A service from a file, with where it came from (for errors).
 #[derive(Clone, Debug)]
@@ -36,15 +40,26 @@ pub struct Parsed {
     pub kubernetes: bool,
     /// Things left out on purpose (ExternalName, SCTP, headless...).
     pub skipped: Vec<String>,
+    /// This node's zone, from the Node object named --node-name (Kubernetes
+    /// input that holds Nodes): Some("") when that Node has no zone label.
+    pub zone: Option<String>,
+    /// Whether the file says which services there are (a native file may
+    /// hold only redirects: then services are left as they are).
+    pub has_services: bool,
+    /// The local redirects a native file's `redirects:` lists (None: the
+    /// file has no such list, and redirects are left as they are).
+    pub redirects: Option<Vec<RedirectSpec>>,
 }
 
-/// Parse a file's text. `node_name` decides which endpoints are local.
-pub fn parse(text: &str, node_name: &str) -> Result<Parsed> {
+/// Parse a file's text. `place` is this node: its name decides which
+/// endpoints are local, its zone (unless the input holds this node's Node
+/// object) which topology hints match.
+pub fn parse(text: &str, place: Place) -> Result<Parsed> {
     let value = parse_value(text)?;
     if is_kubernetes(&value) {
-        return kubernetes(&value, node_name);
+        return kubernetes(&value, place);
     }
-    native(&value)
+    native(&value, place)
 }
 
 /// JSON when it looks like JSON (its errors have line and column), else YAML.
@@ -237,25 +252,36 @@ const NATIVE_FIELDS: &[&str] = &[
     "affinity_timeout",
     "internal_traffic_policy",
     "external_traffic_policy",
+    "traffic_distribution",
     "origin",
     // Printed by `svc list -o json`, ignored on input.
+    "topology",
     "svc_id",
     "frontends",
     "state",
 ];
 
-fn native(v: &Value) -> Result<Parsed> {
+fn native(v: &Value, place: Place) -> Result<Parsed> {
+    let mut redirects = None;
     let (items, prefix): (&[Value], &str) = match v {
         Value::Array(a) => (a, ""),
         Value::Object(o) => {
             for k in o.keys() {
-                if k != "services" {
+                if k != "services" && k != "redirects" {
                     bail!(
-                        "unknown top-level field {k:?}: a netnsxl file has one field, services (a list); Kubernetes objects need apiVersion and kind"
+                        "unknown top-level field {k:?}: a netnsxl file has the fields services and redirects (lists); Kubernetes objects need apiVersion and kind"
                     );
                 }
             }
+            if o.contains_key("redirects") {
+                let mut list = Vec::new();
+                for (i, r) in opt_list(o, "redirects", "the file")?.iter().enumerate() {
+                    list.push(native_redirect(r, &format!("redirects[{i}]"))?);
+                }
+                redirects = Some(list);
+            }
             match o.get("services") {
+                None if redirects.is_some() => (&[][..], "services"),
                 Some(Value::Array(a)) => (a, "services"),
                 // An empty mapping or `services:` with nothing after it is
                 // more likely a mistake than "no services", and with
@@ -274,10 +300,15 @@ fn native(v: &Value) -> Result<Parsed> {
             type_name(other)
         ),
     };
-    let mut out = Parsed::default();
+    let mut out = Parsed {
+        has_services: !(items.is_empty() && redirects.is_some() && !has_key(v, "services")),
+        redirects,
+        ..Default::default()
+    };
     for (i, item) in items.iter().enumerate() {
         let at = format!("{prefix}[{i}]");
-        let spec = native_service(item, &at)?;
+        let mut spec = native_service(item, &at)?;
+        spec.apply_topology(place);
         out.entries.push(Entry {
             source: format!(
                 "{at} ({} {}/{})",
@@ -319,6 +350,67 @@ fn policy(o: &Map<String, Value>, field: &str, at: &str) -> Result<bool> {
     }
 }
 
+fn has_key(v: &Value, k: &str) -> bool {
+    v.as_object().is_some_and(|o| o.contains_key(k))
+}
+
+fn native_redirect(v: &Value, at: &str) -> Result<RedirectSpec> {
+    const FIELDS: &[&str] = &["name", "frontend", "proto", "backends", "skip_from_backend"];
+    // Printed by `redirect list -o json`, ignored on input.
+    const SHOWN: &[&str] = &["origin"];
+    let o = obj(v, at)?;
+    for k in o.keys() {
+        if !FIELDS.contains(&k.as_str()) && !SHOWN.contains(&k.as_str()) {
+            bail!(
+                "{at}: unknown field {k:?}; the fields are {}",
+                FIELDS.join(", ")
+            );
+        }
+    }
+    let frontend = req_str(o, "frontend", at)?;
+    let mut backends = Vec::new();
+    for (j, b) in opt_list(o, "backends", at)?.iter().enumerate() {
+        let bat = format!("{at}.backends[{j}]");
+        let rb = match b {
+            Value::String(s) => {
+                RedirectBackend::parse(s).map_err(|e| anyhow!("{bat}: {}", file_terms(&e)))?
+            }
+            // What `redirect list -o json` prints: netns is the one the user
+            // named; the rest is read-only and ignored.
+            Value::Object(bo) => {
+                for k in bo.keys() {
+                    if !["addr", "netns", "netns_found", "netns_cookie", "live"]
+                        .contains(&k.as_str())
+                    {
+                        bail!("{bat}: unknown field {k:?}; the fields are addr, netns");
+                    }
+                }
+                let mut s = req_str(bo, "addr", &bat)?.to_string();
+                if let Some(n) = opt_str(bo, "netns", &bat)? {
+                    s.push_str(&format!(",netns={n}"));
+                }
+                RedirectBackend::parse(&s).map_err(|e| anyhow!("{bat}: {}", file_terms(&e)))?
+            }
+            other => bail!(
+                "{bat} is {}, expected \"ADDR:PORT[,netns=NAME]\"",
+                type_name(other)
+            ),
+        };
+        backends.push(rb);
+    }
+    let spec = RedirectSpec {
+        name: opt_str(o, "name", at)?.unwrap_or_default().to_string(),
+        frontend: parse_endpoint(&format!("{at}.frontend"), frontend)?,
+        proto: enum_field(o, "proto", at)?.unwrap_or(Proto::Tcp),
+        backends,
+        skip_from_backend: opt_bool(o, "skip_from_backend", at)?.unwrap_or(false),
+        from_file: true,
+    };
+    spec.validate()
+        .map_err(|e| anyhow!("{at}: {}", file_terms(&e)))?;
+    Ok(spec)
+}
+
 fn native_service(v: &Value, at: &str) -> Result<ServiceSpec> {
     let o = obj(v, at)?;
     for k in o.keys() {
@@ -345,17 +437,33 @@ fn native_service(v: &Value, at: &str) -> Result<ServiceSpec> {
             }
             Value::Object(bo) => {
                 for k in bo.keys() {
-                    if !["addr", "local", "terminating", "id"].contains(&k.as_str()) {
+                    if ![
+                        "addr",
+                        "local",
+                        "terminating",
+                        "zone",
+                        "node",
+                        "id",
+                        "off_topology",
+                    ]
+                    .contains(&k.as_str())
+                    {
                         bail!(
-                            "{bat}: unknown field {k:?}; the fields are addr, local, terminating"
+                            "{bat}: unknown field {k:?}; the fields are addr, local, terminating, zone, node"
                         );
                     }
                 }
                 let addr = req_str(bo, "addr", &bat)?;
+                let zone = opt_str(bo, "zone", &bat)?;
+                if let Some(z) = zone {
+                    topology::check_zone(&format!("{bat}.zone"), z)?;
+                }
                 BackendSpec {
-                    addr: parse_endpoint(&format!("{bat}.addr"), addr)?,
                     local: opt_bool(bo, "local", &bat)?.unwrap_or(false),
                     terminating: opt_bool(bo, "terminating", &bat)?.unwrap_or(false),
+                    zone: zone.map(Into::into),
+                    node: opt_str(bo, "node", &bat)?.map(Into::into),
+                    ..BackendSpec::new(parse_endpoint(&format!("{bat}.addr"), addr)?)
                 }
             }
             other => bail!(
@@ -416,6 +524,13 @@ fn native_service(v: &Value, at: &str) -> Result<ServiceSpec> {
         internal_local: policy(o, "internal_traffic_policy", at)?,
         external_local: policy(o, "external_traffic_policy", at)?,
         from_kubernetes: opt_str(o, "origin", at)? == Some("kubernetes"),
+        topology: Topology {
+            distribution: match opt_str(o, "traffic_distribution", at)? {
+                Some(s) => TrafficDist::parse(&format!("{at}.traffic_distribution"), s)?,
+                None => TrafficDist::None,
+            },
+            ..Topology::default()
+        },
     };
     spec.validate()
         .map_err(|e| anyhow!("{at}: {}", file_terms(&e)))?;
@@ -431,6 +546,8 @@ pub fn file_terms(e: &anyhow::Error) -> String {
         .replace("--node-port", "node_port")
         .replace("--name", "name")
         .replace("--type loadbalancer", "type: loadbalancer")
+        .replace("--traffic-distribution", "traffic_distribution")
+        .replace("--skip-from-backend", "skip_from_backend")
 }
 
 // ---------------------------------------------------------------------------
@@ -467,6 +584,7 @@ pub struct K8sService {
     affinity_timeout: Option<u32>,
     internal_local: bool,
     external_local: bool,
+    traffic_distribution: TrafficDist,
     ports: Vec<K8sPort>,
     /// What is left out on purpose (ExternalName, headless, SCTP ports).
     skipped: Vec<String>,
@@ -490,6 +608,8 @@ struct SliceEndpoint {
     ip: IpAddr,
     local: bool,
     terminating: bool,
+    /// hints.forZones / hints.forNodes (None: no hints at all).
+    hints: Option<Box<Hints>>,
 }
 
 /// What one Kubernetes object is.
@@ -497,9 +617,16 @@ pub enum K8sObject {
     Service(K8sService),
     /// A slice, or None when it is left out (no service label, FQDN).
     Slice(Option<K8sSlice>),
+    /// A Node: its name and topology.kubernetes.io/zone label ("" without).
+    Node {
+        name: String,
+        zone: String,
+    },
     /// Another kind: left out, with the reason.
     Other(String),
 }
+
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// The kind, namespace and name of an object, before it is checked further.
 pub fn k8s_identity(o: &Map<String, Value>, at: &str) -> Result<(String, String, String)> {
@@ -531,6 +658,24 @@ pub fn k8s_object(v: &Value, at: &str, node_name: &str) -> Result<K8sObject> {
             let at = format!("{at} (EndpointSlice {namespace}/{name})");
             K8sSlice::parse(o, &at, node_name).map(K8sObject::Slice)
         }
+        ("Node", "v1") => {
+            let meta = obj(
+                o.get("metadata")
+                    .ok_or_else(|| anyhow!("{at}.metadata is missing"))?,
+                &format!("{at}.metadata"),
+            )?;
+            let zone = match meta.get("labels") {
+                Some(l) => opt_str(obj(l, &format!("{at}.metadata.labels"))?, ZONE_LABEL, at)?,
+                None => None,
+            }
+            .unwrap_or_default()
+            .to_string();
+            topology::check_zone(
+                &format!("{at} (Node {name}) metadata.labels[{ZONE_LABEL}]"),
+                &zone,
+            )?;
+            Ok(K8sObject::Node { name, zone })
+        }
         ("Endpoints", _) => Ok(K8sObject::Other(format!(
             "{at}: v1 Endpoints (EndpointSlices are read instead)"
         ))),
@@ -554,15 +699,21 @@ fn k8s_items(v: &Value) -> Result<Vec<(String, &Value)>> {
         .collect())
 }
 
-fn kubernetes(v: &Value, node_name: &str) -> Result<Parsed> {
+fn kubernetes(v: &Value, place: Place) -> Result<Parsed> {
     let mut out = Parsed {
         kubernetes: true,
+        has_services: true,
         ..Default::default()
     };
     let mut services = Vec::new();
     let mut slices: HashMap<(String, String), Vec<K8sSlice>> = HashMap::new();
     for (at, item) in k8s_items(v)? {
-        match k8s_object(item, &at, node_name)? {
+        match k8s_object(item, &at, place.node)? {
+            K8sObject::Node { name, zone } => {
+                if name == place.node {
+                    out.zone = Some(zone);
+                }
+            }
             K8sObject::Service(s) => services.push(s),
             K8sObject::Slice(Some(s)) => {
                 let (_, namespace, _) = k8s_identity(obj(item, &at)?, &at)?;
@@ -583,12 +734,17 @@ fn kubernetes(v: &Value, node_name: &str) -> Result<Parsed> {
             K8sObject::Other(why) => out.skipped.push(why),
         }
     }
+    let zone = out.zone.clone();
+    let place = Place {
+        zone: zone.as_deref().unwrap_or(place.zone),
+        ..place
+    };
     for s in &services {
         let mine: Vec<&K8sSlice> = slices
             .get(&(s.namespace.to_string(), s.name.to_string()))
             .map(|v| v.iter().collect())
             .unwrap_or_default();
-        out.entries.extend(k8s_entries(s, &mine)?);
+        out.entries.extend(k8s_entries(s, &mine, place)?);
         out.skipped.extend(s.skipped.iter().cloned());
     }
     Ok(out)
@@ -668,6 +824,7 @@ impl K8sSlice {
                 bail!("{eat}.addresses is missing or empty");
             }
             let usable_terminating = !ready && serving && terminating;
+            let hints = slice_hints(eo, &eat)?;
             for (k, a) in addrs.iter().enumerate() {
                 let aat = format!("{eat}.addresses[{k}]");
                 let a = a
@@ -684,6 +841,7 @@ impl K8sSlice {
                         ip,
                         local,
                         terminating: !ready,
+                        hints: hints.clone(),
                     });
                 }
             }
@@ -697,14 +855,38 @@ impl K8sSlice {
     }
 }
 
-/// The backends of one Service port in one family, from its slices.
+/// An endpoint's hints.forZones[].name and hints.forNodes[].name.
+fn slice_hints(eo: &Map<String, Value>, eat: &str) -> Result<Option<Box<Hints>>> {
+    let Some(h) = eo.get("hints").filter(|h| !h.is_null()) else {
+        return Ok(None);
+    };
+    let hat = format!("{eat}.hints");
+    let ho = obj(h, &hat)?;
+    let names = |field: &str| -> Result<Vec<Box<str>>> {
+        let mut out = Vec::new();
+        for (i, z) in opt_list(ho, field, &hat)?.iter().enumerate() {
+            let zat = format!("{hat}.{field}[{i}]");
+            out.push(req_str(obj(z, &zat)?, "name", &zat)?.into());
+        }
+        Ok(out)
+    };
+    let hints = Hints {
+        zones: names("forZones")?,
+        nodes: names("forNodes")?,
+    };
+    Ok((!hints.zones.is_empty() || !hints.nodes.is_empty()).then(|| Box::new(hints)))
+}
+
+/// The backends of one Service port in one family, from its slices, with
+/// kube-proxy's topology mode (the ones it leaves out marked).
 fn k8s_backends(
     slices: &[&K8sSlice],
     port_name: &str,
     proto: Proto,
     ipv6: bool,
-) -> Vec<BackendSpec> {
-    let mut out: BTreeMap<SocketAddr, BackendSpec> = BTreeMap::new();
+    place: Place,
+) -> (Vec<BackendSpec>, topology::Mode) {
+    let mut out: BTreeMap<SocketAddr, (BackendSpec, Option<Hints>)> = BTreeMap::new();
     for s in slices.iter().filter(|s| s.ipv6 == ipv6) {
         let Some(number) = s
             .ports
@@ -718,17 +900,25 @@ fn k8s_backends(
         for e in &s.endpoints {
             let addr = SocketAddr::new(e.ip, number);
             let b = BackendSpec {
-                addr,
                 local: e.local,
                 terminating: e.terminating,
+                ..BackendSpec::new(addr)
             };
+            let hints = e.hints.as_deref().cloned();
             // The same endpoint in two slices: ready wins.
             out.entry(addr)
-                .and_modify(|o| o.terminating &= b.terminating)
-                .or_insert(b);
+                .and_modify(|(o, h)| {
+                    if o.terminating && !b.terminating {
+                        o.terminating = false;
+                        h.clone_from(&hints);
+                    }
+                })
+                .or_insert((b, hints));
         }
     }
-    out.into_values().collect()
+    let (mut backends, hints): (Vec<BackendSpec>, Vec<Option<Hints>>) = out.into_values().unzip();
+    let mode = select_topology(&mut backends, &hints, place);
+    (backends, mode)
 }
 
 impl K8sService {
@@ -749,6 +939,7 @@ impl K8sService {
             affinity_timeout: None,
             internal_local: false,
             external_local: false,
+            traffic_distribution: TrafficDist::None,
             ports: Vec::new(),
             skipped: Vec::new(),
         };
@@ -849,6 +1040,11 @@ impl K8sService {
             |field: &str| -> Result<bool> { Ok(opt_str(spec, field, &sat)? == Some("Local")) };
         out.internal_local = local("internalTrafficPolicy")?;
         out.external_local = local("externalTrafficPolicy")?;
+        if let Some(td) = opt_str(spec, "trafficDistribution", &sat)? {
+            // An unknown value is ignored by kube-proxy and the controller.
+            out.traffic_distribution =
+                TrafficDist::parse("trafficDistribution", td).unwrap_or_default();
+        }
         out.families = families;
 
         let ports = opt_list(spec, "ports", &sat)?;
@@ -878,14 +1074,15 @@ impl K8sService {
         }
         // The frontends must be valid on their own (e.g. names that fit):
         // refuse the Service now, not when its slices arrive.
-        k8s_entries(&out, &[])?;
+        let nowhere = Place { node: "", zone: "" };
+        k8s_entries(&out, &[], nowhere)?;
         Ok(out)
     }
 }
 
 /// The services (one per port, protocol and frontend) a Service and its
 /// slices describe.
-pub fn k8s_entries(svc: &K8sService, slices: &[&K8sSlice]) -> Result<Vec<Entry>> {
+pub fn k8s_entries(svc: &K8sService, slices: &[&K8sSlice], place: Place) -> Result<Vec<Entry>> {
     let (at, namespace, name) = (&*svc.at, &*svc.namespace, &*svc.name);
     let sat = format!("{at}.spec");
     let mut out = Vec::new();
@@ -897,6 +1094,7 @@ pub fn k8s_entries(svc: &K8sService, slices: &[&K8sSlice]) -> Result<Vec<Entry>>
             format!("{namespace}/{name}:{}", p.name)
         };
         let mut push = |svc_type: SvcType, ip: Option<IpAddr>, fport: u16, v6: bool, what: &str| {
+            let (backends, mode) = k8s_backends(slices, &p.name, p.proto, v6, place);
             let spec = ServiceSpec {
                 name: fit_name(&label),
                 svc_type,
@@ -907,11 +1105,15 @@ pub fn k8s_entries(svc: &K8sService, slices: &[&K8sSlice]) -> Result<Vec<Entry>>
                 },
                 proto: p.proto,
                 node_port: None,
-                backends: k8s_backends(slices, &p.name, p.proto, v6),
+                backends,
                 affinity_timeout: svc.affinity_timeout,
                 internal_local: svc.internal_local,
                 external_local: svc.external_local,
                 from_kubernetes: true,
+                topology: Topology {
+                    mode,
+                    distribution: svc.traffic_distribution,
+                },
             };
             out.push(Entry {
                 source: format!("{pat} ({what} {}/{})", spec.frontend.display(), p.proto),
@@ -956,15 +1158,20 @@ pub fn k8s_entries(svc: &K8sService, slices: &[&K8sSlice]) -> Result<Vec<Entry>>
 mod tests {
     use super::*;
 
+    const N1: Place = Place {
+        node: "n1",
+        zone: "",
+    };
+
     fn err(text: &str) -> String {
-        format!("{:#}", parse(text, "n1").unwrap_err())
+        format!("{:#}", parse(text, N1).unwrap_err())
     }
 
     #[test]
     fn native_yaml_and_json_give_the_same_services() {
         let yaml = "services:\n  - {name: a/b, type: clusterip, frontend: 198.51.100.1:80, backends: [\"203.0.113.1:8080,local\", {addr: \"203.0.113.2:8080\", terminating: true}], session_affinity: client-ip}\n";
         let json = r#"[{"name": "a/b", "type": "clusterip", "frontend": "198.51.100.1:80", "backends": ["203.0.113.1:8080,local", {"addr": "203.0.113.2:8080", "terminating": true}], "affinity_timeout": 10800, "svc_id": 7, "state": "ok", "frontends": []}]"#;
-        let (a, b) = (parse(yaml, "n1").unwrap(), parse(json, "n1").unwrap());
+        let (a, b) = (parse(yaml, N1).unwrap(), parse(json, N1).unwrap());
         assert!(!a.kubernetes);
         let (sa, sb) = (&a.entries[0].spec, &b.entries[0].spec);
         assert_eq!(sa.backends, sb.backends);
@@ -978,7 +1185,7 @@ mod tests {
         assert!(err("services: 3").contains("services is a number, expected a list"));
         assert!(err("{}").contains("the file has no services list"));
         assert!(err("services:").contains("services is empty (null)"));
-        assert!(parse("services: []", "n").unwrap().entries.is_empty());
+        assert!(parse("services: []", N1).unwrap().entries.is_empty());
         let dup = err("{\"services\": [{\"name\": \"a\", \"name\": \"b\"}]}");
         assert!(
             dup.contains("the key \"name\" is given twice") && dup.contains("line 1"),
@@ -1019,7 +1226,7 @@ mod tests {
              {"addresses": ["203.0.113.3"], "conditions": {"ready": false}},
              {"addresses": ["203.0.113.4"], "conditions": {"ready": false, "serving": true, "terminating": false}}
            ]}]}"#;
-        let p = parse(doc, "n1").unwrap();
+        let p = parse(doc, N1).unwrap();
         assert!(p.kubernetes);
         assert_eq!(p.entries.len(), 1);
         let s = &p.entries[0].spec;
@@ -1045,7 +1252,7 @@ mod tests {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/parse_file");
         for e in std::fs::read_dir(dir).unwrap() {
             let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
-            let _ = parse(&text, "n1");
+            let _ = parse(&text, N1);
         }
         for text in [
             "",
@@ -1057,7 +1264,7 @@ mod tests {
             "services:",
             "kind: List\napiVersion: v1\nitems: 3",
         ] {
-            let _ = parse(text, "n1");
+            let _ = parse(text, N1);
         }
     }
 }

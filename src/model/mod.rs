@@ -3,4 +3,6 @@
 
 pub mod addr;
 pub mod manifest;
+pub mod redirect;
 pub mod service;
+pub mod topology;

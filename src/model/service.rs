@@ -16,6 +16,7 @@ use crate::model::addr::{
     BackendSpec, Proto, fmt_endpoint, from_map_addr, from_map_port, parse_endpoint, parse_port,
     shorten, to_map_addr, to_map_port,
 };
+use crate::model::topology::{self, Hints, Place, Topology};
 
 pub const AFFINITY_TIMEOUT_DEFAULT: u32 = 10800;
 pub const AFFINITY_TIMEOUT_MAX: u32 = 86400;
@@ -136,6 +137,9 @@ pub struct ServiceSpec {
     /// Written from Kubernetes objects (apply of Services/EndpointSlices,
     /// or a watch): a watch may delete it once Kubernetes no longer has it.
     pub from_kubernetes: bool,
+    /// The topology mode its backends were chosen with (their off_topology
+    /// marks), and its traffic distribution.
+    pub topology: Topology,
 }
 
 impl ServiceSpec {
@@ -212,6 +216,22 @@ impl ServiceSpec {
         Ok(())
     }
 
+    /// Native input: derive each backend's hints from the traffic
+    /// distribution and its zone and node (`local` is this node), as the
+    /// EndpointSlice controller would, then choose as kube-proxy does.
+    pub fn apply_topology(&mut self, place: Place) {
+        let dist = self.topology.distribution;
+        let hints: Vec<Option<Hints>> = self
+            .backends
+            .iter()
+            .map(|b| {
+                let node = b.node.as_deref().or(b.local.then_some(place.node));
+                topology::derive_hints(dist, b.zone.as_deref(), node)
+            })
+            .collect();
+        self.topology.mode = select_topology(&mut self.backends, &hints, place);
+    }
+
     /// The NodePort this service answers on every node address, if any.
     pub fn node_port(&self) -> Option<u16> {
         match self.svc_type {
@@ -220,6 +240,30 @@ impl ServiceSpec {
             _ => None,
         }
     }
+}
+
+/// kube-proxy's topology rules over backends and their hints (ready means
+/// not terminating): marks the ones the cluster-wide frontends leave out and
+/// returns the mode.
+pub fn select_topology(
+    backends: &mut [BackendSpec],
+    hints: &[Option<Hints>],
+    place: Place,
+) -> topology::Mode {
+    let mode = topology::mode(
+        backends
+            .iter()
+            .zip(hints)
+            .map(|(b, h)| topology::Candidate {
+                ready: !b.terminating,
+                hints: h.as_ref(),
+            }),
+        place,
+    );
+    for (b, h) in backends.iter_mut().zip(hints) {
+        b.off_topology = !b.terminating && !topology::available(h.as_ref(), mode, place);
+    }
+    mode
 }
 
 /// Stands for every address of 127.0.0.0/8 (see lookup_loopback_any() in the BPF).
@@ -346,6 +390,8 @@ pub fn meta_of(spec: &ServiceSpec) -> types::svc_meta {
         ext_policy_local: spec.external_local.into(),
         int_policy_local: spec.internal_local.into(),
         node_port: spec.node_port.map_or(0, to_map_port),
+        topology: spec.topology.mode.code(),
+        traffic_distribution: spec.topology.distribution.code(),
         affinity_timeout: spec.affinity_timeout.unwrap_or(0),
         backend_count: spec.backends.len() as u32,
         origin: if spec.from_kubernetes {
@@ -353,7 +399,6 @@ pub fn meta_of(spec: &ServiceSpec) -> types::svc_meta {
         } else {
             types::nxl_origin::NXL_ORIGIN_USER.0 as u16
         },
-        ..Default::default()
     }
 }
 
@@ -368,9 +413,13 @@ pub fn spec_from(
     let backends = backends
         .iter()
         .map(|(_, b)| BackendSpec {
-            addr: SocketAddr::new(from_map_addr(b.addr), from_map_port(b.port)),
             local: b.flags & backend_flags::LOCAL != 0,
             terminating: b.flags & backend_flags::TERMINATING != 0,
+            off_topology: b.flags & backend_flags::OFF_TOPOLOGY != 0,
+            ..BackendSpec::new(SocketAddr::new(
+                from_map_addr(b.addr),
+                from_map_port(b.port),
+            ))
         })
         .collect();
     Ok(ServiceSpec {
@@ -388,6 +437,10 @@ pub fn spec_from(
         internal_local: meta.int_policy_local != 0,
         external_local: meta.ext_policy_local != 0,
         from_kubernetes: meta.origin == types::nxl_origin::NXL_ORIGIN_KUBERNETES.0 as u16,
+        topology: Topology {
+            mode: topology::Mode::from_code(meta.topology),
+            distribution: topology::TrafficDist::from_code(meta.traffic_distribution),
+        },
     })
 }
 
@@ -444,19 +497,18 @@ mod tests {
             proto: Proto::Tcp,
             node_port: None,
             backends: (0..backends)
-                .map(|i| BackendSpec {
-                    addr: SocketAddr::new(
+                .map(|i| {
+                    BackendSpec::new(SocketAddr::new(
                         std::net::Ipv4Addr::from(0xc612_0000 + i as u32).into(),
                         8080,
-                    ),
-                    local: false,
-                    terminating: false,
+                    ))
                 })
                 .collect(),
             affinity_timeout: None,
             internal_local: false,
             external_local: false,
             from_kubernetes: false,
+            topology: Topology::default(),
         }
     }
 

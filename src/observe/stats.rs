@@ -19,7 +19,7 @@ use crate::output::{self, Format};
 use crate::sys;
 
 /// The counters, in NXL_STAT_* order, with the names `stats` prints.
-pub const REASONS: [(&str, &str); 10] = [
+pub const REASONS: [(&str, &str); 12] = [
     ("translated", "sent to a backend"),
     (
         "refused",
@@ -47,6 +47,11 @@ pub const REASONS: [(&str, &str); 10] = [
     (
         "tcp_unrecorded",
         "translated TCP socket found rev_tcp_map full around its slot: its getpeername shows the backend (attach --max-tcp-sockets)",
+    ),
+    ("redirected", "sent to a local redirect's backend"),
+    (
+        "redirect_skipped",
+        "skipped: backend's own netns (a redirect with --skip-from-backend left it to the service or its address)",
     ),
 ];
 
@@ -479,6 +484,8 @@ mod tests {
             (S::NXL_STAT_POD_SKIPPED, "pod_skipped"),
             (S::NXL_STAT_REVERSED, "reversed"),
             (S::NXL_STAT_TCP_UNRECORDED, "tcp_unrecorded"),
+            (S::NXL_STAT_REDIRECTED, "redirected"),
+            (S::NXL_STAT_REDIRECT_SKIPPED, "redirect_skipped"),
         ];
         assert_eq!(super::REASONS.len(), S::NXL_STAT_MAX.0 as usize);
         assert_eq!(c.len(), super::REASONS.len());
