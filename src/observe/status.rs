@@ -42,6 +42,8 @@ struct Status {
     cgroup: String,
     cgroup_id: u64,
     layout_version: u32,
+    /// This node's topology.kubernetes.io/zone ("" when unknown).
+    zone: String,
     host_netns_cookie: u64,
     init_netns_cookie: u64,
     node_addrs: Vec<String>,
@@ -206,6 +208,7 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
         cgroup: bpf::from_cstr(&cfg.cgroup_path),
         cgroup_id: cfg.cgroup_id,
         layout_version: cfg.layout_version,
+        zone: crate::bpf::from_cstr(&cfg.zone),
         host_netns_cookie: cfg.host_netns_cookie,
         init_netns_cookie: cfg.init_netns_cookie,
         node_addrs: state
@@ -289,6 +292,14 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
         Row {
             item: "layout version".into(),
             value: st.layout_version.to_string(),
+        },
+        Row {
+            item: "zone".into(),
+            value: if st.zone.is_empty() {
+                "- (attach or node refresh --zone, or a Node object in apply's input)".into()
+            } else {
+                st.zone.clone()
+            },
         },
         Row {
             item: "host netns cookie".into(),
