@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -249,46 +249,6 @@ fn stats_count_exactly_what_happened() {
             .iter()
             .any(|s| s["frontend"] == "198.18.20.2:80")
     );
-}
-
-/// A tracer started, then stopped with SIGINT; its events, one JSON line
-/// each.
-fn trace_during(lab: &Lab, extra: &[&str], f: impl FnOnce()) -> Vec<Value> {
-    let mut args = vec!["trace", "-o", "json"];
-    args.extend_from_slice(extra);
-    let mut tracer = Reaped(
-        lab.cli()
-            .cmd(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let child = &mut tracer.0;
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    assert!(line.starts_with("tracing"), "{line}");
-    f();
-    // The events are in the ring once the connects returned; the tracer
-    // drains it once more when it stops.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "trace exits 0 on Ctrl-C: {status:?}");
-    out.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn tracers(lab: &Lab) -> u32 {
