@@ -71,9 +71,35 @@ fn parse_value(text: &str) -> Result<Value> {
         );
     }
     if t.starts_with('{') || t.starts_with('[') {
-        serde_json::from_str::<Strict>(text)
-            .map(|s| s.0)
-            .map_err(|e| anyhow!("not valid JSON: {e}"))
+        // Several documents in a row (`{ kubectl get node N -o json;
+        // kubectl get services,endpointslices -A -o json; }`) are one List
+        // of all their objects.
+        let mut docs = Vec::new();
+        for d in serde_json::Deserializer::from_str(text).into_iter::<Strict>() {
+            docs.push(d.map_err(|e| anyhow!("not valid JSON: {e}"))?.0);
+        }
+        if docs.len() == 1 {
+            return Ok(docs.remove(0));
+        }
+        if !docs.iter().all(is_kubernetes) {
+            bail!(
+                "the input holds {} JSON documents: several in a row must all be Kubernetes objects or Lists",
+                docs.len()
+            );
+        }
+        let mut items = Vec::new();
+        for d in docs {
+            match d {
+                Value::Object(mut o) if o.get("kind").and_then(Value::as_str) == Some("List") => {
+                    if let Some(Value::Array(a)) = o.remove("items") {
+                        items.extend(a);
+                    }
+                }
+                Value::Array(a) => items.extend(a),
+                other => items.push(other),
+            }
+        }
+        Ok(serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}))
     } else {
         serde_yaml_ng::from_str::<Strict>(text)
             .map(|s| s.0)
@@ -1165,6 +1191,53 @@ mod tests {
 
     fn err(text: &str) -> String {
         format!("{:#}", parse(text, N1).unwrap_err())
+    }
+
+    #[test]
+    fn a_node_document_before_a_list_gives_the_zone_and_hints_choose_backends() {
+        let node = r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "zone-b"}}}"#;
+        let list = r#"{"apiVersion": "v1", "kind": "List", "items": [
+          {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+           "spec": {"clusterIP": "198.51.100.1", "trafficDistribution": "PreferClose", "ports": [{"name": "http", "port": 80}]}},
+          {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+           "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+           "endpoints": [
+             {"addresses": ["203.0.113.1"], "hints": {"forZones": [{"name": "zone-a"}]}},
+             {"addresses": ["203.0.113.2"], "hints": {"forZones": [{"name": "zone-b"}]}}]}]}"#;
+        let p = parse(
+            &format!(
+                "{node}
+{list}"
+            ),
+            N1,
+        )
+        .unwrap();
+        assert_eq!(p.zone.as_deref(), Some("zone-b"));
+        let s = &p.entries[0].spec;
+        assert_eq!(s.topology.mode, topology::Mode::Zone);
+        assert_eq!(s.topology.distribution, TrafficDist::PreferClose);
+        let off: Vec<bool> = s.backends.iter().map(|b| b.off_topology).collect();
+        assert_eq!(off, [true, false]);
+        let bad = list.replace(r#"{"name": "zone-a"}"#, r#"{"nam": "zone-a"}"#);
+        let e = format!("{:#}", parse(&bad, N1).unwrap_err());
+        assert!(
+            e.contains("endpoints[0].hints.forZones[0].name is missing"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            parse(
+                &format!(
+                    "{node}
+[]
+{{}}"
+                ),
+                N1
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("3 JSON documents"), "{e}");
     }
 
     #[test]

@@ -267,6 +267,9 @@ pub struct TraceEvent {
     /// A NXL_STAT name: translated, refused, bypassed, host_skipped,
     /// pod_skipped, reversed.
     pub verdict: &'static str,
+    /// What a verdict means where its name alone does not say it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<&'static str>,
     pub svc_id: Option<u32>,
 }
 
@@ -342,6 +345,8 @@ fn event_of(ev: &types::nxl_event, names: &HashMap<u64, String>) -> TraceEvent {
         original: orig.to_string(),
         translated: (orig != new).then(|| new.to_string()),
         verdict,
+        note: (ev.verdict as usize == types::nxl_stat::NXL_STAT_REDIRECT_SKIPPED.0 as usize)
+            .then_some("skipped: backend's own netns"),
         svc_id: (ev.svc_id != 0).then_some(ev.svc_id),
     }
 }
@@ -386,9 +391,13 @@ fn print_event(ev: &TraceEvent, format: Format) {
                 .clone()
                 .unwrap_or_else(|| format!("netns:{}", ev.netns_cookie));
             let to = ev.translated.as_deref().unwrap_or("(left alone)");
+            let verdict = match ev.note {
+                Some(n) => format!("{} ({n})", ev.verdict),
+                None => ev.verdict.to_string(),
+            };
             println!(
-                "{} {ns} pid {} {} {} {} {} -> {to} {}",
-                ev.time, ev.pid, ev.comm, ev.hook, ev.proto, ev.original, ev.verdict
+                "{} {ns} pid {} {} {} {} {} -> {to} {verdict}",
+                ev.time, ev.pid, ev.comm, ev.hook, ev.proto, ev.original
             );
         }
     }
