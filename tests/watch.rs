@@ -229,6 +229,39 @@ fn a_bad_modified_service_or_slice_keeps_the_last_good_version_serving() {
     );
 }
 
+/// This node's Node object in the stream sets the zone topology hints are
+/// matched against; a change of its zone label re-plans every Service, and
+/// the zone is kept for later commands. Other Nodes change nothing.
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn the_node_object_in_the_stream_sets_the_zone_for_topology_hints() {
+    require_root();
+    let lab = lab();
+    let mut w = Watcher::start(&lab);
+    let mut hinted = slice("web-1", "web", &["203.0.113.1", "203.0.113.2"]);
+    hinted["endpoints"][0]["hints"] = json!({"forZones": [{"name": "zone-a"}]});
+    hinted["endpoints"][1]["hints"] = json!({"forZones": [{"name": "zone-b"}]});
+    w.ok(&ev("ADDED", service("web", "198.18.30.1", json!(80))));
+    w.ok(&ev("ADDED", hinted));
+    // No zone yet: both.
+    assert_eq!(replies(&lab, WEB, 40), set(&["be-1", "be-2"]));
+    let node = |name: &str, zone: &str| {
+        json!({"apiVersion": "v1", "kind": "Node",
+               "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}}})
+    };
+    // Another node's object is not an event for this one: the next line
+    // is the one of this node's.
+    w.write(&ev("ADDED", node("node-b", "zone-a")));
+    let l = w.ok(&ev("ADDED", node("node-a", "zone-b")));
+    assert!(l.contains("Node") || l.contains("events"), "{l}");
+    assert_eq!(replies(&lab, WEB, 40), set(&["be-2"]));
+    w.ok(&ev("MODIFIED", node("node-a", "zone-a")));
+    assert_eq!(replies(&lab, WEB, 40), set(&["be-1"]));
+    assert_eq!(lab.cli().json(&["status"])["zone"], "zone-a");
+    let (code, _) = w.end();
+    assert_eq!(code, Some(0));
+}
+
 /// Silence of any length and the end of the stream delete nothing; a
 /// restarted watch, which sees each Service before its slices, keeps
 /// serving it meanwhile.
