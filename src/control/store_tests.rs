@@ -701,3 +701,414 @@ fn terminating_backends_serve_only_when_no_active_one_is_left() {
     let master: types::svc_value = maps::get(&m, MapId::Svc, &vip_key(0)).unwrap().unwrap();
     assert_ne!(master.flags & svc_flags::FALLBACK, 0);
 }
+
+/// Kubernetes' own table for kube-proxy's CategorizeEndpoints
+/// (pkg/proxy/topology_test.go, TestCategorizeEndpoints, the hints-only
+/// version), replayed through `apply`'s parser and this engine: the
+/// backends the ClusterIP's master reaches are the endpoints kube-proxy
+/// gives it (its local endpoints with internalTrafficPolicy Local, else its
+/// cluster endpoints), and a NodePort, which on-node clients reach with the
+/// cluster policy, reaches the cluster endpoints. Node-hint cases follow
+/// topologyModeFromHints with PreferSameTrafficDistribution on.
+#[test]
+fn kube_proxy_categorize_endpoints_cases_reach_the_same_backends() {
+    use crate::model::manifest;
+    use crate::model::topology::Place;
+    use serde_json::json;
+
+    #[derive(Clone, Copy)]
+    enum C {
+        Ready,
+        NotReady,
+        Terminating,
+    }
+    use C::*;
+    struct Ep(usize, &'static [&'static str], C, bool);
+    struct Case {
+        name: &'static str,
+        zone: &'static str,
+        itp_local: bool,
+        etp_local: bool,
+        node_port: bool,
+        eps: Vec<Ep>,
+        /// Node hints per endpoint index (PreferSameNode cases).
+        nodes: &'static [(usize, &'static str)],
+        clusterip: &'static [usize],
+        nodeport: &'static [usize],
+    }
+    let case = |name, zone, (itp_local, etp_local, node_port), eps, clusterip, nodeport| Case {
+        name,
+        zone,
+        itp_local,
+        etp_local,
+        node_port,
+        eps,
+        nodes: &[],
+        clusterip,
+        nodeport,
+    };
+    const ZA: &str = "zone-a";
+    const ZB: &str = "zone-b";
+    const ZC: &str = "zone-c";
+    const ZD: &str = "zone-d";
+    const CLUSTER: (bool, bool, bool) = (false, false, false);
+    let mut cases = vec![
+        case(
+            "all hinted, some for this zone",
+            ZA,
+            CLUSTER,
+            vec![
+                Ep(3, &[ZA], Ready, false),
+                Ep(4, &[ZB], Ready, false),
+                Ep(5, &[ZC], Ready, false),
+                Ep(6, &[ZA], Ready, false),
+            ],
+            &[3, 6],
+            &[],
+        ),
+        case(
+            "eTP Local: topology ignored for local endpoints",
+            ZA,
+            (false, true, true),
+            vec![
+                Ep(3, &[ZA], Ready, true),
+                Ep(4, &[ZB], Ready, true),
+                Ep(5, &[ZC], Ready, false),
+                Ep(6, &[ZA], Ready, false),
+            ],
+            &[3, 6],
+            &[3, 6],
+        ),
+        case(
+            "iTP Local: topology ignored for local endpoints",
+            ZA,
+            (true, false, true),
+            vec![
+                Ep(3, &[ZA], Ready, true),
+                Ep(4, &[ZB], Ready, true),
+                Ep(5, &[ZC], Ready, false),
+                Ep(6, &[ZA], Ready, false),
+            ],
+            &[3, 4],
+            &[3, 6],
+        ),
+        case(
+            "no zone label",
+            "",
+            CLUSTER,
+            vec![Ep(3, &[ZA], Ready, false)],
+            &[3],
+            &[],
+        ),
+        case(
+            "node in a different zone",
+            ZB,
+            CLUSTER,
+            vec![Ep(3, &[ZA], Ready, false)],
+            &[3],
+            &[],
+        ),
+        case(
+            "unready endpoint",
+            ZA,
+            CLUSTER,
+            vec![
+                Ep(3, &[ZA], Ready, false),
+                Ep(4, &[ZB], Ready, false),
+                Ep(5, &[ZC], Ready, false),
+                Ep(6, &[ZA], NotReady, false),
+            ],
+            &[3],
+            &[],
+        ),
+        case(
+            "only unready endpoints in this zone",
+            ZA,
+            CLUSTER,
+            vec![
+                Ep(3, &[ZA], NotReady, false),
+                Ep(4, &[ZB], Ready, false),
+                Ep(5, &[ZC], Ready, false),
+                Ep(6, &[ZA], NotReady, false),
+            ],
+            &[4, 5],
+            &[],
+        ),
+        case(
+            "missing hints",
+            ZA,
+            CLUSTER,
+            vec![
+                Ep(3, &[ZA], Ready, false),
+                Ep(4, &[ZB], Ready, false),
+                Ep(5, &[], Ready, false),
+                Ep(6, &[ZA], Ready, false),
+            ],
+            &[3, 4, 5, 6],
+            &[],
+        ),
+        case(
+            "several hints per endpoint",
+            ZC,
+            CLUSTER,
+            vec![
+                Ep(3, &[ZA, ZB, ZC], Ready, false),
+                Ep(4, &[ZB, ZC], Ready, false),
+                Ep(5, &[ZB, ZD], Ready, false),
+                Ep(6, &[ZC], Ready, false),
+            ],
+            &[3, 4, 6],
+            &[],
+        ),
+        case(
+            "conflicting topology and localness",
+            ZA,
+            (false, true, true),
+            vec![
+                Ep(0, &[ZA], Ready, true),
+                Ep(1, &[ZB], Ready, true),
+                Ep(2, &[ZA], Ready, false),
+                Ep(3, &[ZB], Ready, false),
+            ],
+            &[0, 2],
+            &[0, 2],
+        ),
+        case(
+            "iTP Local, no endpoints",
+            "",
+            (true, false, false),
+            vec![],
+            &[],
+            &[],
+        ),
+        case(
+            "iTP Local, all remote",
+            "",
+            (true, false, false),
+            vec![Ep(0, &[], Ready, false), Ep(1, &[], Ready, false)],
+            &[],
+            &[],
+        ),
+        case(
+            "iTP Local, all local",
+            "",
+            (true, false, false),
+            vec![Ep(0, &[], Ready, true), Ep(1, &[], Ready, true)],
+            &[0, 1],
+            &[],
+        ),
+        case(
+            "iTP Local, some local",
+            "",
+            (true, false, false),
+            vec![Ep(0, &[], Ready, true), Ep(1, &[], Ready, false)],
+            &[0],
+            &[],
+        ),
+        case(
+            "Cluster, endpoints not ready",
+            "",
+            CLUSTER,
+            vec![Ep(0, &[], NotReady, false), Ep(1, &[], NotReady, false)],
+            &[],
+            &[],
+        ),
+        case(
+            "Cluster, some ready",
+            "",
+            CLUSTER,
+            vec![Ep(0, &[], NotReady, false), Ep(1, &[], Ready, false)],
+            &[1],
+            &[],
+        ),
+        case(
+            "Cluster, all terminating",
+            "",
+            CLUSTER,
+            vec![
+                Ep(0, &[], Terminating, true),
+                Ep(1, &[], Terminating, false),
+            ],
+            &[0, 1],
+            &[],
+        ),
+        case(
+            "iTP Local, eTP Cluster, some local",
+            "",
+            (true, false, true),
+            vec![Ep(0, &[], Ready, true), Ep(1, &[], Ready, false)],
+            &[0],
+            &[0, 1],
+        ),
+        case(
+            "iTP Cluster, eTP Local, some local",
+            "",
+            (false, true, true),
+            vec![Ep(0, &[], Ready, true), Ep(1, &[], Ready, false)],
+            &[0, 1],
+            &[0, 1],
+        ),
+        case(
+            "iTP Local, eTP Local, some local",
+            "",
+            (true, true, true),
+            vec![Ep(0, &[], Ready, true), Ep(1, &[], Ready, false)],
+            &[0],
+            &[0, 1],
+        ),
+        case(
+            "iTP Local, eTP Local, all remote",
+            "",
+            (true, true, true),
+            vec![Ep(0, &[], Ready, false), Ep(1, &[], Ready, false)],
+            &[],
+            &[0, 1],
+        ),
+        case(
+            "iTP Local, eTP Local, all remote and terminating",
+            "",
+            (true, true, true),
+            vec![
+                Ep(0, &[], Terminating, false),
+                Ep(1, &[], Terminating, false),
+            ],
+            &[],
+            &[0, 1],
+        ),
+        case(
+            "iTP Cluster, eTP Local, with terminating endpoints",
+            "",
+            (false, true, true),
+            vec![
+                Ep(0, &[], Ready, false),
+                Ep(1, &[], NotReady, true),
+                Ep(2, &[], Terminating, true),
+                Ep(3, &[], Terminating, false),
+            ],
+            &[0],
+            &[0],
+        ),
+        case(
+            "eTP Local ignored if not externally accessible",
+            "",
+            (false, true, false),
+            vec![Ep(0, &[], Ready, false), Ep(1, &[], Ready, true)],
+            &[0, 1],
+            &[],
+        ),
+        case(
+            "no cluster endpoints for iTP Local internal-only",
+            "",
+            (true, false, false),
+            vec![Ep(0, &[], Ready, false), Ep(1, &[], Ready, true)],
+            &[1],
+            &[],
+        ),
+    ];
+    let mut same_node = case(
+        "node hints, one for this node",
+        ZA,
+        CLUSTER,
+        vec![
+            Ep(0, &[ZA], Ready, true),
+            Ep(1, &[ZA], Ready, false),
+            Ep(2, &[ZB], Ready, false),
+        ],
+        &[0],
+        &[],
+    );
+    same_node.nodes = &[(0, "node-x"), (1, "node-y"), (2, "node-z")];
+    let mut other_node = case(
+        "node hints, none for this node: zone hints",
+        ZA,
+        CLUSTER,
+        vec![
+            Ep(0, &[ZA], Ready, false),
+            Ep(1, &[ZA], Ready, false),
+            Ep(2, &[ZB], Ready, false),
+        ],
+        &[0, 1],
+        &[],
+    );
+    other_node.nodes = &[(0, "node-w"), (1, "node-y"), (2, "node-z")];
+    let mut some_node = case(
+        "node hints on some: zone hints",
+        ZA,
+        CLUSTER,
+        vec![
+            Ep(0, &[ZA], Ready, true),
+            Ep(1, &[ZA], Ready, false),
+            Ep(2, &[ZB], Ready, false),
+        ],
+        &[0, 1],
+        &[],
+    );
+    some_node.nodes = &[(0, "node-x")];
+    cases.extend([same_node, other_node, some_node]);
+
+    let ip = |i: usize| format!("203.0.113.{}", i + 1);
+    for tc in &cases {
+        let mut svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"type": if tc.node_port { "NodePort" } else { "ClusterIP" },
+                     "clusterIP": "198.18.0.1",
+                     "internalTrafficPolicy": if tc.itp_local { "Local" } else { "Cluster" },
+                     "externalTrafficPolicy": if tc.etp_local { "Local" } else { "Cluster" },
+                     "ports": [{"name": "http", "port": 80}]}});
+        if tc.node_port {
+            svc["spec"]["ports"][0]["nodePort"] = json!(30080);
+        }
+        let endpoints: Vec<serde_json::Value> = tc
+            .eps
+            .iter()
+            .map(|Ep(i, zones, cond, local)| {
+                let (ready, serving, terminating) = match cond {
+                    Ready => (true, true, false),
+                    NotReady => (false, false, false),
+                    Terminating => (false, true, true),
+                };
+                let mut e = json!({"addresses": [ip(*i)], "nodeName": if *local { "node-x" } else { "node-y" },
+                    "conditions": {"ready": ready, "serving": serving, "terminating": terminating}});
+                if !zones.is_empty() {
+                    e["hints"] = json!({"forZones": zones.iter().map(|z| json!({"name": z})).collect::<Vec<_>>()});
+                }
+                if let Some((_, n)) = tc.nodes.iter().find(|(j, _)| j == i) {
+                    e["hints"]["forNodes"] = json!([{"name": n}]);
+                }
+                e
+            })
+            .collect();
+        let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 80}], "endpoints": endpoints});
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": [svc, slice]});
+        let place = Place {
+            node: "node-x",
+            zone: tc.zone,
+        };
+        let parsed = manifest::parse(&list.to_string(), place).unwrap();
+        let m = attached(&[]);
+        for e in &parsed.entries {
+            service::add(&m, &e.spec, false).unwrap_or_else(|err| panic!("{}: {err:#}", tc.name));
+        }
+        let want = |idx: &[usize]| -> BTreeSet<SocketAddr> {
+            idx.iter()
+                .map(|i| SocketAddr::new(ip(*i).parse().unwrap(), 80))
+                .collect()
+        };
+        assert_eq!(
+            reachable(&m, &vip_key(0)),
+            want(tc.clusterip),
+            "{}: ClusterIP",
+            tc.name
+        );
+        if tc.node_port {
+            let np = key_bytes(&svc_key(NODE.parse().unwrap(), 30080, Proto::Tcp, 0)).to_vec();
+            assert_eq!(
+                reachable(&m, &np),
+                want(tc.nodeport),
+                "{}: NodePort",
+                tc.name
+            );
+        }
+    }
+}
