@@ -11,7 +11,14 @@
  * svc_map[(..., slot i + 1)]. So a hit is one or two hash lookups.
  * The control plane puts only usable backends into the slots (active ones,
  * or the terminating ones when no active one is left; node-local ones for
- * internalTrafficPolicy Local), so the datapath never filters.
+ * internalTrafficPolicy Local; the ones topology hints choose for the
+ * others), so the datapath never filters.
+ *
+ * Local redirects come first: on a port whose port_map bits say a redirect
+ * uses it, redirect_map[(dst, port, proto)] sends the socket to one of the
+ * redirect's backends, unless redirect_skip_map holds (the socket's netns
+ * cookie, dst): a socket of a backend's own netns then goes on to the
+ * services below (or to dst itself).
  *
  * Update order (control plane, see src/control/store.rs), so that a connect racing a
  * change sees the old set or the new set and never a half-written entry:
