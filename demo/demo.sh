@@ -75,7 +75,7 @@ mkdir "$CG"
 echo "cgroup $CG; pods and the node's processes join it"
 
 say "attach"
-nxl attach --cgroup "$CG" --host-netns "/run/netns/$NODE"
+nxl attach --cgroup "$CG" --host-netns "/run/netns/$NODE" --zone zone-a
 
 say "services"
 nxl svc add --type clusterip --frontend 203.0.113.80:80 --backend 203.0.113.200:8080 \
@@ -117,6 +117,23 @@ nxl netns bypass add "$PODB"
 client "$PODB" --timeout-ms 300 203.0.113.80:80 || true
 nxl netns bypass del "$PODB"
 nxl netns list
+
+say "Topology: this node is in zone-a; a service that prefers its zone uses zone-a's backend only"
+nxl svc add --type clusterip --frontend 203.0.113.81:80 --backend 203.0.113.200:8080,zone=zone-a \
+	--backend 203.0.113.201:8080,zone=zone-b --traffic-distribution prefer-same-zone --name default/zonal
+client "$PODA" --count 3 203.0.113.81:80
+nxl svc list
+
+say "Local redirect (NodeLocal DNSCache): pod b runs a DNS cache; every other pod's DNS goes to it, the cache's own queries reach kube-dns"
+ip netns exec "$NODE" sysctl -qw net.ipv4.ip_forward=1   # pod a reaches pod b through the node
+serve "$PODB" udp 198.51.100.18:53 "node-local-dns-cache"
+nxl redirect add --frontend 203.0.113.53:53 --proto udp --backend 198.51.100.18:53 --skip-from-backend \
+	--name kube-system/node-local-dns
+nxl redirect list
+client "$PODA" --proto udp 203.0.113.53:53
+client "$PODB" --proto udp 203.0.113.53:53
+nxl redirect del --frontend 203.0.113.53:53 --proto udp
+client "$PODA" --proto udp 203.0.113.53:53
 
 say "UDP: unconnected sendto/recvfrom sees the VIP as the source"
 client "$PODA" --proto udp --unconnected 203.0.113.53:53

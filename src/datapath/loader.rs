@@ -195,6 +195,13 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
                     pin_dir.display()
                 );
                 cleanup.armed = false;
+                // A zone given again is the node's zone from now on.
+                if !opts.zone.is_empty() && bpf::from_cstr(&cfg.zone) != opts.zone {
+                    let mut cfg = cfg;
+                    cfg.zone = bpf::to_cstr(&opts.zone);
+                    state.write_config(&cfg)?;
+                    println!("zone {}", opts.zone);
+                }
                 return Ok(());
             }
             bail!(
