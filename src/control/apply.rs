@@ -263,15 +263,17 @@ pub fn apply_parsed(state: &State, parsed: &manifest::Parsed, opts: &ApplyOpts) 
         skipped: parsed.skipped.clone(),
         ..Default::default()
     };
-    // Redirects first: their backends' netns are looked up before any
-    // service is written, so a missing one changes nothing.
-    if let Some(redirects) = &parsed.redirects {
-        let (a, c, r, u) =
-            crate::control::redirect::apply(state, redirects, opts.prune, opts.dry_run)?;
-        report.added.extend(a);
-        report.changed.extend(c);
-        report.removed.extend(r);
-        report.unchanged += u;
+    // Redirects are planned first (their backends' netns looked up, so a
+    // missing one changes nothing) and written after the services.
+    let redirects = match &parsed.redirects {
+        Some(r) => Some(crate::control::redirect::plan(state, r, opts.prune)?),
+        None => None,
+    };
+    if let Some(p) = &redirects {
+        report.added.extend(p.added.iter().cloned());
+        report.changed.extend(p.changed.iter().cloned());
+        report.removed.extend(p.removed.iter().cloned());
+        report.unchanged += p.unchanged;
     }
     let mut tx = Tx::default();
     for id in duplicates {
@@ -355,6 +357,9 @@ pub fn apply_parsed(state: &State, parsed: &manifest::Parsed, opts: &ApplyOpts) 
     pb.finish_and_clear();
     if let Some(done) = written {
         let done = done?;
+        if let Some(p) = &redirects {
+            p.write(state)?;
+        }
         report.sockets_destroyed =
             crate::control::stale::after_change(state, &done, opts.destroy_tcp)?;
         if let Some(z) = &parsed.zone {

@@ -329,20 +329,30 @@ pub fn refresh(state: &State) -> Result<Vec<String>> {
         let mut v = old;
         let n = usize::from(v.count).min(v.be.len());
         for b in v.be[..n].iter_mut() {
+            let addr = SocketAddr::new(from_map_addr(b.addr), from_map_port(b.port));
             let (cookie, name) = if b.by_name != 0 {
                 let n = bpf::from_cstr(&b.netns);
                 (NetnsRef::Name(n.clone()).cookie().unwrap_or(0), n)
             } else {
-                match ns.owner(from_map_addr(b.addr)) {
+                match ns.owner(addr.ip()) {
                     Ok(Some((c, n))) => (c, n),
-                    _ => (0, String::new()),
+                    Ok(None) => (0, String::new()),
+                    // Two netns have the address (a pod starting while
+                    // its predecessor stops): keep what it has.
+                    Err(e) => {
+                        out.push(format!(
+                            "redirect {}: backend {addr}: {e:#}; kept netns cookie {}",
+                            frontend_of(&k),
+                            b.netns_cookie
+                        ));
+                        continue;
+                    }
                 }
             };
             if cookie != b.netns_cookie {
                 out.push(format!(
-                    "redirect {}: backend {} netns cookie {} -> {}",
+                    "redirect {}: backend {addr} netns cookie {} -> {}",
                     frontend_of(&k),
-                    SocketAddr::new(from_map_addr(b.addr), from_map_port(b.port)),
                     b.netns_cookie,
                     if cookie == 0 {
                         "none (its netns is gone)".to_string()
@@ -369,20 +379,32 @@ fn frontend_of(k: &types::svc_key) -> String {
     )
 }
 
-/// (added, changed, removed) lines and the number unchanged.
-pub type Planned = (Vec<String>, Vec<String>, Vec<String>, usize);
+/// What apply will do with a file's `redirects:`: planned (every backend's
+/// netns found) before anything is written, written after the services.
+#[derive(Default)]
+pub struct Plan {
+    writes: Vec<(
+        types::svc_key,
+        types::redirect_value,
+        Option<types::redirect_value>,
+    )>,
+    removes: Vec<(types::svc_key, types::redirect_value)>,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+    pub unchanged: usize,
+}
 
-/// What apply does with a file's `redirects:`: add or replace each, and
-/// with --prune delete the redirects a file wrote that it no longer lists
-/// (a `redirect add` one stays). Returns (added, changed, removed, unchanged)
-/// lines.
-pub fn apply(state: &State, specs: &[RedirectSpec], prune: bool, dry_run: bool) -> Result<Planned> {
+/// Plan a file's `redirects:`: add or replace each, and with --prune delete
+/// the redirects a file wrote that it no longer lists (a `redirect add` one
+/// stays).
+pub fn plan(state: &State, specs: &[RedirectSpec], prune: bool) -> Result<Plan> {
     let mut ns = Netns::new();
     let have: BTreeMap<Vec<u8>, types::redirect_value> = read_all(state)?
         .into_iter()
         .map(|(k, v)| (bpf::bytes(&k).to_vec(), v))
         .collect();
-    let mut planned = Vec::new();
+    let mut out = Plan::default();
     let mut seen = HashSet::new();
     for s in specs {
         let k = key_of(s.frontend, s.proto);
@@ -393,28 +415,22 @@ pub fn apply(state: &State, specs: &[RedirectSpec], prune: bool, dry_run: bool) 
                 s.proto
             );
         }
-        // Every backend's netns is found before anything is written.
-        planned.push((s, k, value_of(s, &mut ns)?));
-    }
-    let (mut added, mut changed, mut removed, mut unchanged) = (vec![], vec![], vec![], 0);
-    for (s, k, v) in &planned {
+        let v = value_of(s, &mut ns)?;
         let shown = format!(
             "redirect {}/{} ({} backends)",
             s.frontend,
             s.proto,
             s.backends.len()
         );
-        match have.get(bpf::bytes(k)) {
-            Some(o) if bpf::bytes(o) == bpf::bytes(v) => unchanged += 1,
+        match have.get(bpf::bytes(&k)) {
+            Some(o) if bpf::bytes(o) == bpf::bytes(&v) => out.unchanged += 1,
             o => {
-                if !dry_run {
-                    write(state, k, v, o)?;
-                }
                 if o.is_some() {
-                    changed.push(shown);
+                    out.changed.push(shown);
                 } else {
-                    added.push(shown);
+                    out.added.push(shown);
                 }
+                out.writes.push((k, v, o.copied()));
             }
         }
     }
@@ -422,14 +438,24 @@ pub fn apply(state: &State, specs: &[RedirectSpec], prune: bool, dry_run: bool) 
         for (kb, o) in &have {
             if o.from_file != 0 && !seen.contains(kb) {
                 let k: types::svc_key = bpf::from_bytes(kb)?;
-                removed.push(format!("redirect {}", frontend_of(&k)));
-                if !dry_run {
-                    remove(state, &k, o)?;
-                }
+                out.removed.push(format!("redirect {}", frontend_of(&k)));
+                out.removes.push((k, *o));
             }
         }
     }
-    Ok((added, changed, removed, unchanged))
+    Ok(out)
+}
+
+impl Plan {
+    pub fn write(&self, state: &State) -> Result<()> {
+        for (k, v, old) in &self.writes {
+            write(state, k, v, old.as_ref())?;
+        }
+        for (k, o) in &self.removes {
+            remove(state, k, o)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Serialize)]
