@@ -141,7 +141,8 @@ main() {
 		chmod +x "$script"
 		log "booting $(basename "$kimg") (results in $out)"
 		started=$(date +%s)
-		setsid timeout "$VM_TIMEOUT" "$VENV/bin/vng" -v --disable-kvm -r "$kimg" \
+		# vng starts virtme-run (its sibling in the venv) through PATH.
+		PATH="$VENV/bin:$PATH" setsid timeout "$VM_TIMEOUT" "$VENV/bin/vng" -v --disable-kvm -r "$kimg" \
 			--cpus 2 --memory 4G --rwdir="$out" -- "$script" >"$out/console.log" 2>&1 &
 		VM_PID=$!
 		wait "$VM_PID" || true
