@@ -36,7 +36,11 @@ fn lab(attach: &[&str]) -> Lab {
 /// Which backends 40 connects from the pod reach (a backend out of 2 is
 /// missed with probability 2^-39).
 fn reached(lab: &Lab) -> BTreeSet<String> {
-    probe(lab.pod(0), "tcp", false, VIP, 40)
+    reached_at(lab, VIP)
+}
+
+fn reached_at(lab: &Lab, target: &str) -> BTreeSet<String> {
+    probe(lab.pod(0), "tcp", false, target, 40)
         .into_iter()
         .map(|a| {
             a.reply
@@ -190,7 +194,7 @@ fn zone_from_the_node_object_and_node_hints() {
     apply(&lab, &dir, &[service(td.clone()), slice(eps.clone())]);
     assert_eq!(reached(&lab), set(&["be-1", "be-2", "be-3", "be-4"]));
     // The Node named --node-name says zone-b (another Node says zone-a).
-    apply(
+    let out = apply(
         &lab,
         &dir,
         &[
@@ -199,6 +203,11 @@ fn zone_from_the_node_object_and_node_hints() {
             service(td.clone()),
             slice(eps.clone()),
         ],
+    );
+    assert!(
+        out.contains("topology None -> Zone (PreferClose)")
+            && out.contains("backend 203.0.113.1:8080 active,off-topology"),
+        "{out}"
     );
     assert_eq!(reached(&lab), set(&["be-2", "be-3"]));
     let st = lab.cli().json(&["status"]);
@@ -276,15 +285,16 @@ fn internal_traffic_policy_local_ignores_hints() {
         ep(2, "node-y", zones(&["zone-a"]), true),
         ep(3, NODE, zones(&["zone-b"]), true),
     ];
-    apply(
-        &lab,
-        &dir,
-        &[
-            service(json!({"internalTrafficPolicy": "Local"})),
-            slice(eps),
-        ],
-    );
+    let mut svc = service(json!({"type": "NodePort", "internalTrafficPolicy": "Local"}));
+    svc["spec"]["ports"][0]["nodePort"] = json!(30080);
+    apply(&lab, &dir, &[svc, slice(eps)]);
     assert_eq!(reached(&lab), set(&["be-1", "be-3"]));
+    assert!(
+        topology_of(&lab).is_null(),
+        "svc list shows no topology for a frontend that ignores it"
+    );
+    // The node address the pod's default route points at.
+    assert_eq!(reached_at(&lab, "198.51.100.1:30080"), set(&["be-2"]));
 }
 
 /// A client netns whose affinity entry names a backend that topology then

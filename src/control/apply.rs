@@ -139,16 +139,23 @@ fn diff(old: &ServiceSpec, new: &ServiceSpec) -> String {
     for b in &new.backends {
         match old.backends.iter().find(|o| o.addr == b.addr) {
             None => parts.push(format!("+backend {}", b.addr)),
-            Some(o) if o != b => parts.push(format!(
-                "backend {} {}{}",
-                b.addr,
-                if b.terminating {
-                    "terminating"
-                } else {
-                    "active"
-                },
-                if b.local { ",local" } else { "" }
-            )),
+            // What the maps record of a backend (a native zone= is not).
+            Some(o)
+                if (o.terminating, o.local, o.off_topology)
+                    != (b.terminating, b.local, b.off_topology) =>
+            {
+                parts.push(format!(
+                    "backend {} {}{}{}",
+                    b.addr,
+                    if b.terminating {
+                        "terminating"
+                    } else {
+                        "active"
+                    },
+                    if b.local { ",local" } else { "" },
+                    if b.off_topology { ",off-topology" } else { "" }
+                ))
+            }
             _ => {}
         }
     }
@@ -177,6 +184,17 @@ fn diff(old: &ServiceSpec, new: &ServiceSpec) -> String {
     }
     if old.external_local != new.external_local {
         parts.push("external_traffic_policy".into());
+    }
+    if old.topology != new.topology {
+        parts.push(format!(
+            "topology {:?} -> {:?} ({})",
+            old.topology.mode,
+            new.topology.mode,
+            new.topology
+                .distribution
+                .name()
+                .unwrap_or("no traffic distribution")
+        ));
     }
     if parts.is_empty() {
         parts.push("repaired (the maps did not hold all of it)".into());

@@ -215,17 +215,22 @@ pub fn read_all(state: &State) -> Result<(Vec<ServiceView>, usize)> {
                 .iter()
                 .filter(|(_, b)| b.flags & backend_flags::TERMINATING == 0)
         };
+        // Node-local frontends (iTP Local) ignore topology: shown only when
+        // a frontend follows it.
+        let follows = fes.iter().any(|f| f.flags & svc_flags::LOCAL_ONLY == 0);
         let topology =
-            (spec.topology.mode != crate::model::topology::Mode::None).then(|| TopologyView {
-                mode: spec.topology.mode,
-                at: match spec.topology.mode {
-                    crate::model::topology::Mode::Zone => zone.clone(),
-                    _ => "this node".to_string(),
-                },
-                in_use: active()
-                    .filter(|(_, b)| b.flags & backend_flags::OFF_TOPOLOGY == 0)
-                    .count(),
-                of: active().count(),
+            (follows && spec.topology.mode != crate::model::topology::Mode::None).then(|| {
+                TopologyView {
+                    mode: spec.topology.mode,
+                    at: match spec.topology.mode {
+                        crate::model::topology::Mode::Zone => zone.clone(),
+                        _ => "this node".to_string(),
+                    },
+                    in_use: active()
+                        .filter(|(_, b)| b.flags & backend_flags::OFF_TOPOLOGY == 0)
+                        .count(),
+                    of: active().count(),
+                }
             });
         out.push(ServiceView {
             svc_id,
