@@ -36,21 +36,7 @@ fn lab(attach: &[&str]) -> Lab {
 /// Which backends 40 connects from the pod reach (a backend out of 2 is
 /// missed with probability 2^-39).
 fn reached(lab: &Lab) -> BTreeSet<String> {
-    reached_at(lab, VIP)
-}
-
-fn reached_at(lab: &Lab, target: &str) -> BTreeSet<String> {
-    probe(lab.pod(0), "tcp", false, target, 40)
-        .into_iter()
-        .map(|a| {
-            a.reply
-                .unwrap_or_else(|| format!("errno {}", a.errno.unwrap_or(0)))
-        })
-        .collect()
-}
-
-fn set(v: &[&str]) -> BTreeSet<String> {
-    v.iter().map(|s| s.to_string()).collect()
+    lab.replies(VIP, 40)
 }
 
 fn service(extra: Value) -> Value {
@@ -294,7 +280,7 @@ fn internal_traffic_policy_local_ignores_hints() {
         "svc list shows no topology for a frontend that ignores it"
     );
     // The node address the pod's default route points at.
-    assert_eq!(reached_at(&lab, "198.51.100.1:30080"), set(&["be-2"]));
+    assert_eq!(lab.replies("198.51.100.1:30080", 40), set(&["be-2"]));
 }
 
 /// A client netns whose affinity entry names a backend that topology then

@@ -135,20 +135,6 @@ fn slice(name: &str, service: &str, addrs: &[&str]) -> Value {
     })
 }
 
-fn replies(lab: &Lab, target: &str, n: u32) -> BTreeSet<String> {
-    probe(lab.pod(0), "tcp", false, target, n)
-        .into_iter()
-        .map(|a| {
-            a.reply
-                .unwrap_or_else(|| format!("errno {}", a.errno.unwrap_or(0)))
-        })
-        .collect()
-}
-
-fn set(v: &[&str]) -> BTreeSet<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 const WEB: &str = "198.18.30.1:80";
 
 /// A MODIFIED Service or EndpointSlice that fails its checks, or a Service
@@ -164,7 +150,7 @@ fn a_bad_modified_service_or_slice_keeps_the_last_good_version_serving() {
     let mut w = Watcher::start(&lab);
     w.ok(&ev("ADDED", service("web", "198.18.30.1", json!(80))));
     w.ok(&ev("ADDED", slice("web-a", "web", &["203.0.113.1"])));
-    assert_eq!(replies(&lab, WEB, 5), set(&["be-1"]));
+    assert_eq!(lab.replies(WEB, 5), set(&["be-1"]));
 
     let mut bad_slice = slice("web-a", "web", &["203.0.113.2"]);
     bad_slice["endpoints"]
@@ -178,7 +164,7 @@ fn a_bad_modified_service_or_slice_keeps_the_last_good_version_serving() {
             && e.contains("keeps its last good version"),
         "{e}"
     );
-    assert_eq!(replies(&lab, WEB, 5), set(&["be-1"]), "the last good slice");
+    assert_eq!(lab.replies(WEB, 5), set(&["be-1"]), "the last good slice");
 
     let e = w.refused(&ev("MODIFIED", service("web", "198.18.30.1", json!(70000))));
     assert!(
@@ -186,11 +172,7 @@ fn a_bad_modified_service_or_slice_keeps_the_last_good_version_serving() {
             && e.contains("spec.ports[0].port 70000 is out of range: use 1-65535"),
         "{e}"
     );
-    assert_eq!(
-        replies(&lab, WEB, 5),
-        set(&["be-1"]),
-        "the last good Service"
-    );
+    assert_eq!(lab.replies(WEB, 5), set(&["be-1"]), "the last good Service");
 
     // An unrelated ADDED after the bad ones.
     let l = w.ok(&ev("ADDED", service("other", "198.18.30.2", json!(80))));
@@ -198,7 +180,7 @@ fn a_bad_modified_service_or_slice_keeps_the_last_good_version_serving() {
         l.contains("event 5 ADDED Service shop/other: 1 added"),
         "{l}"
     );
-    assert_eq!(replies(&lab, WEB, 5), set(&["be-1"]));
+    assert_eq!(lab.replies(WEB, 5), set(&["be-1"]));
 
     // A Service that takes another Service's frontend is refused when it is
     // written; it keeps its own.
@@ -215,12 +197,12 @@ fn a_bad_modified_service_or_slice_keeps_the_last_good_version_serving() {
         .map(|s| s["frontend"].as_str().unwrap())
         .collect();
     assert_eq!(fes, ["198.18.30.1:80", "198.18.30.2:80"].into());
-    assert_eq!(replies(&lab, WEB, 5), set(&["be-1"]));
+    assert_eq!(lab.replies(WEB, 5), set(&["be-1"]));
 
     // The last good versions are what later events build on.
     let l = w.ok(&ev("MODIFIED", slice("web-a", "web", &["203.0.113.2"])));
     assert!(l.contains("1 changed"), "{l}");
-    assert_eq!(replies(&lab, WEB, 5), set(&["be-2"]));
+    assert_eq!(lab.replies(WEB, 5), set(&["be-2"]));
     let (code, rest) = w.end();
     assert_eq!(code, Some(1), "{rest}");
     assert!(
@@ -244,7 +226,7 @@ fn the_node_object_in_the_stream_sets_the_zone_for_topology_hints() {
     w.ok(&ev("ADDED", service("web", "198.18.30.1", json!(80))));
     w.ok(&ev("ADDED", hinted));
     // No zone yet: both.
-    assert_eq!(replies(&lab, WEB, 40), set(&["be-1", "be-2"]));
+    assert_eq!(lab.replies(WEB, 40), set(&["be-1", "be-2"]));
     let node = |name: &str, zone: &str| {
         json!({"apiVersion": "v1", "kind": "Node",
                "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}}})
@@ -254,9 +236,9 @@ fn the_node_object_in_the_stream_sets_the_zone_for_topology_hints() {
     w.write(&ev("ADDED", node("node-b", "zone-a")));
     let l = w.ok(&ev("ADDED", node("node-a", "zone-b")));
     assert!(l.contains("Node") || l.contains("events"), "{l}");
-    assert_eq!(replies(&lab, WEB, 40), set(&["be-2"]));
+    assert_eq!(lab.replies(WEB, 40), set(&["be-2"]));
     w.ok(&ev("MODIFIED", node("node-a", "zone-a")));
-    assert_eq!(replies(&lab, WEB, 40), set(&["be-1"]));
+    assert_eq!(lab.replies(WEB, 40), set(&["be-1"]));
     assert_eq!(lab.cli().json(&["status"])["zone"], "zone-a");
     let (code, _) = w.end();
     assert_eq!(code, Some(0));
@@ -288,13 +270,13 @@ fn a_pause_deletes_nothing_and_a_restarted_watch_keeps_serving() {
     w.ok(&ev("ADDED", slice("web-a", "web", &["203.0.113.1"])));
     // Longer than any "initial list is done" guess.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(replies(&lab, "198.18.30.3:80", 3), set(&["be-2"]));
-    assert_eq!(replies(&lab, WEB, 3), set(&["be-1"]));
+    assert_eq!(lab.replies("198.18.30.3:80", 3), set(&["be-2"]));
+    assert_eq!(lab.replies(WEB, 3), set(&["be-1"]));
     w.ok(&ev("ADDED", slice("web-b", "web", &["203.0.113.2"])));
     let (code, rest) = w.end();
     assert_eq!(code, Some(0), "{rest}");
-    assert_eq!(replies(&lab, "198.18.30.3:80", 3), set(&["be-2"]));
-    assert_eq!(replies(&lab, WEB, 20), set(&["be-1", "be-2"]));
+    assert_eq!(lab.replies("198.18.30.3:80", 3), set(&["be-2"]));
+    assert_eq!(lab.replies(WEB, 20), set(&["be-1", "be-2"]));
 
     // A restart replays the Service first: its backends stay until its
     // slices arrive.
@@ -304,21 +286,21 @@ fn a_pause_deletes_nothing_and_a_restarted_watch_keeps_serving() {
         l.contains("0 added, 0 changed, 0 removed, 1 unchanged"),
         "{l}"
     );
-    assert_eq!(replies(&lab, WEB, 20), set(&["be-1", "be-2"]));
+    assert_eq!(lab.replies(WEB, 20), set(&["be-1", "be-2"]));
     let l = w.ok(&ev("ADDED", slice("web-a", "web", &["203.0.113.1"])));
     assert!(l.contains("1 changed"), "only web-a so far: {l}");
-    assert_eq!(replies(&lab, WEB, 5), set(&["be-1"]));
+    assert_eq!(lab.replies(WEB, 5), set(&["be-1"]));
     let l = w.ok(&ev("ADDED", slice("web-b", "web", &["203.0.113.2"])));
     assert!(l.contains("1 changed"), "{l}");
-    assert_eq!(replies(&lab, WEB, 20), set(&["be-1", "be-2"]));
+    assert_eq!(lab.replies(WEB, 20), set(&["be-1", "be-2"]));
     // Its slices deleted, a Service has no backends.
     w.ok(&ev("DELETED", slice("web-a", "web", &[])));
     w.ok(&ev("DELETED", slice("web-b", "web", &[])));
     let refused = format!("errno {}", refused_errno());
-    assert_eq!(replies(&lab, WEB, 3), set(&[&refused]));
+    assert_eq!(lab.replies(WEB, 3), set(&[&refused]));
     let (code, rest) = w.end();
     assert_eq!(code, Some(0), "{rest}");
-    assert_eq!(replies(&lab, "198.18.30.3:80", 3), set(&["be-2"]));
+    assert_eq!(lab.replies("198.18.30.3:80", 3), set(&["be-2"]));
 
     // The exact source deletes what vanished while no watch ran: a full
     // list through apply --prune; an empty or cut-off list changes nothing.
@@ -676,7 +658,7 @@ fn metrics_and_health_are_served_and_scraped_with_curl() {
     let e = w.refused(&ev("MODIFIED", slice("web-a", "web", &["bad"])));
     assert!(e.contains("event 3"), "{e}");
     assert_eq!(curl(&format!("{base}/healthz")), (200, "ok\n".to_string()));
-    assert_eq!(replies(&lab, WEB, 5), set(&["be-1"]));
+    assert_eq!(lab.replies(WEB, 5), set(&["be-1"]));
 
     let (code, m) = curl(&format!("{base}/metrics"));
     assert_eq!(code, 200, "{m}");

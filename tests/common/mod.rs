@@ -11,6 +11,7 @@
 mod guards;
 pub use guards::*;
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -469,6 +470,18 @@ impl Lab {
             .clone()
     }
 
+    /// What `n` TCP connects from pod 0 to `target` got back: each reply,
+    /// or "errno N".
+    pub fn replies(&self, target: &str, n: u32) -> BTreeSet<String> {
+        probe(self.pod(0), "tcp", false, target, n)
+            .into_iter()
+            .map(|a| {
+                a.reply
+                    .unwrap_or_else(|| format!("errno {}", a.errno.unwrap_or(0)))
+            })
+            .collect()
+    }
+
     /// A client in the node netns (the host, for netnsxl).
     pub fn host(&self) -> From<'_> {
         From::pod(&self.cg, &self.node)
@@ -494,6 +507,11 @@ impl Lab {
             })
             .collect()
     }
+}
+
+/// A set of replies, to compare with `Lab::replies`.
+pub fn set(v: &[&str]) -> BTreeSet<String> {
+    v.iter().map(|s| s.to_string()).collect()
 }
 
 /// A Kubernetes List of `items`, written to `dir/name`; its path.
