@@ -381,7 +381,7 @@ pub fn list(state: &State, format: Format) -> Result<()> {
                     t.in_use,
                     t.of
                 ),
-                (None, Some(td)) => format!("{td}: all (no hint for here)"),
+                (None, Some(td)) => format!("{td}: hints not used here"),
                 (None, None) => "-".to_string(),
             },
             state: s.state.clone(),
