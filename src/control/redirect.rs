@@ -36,12 +36,7 @@ use crate::sys::netns::{NetnsInfo, NetnsRef, find};
 
 /// The redirect_map key of a frontend.
 pub fn key_of(frontend: SocketAddr, proto: Proto) -> types::svc_key {
-    types::svc_key {
-        addr: to_map_addr(frontend.ip()),
-        port: to_map_port(frontend.port()),
-        proto: proto.number(),
-        ..Default::default()
-    }
+    crate::control::store::svc_key(frontend.ip(), frontend.port(), proto, 0)
 }
 
 fn skip_key(cookie: u64, k: &types::svc_key) -> types::redirect_skip_key {
