@@ -7,14 +7,15 @@
 //! at each scrape (decisions per reason, connects per service, map fill).
 //! `/healthz` answers 200 once the loop has applied its initial list and
 //! every cgroup program is attached to the recorded cgroup, 503 with the
-//! reason otherwise. The server (tiny_http) binds only the address given.
+//! reason otherwise; /livez 200 while the programs are attached. The server
+//! (src/observe/http.rs) binds only the address given.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -25,6 +26,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::datapath::state::{CGROUP_PROGS, State};
+use crate::observe::http::{self, Reply, Routes};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -36,6 +38,8 @@ pub struct WatchMetrics {
     last_sync: Gauge<f64, AtomicU64>,
     objects: Family<Labels, Gauge>,
     caught_up: AtomicBool,
+    /// Why the API server cannot be reached now (the agent), or None.
+    api: std::sync::Mutex<Option<String>>,
 }
 
 impl Default for WatchMetrics {
@@ -47,6 +51,7 @@ impl Default for WatchMetrics {
             last_sync: Gauge::default(),
             objects: Family::default(),
             caught_up: AtomicBool::new(false),
+            api: std::sync::Mutex::new(None),
         }
     }
 }
@@ -82,6 +87,15 @@ impl WatchMetrics {
     /// The loop has applied everything it had read, and nothing waits.
     pub fn caught_up(&self) {
         self.caught_up.store(true, Ordering::Relaxed);
+    }
+
+    /// The API server cannot be reached (Some(why)), or can again (None).
+    pub fn api_status(&self, trouble: Option<String>) {
+        *self.api.lock().unwrap_or_else(|p| p.into_inner()) = trouble;
+    }
+
+    fn api_trouble(&self) -> Option<String> {
+        self.api.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn register(self: &Arc<Self>, r: &mut Registry) {
@@ -227,77 +241,94 @@ impl Collector for Datapath {
     }
 }
 
-/// 200 with "ok", or 503 with the reason.
-fn health(pin_dir: &std::path::Path, watch: &WatchMetrics) -> (u16, String) {
-    if !watch.caught_up.load(Ordering::Relaxed) {
-        return (503, "the watch has not applied its initial list yet".into());
-    }
-    let state = match State::open(pin_dir) {
-        Ok(s) => s,
-        Err(e) => return (503, format!("cannot open the pinned state: {e:#}")),
-    };
-    let cgroup_id = match state.config() {
-        Ok(c) => c.cgroup_id,
-        Err(e) => return (503, format!("cannot read config_map: {e:#}")),
-    };
+/// 503 and why when a program is not attached to the recorded cgroup.
+fn attached(pin_dir: &std::path::Path) -> std::result::Result<(), String> {
+    let state = State::open(pin_dir).map_err(|e| format!("cannot open the pinned state: {e:#}"))?;
+    let cgroup_id = state
+        .config()
+        .map_err(|e| format!("cannot read config_map: {e:#}"))?
+        .cgroup_id;
     let missing: Vec<&str> = CGROUP_PROGS
         .iter()
         .copied()
         .filter(|p| !crate::observe::status::link_attached(&state, cgroup_id, p))
         .collect();
     if !missing.is_empty() {
-        return (
-            503,
-            format!(
-                "not attached to the recorded cgroup: {} (run netnsxl status; netnsxl attach repairs it)",
-                missing.join(", ")
-            ),
-        );
+        return Err(format!(
+            "not attached to the recorded cgroup: {} (run netnsxl status; netnsxl attach repairs it)",
+            missing.join(", ")
+        ));
     }
-    (200, "ok".into())
+    Ok(())
 }
 
-/// Serve /metrics and /healthz on `addr` from a thread of their own. Fails
-/// at once when the address cannot be bound.
-pub fn serve(addr: SocketAddr, pin_dir: PathBuf, watch: Arc<WatchMetrics>) -> Result<()> {
-    let server = tiny_http::Server::http(addr)
-        .map_err(|e| anyhow!("--metrics-addr {addr}: cannot listen: {e}"))?;
+/// /healthz (readiness): 200 "ok" once the initial list is applied, the
+/// API server answers (for the agent) and every program is attached; else
+/// 503 and why.
+fn health(pin_dir: &std::path::Path, watch: &WatchMetrics) -> Reply {
+    if !watch.caught_up.load(Ordering::Relaxed) {
+        return Reply::text(503, "the watch has not applied its initial list yet\n");
+    }
+    if let Some(why) = watch.api_trouble() {
+        return Reply::text(
+            503,
+            format!("{why}; the maps keep their last state and the datapath serves it\n"),
+        );
+    }
+    match attached(pin_dir) {
+        Ok(()) => Reply::text(200, "ok\n"),
+        Err(why) => Reply::text(503, format!("{why}\n")),
+    }
+}
+
+/// /livez (liveness): 200 while every program is attached, whatever the
+/// API server does: restarting the agent would not bring it back.
+fn live(pin_dir: &std::path::Path) -> Reply {
+    match attached(pin_dir) {
+        Ok(()) => Reply::text(200, "ok\n"),
+        Err(why) => Reply::text(503, format!("{why}\n")),
+    }
+}
+
+/// The routes of the health listener: /healthz and /livez, nothing that
+/// names a service (it listens where the kubelet's probes reach it).
+pub fn health_routes(pin_dir: PathBuf, watch: Arc<WatchMetrics>) -> Routes {
+    Arc::new(move |path: &str| match path {
+        "/healthz" => health(&pin_dir, &watch),
+        "/livez" => live(&pin_dir),
+        _ => Reply::text(404, "not found: GET /healthz or /livez\n"),
+    })
+}
+
+/// The routes of the metrics listener: /metrics, and /healthz and /livez
+/// as on the health listener.
+pub fn metrics_routes(pin_dir: PathBuf, watch: Arc<WatchMetrics>) -> Routes {
     let mut registry = Registry::default();
     watch.register(&mut registry);
     registry.register_collector(Box::new(Datapath {
         pin_dir: pin_dir.clone(),
     }));
-    std::thread::spawn(move || {
-        for req in server.incoming_requests() {
-            let path = req.url().split('?').next().unwrap_or("").to_string();
-            let (code, body, ctype) = match (req.method(), path.as_str()) {
-                (tiny_http::Method::Get, "/metrics") => {
-                    let mut body = String::new();
-                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
-                        Ok(()) => (
-                            200,
-                            body,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        ),
-                        Err(e) => (500, format!("encode: {e}\n"), "text/plain; charset=utf-8"),
-                    }
-                }
-                (tiny_http::Method::Get, "/healthz") => {
-                    let (code, why) = health(&pin_dir, &watch);
-                    (code, format!("{why}\n"), "text/plain; charset=utf-8")
-                }
-                _ => (
-                    404,
-                    "not found: GET /metrics or /healthz\n".into(),
-                    "text/plain; charset=utf-8",
-                ),
-            };
-            let mut resp = tiny_http::Response::from_string(body).with_status_code(code);
-            if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes()) {
-                resp = resp.with_header(h);
+    let health = health_routes(pin_dir, watch);
+    Arc::new(move |path: &str| match path {
+        "/metrics" => {
+            let mut body = String::new();
+            match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                Ok(()) => Reply {
+                    code: 200,
+                    content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body,
+                },
+                Err(e) => Reply::text(500, format!("encode: {e}\n")),
             }
-            let _ = req.respond(resp);
         }
-    });
-    Ok(())
+        "/healthz" | "/livez" => health(path),
+        _ => Reply::text(404, "not found: GET /metrics, /healthz or /livez\n"),
+    })
+}
+
+/// `apply --watch --metrics-addr`: bind now (a bad address fails the
+/// command), serve from a thread of its own.
+pub fn serve(addr: SocketAddr, pin_dir: PathBuf, watch: Arc<WatchMetrics>) -> Result<()> {
+    let l = http::bind(addr, "--metrics-addr")?;
+    http::serve_on_thread(vec![(l, metrics_routes(pin_dir, watch))])
 }
