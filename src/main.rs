@@ -84,6 +84,13 @@ enum Cmd {
         after_help = "Example:\n  kubectl get services,endpointslices -A -o json | netnsxl apply -f - --prune --dry-run"
     )]
     Apply(ApplyArgs),
+    /// The node agent: attach (idempotent), then keep the maps in step with
+    /// the API server's Services, EndpointSlices and this node's Node, with
+    /// an in-process client that resumes its watches. Runs until killed.
+    #[command(
+        after_help = "Example:\n  netnsxl agent --cgroup /sys/fs/cgroup/kubepods.slice --node-name \"$NODE_NAME\""
+    )]
+    Agent(AgentArgs),
     /// Datapath counters: per reason and per service, summed over CPUs.
     #[command(after_help = "Example:\n  netnsxl stats --watch 5")]
     Stats {
@@ -161,6 +168,33 @@ struct ApplyArgs {
     node_name: Option<String>,
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
     format: Format,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    #[command(flatten)]
+    attach: AttachArgs,
+    /// The API server's URL, over what KUBECONFIG or the pod's service
+    /// account (KUBERNETES_SERVICE_HOST/PORT) say: for nodes where no one
+    /// translates the kubernetes ClusterIP before netnsxl has its list.
+    #[arg(long, value_name = "URL", env = "NETNSXL_API_SERVER")]
+    api_server: Option<String>,
+    /// This node's name as the API knows it (default: the hostname).
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Serve /metrics (and /healthz, /livez) here; port 0 turns it off.
+    /// Loopback by default, as kube-proxy's metrics; not kube-proxy's
+    /// 10249, so both can run on one node.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:10264")]
+    metrics_addr: std::net::SocketAddr,
+    /// Serve /healthz and /livez (nothing that names a service) here, for
+    /// the kubelet's probes; port 0 turns it off. Not kube-proxy's 10256.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:10265")]
+    health_addr: std::net::SocketAddr,
+    /// Also destroy TCP sockets connected to removed backends (UDP ones
+    /// always are).
+    #[arg(long)]
+    destroy_tcp: bool,
 }
 
 #[derive(Args)]
@@ -486,23 +520,8 @@ fn parse_port_range(s: &str) -> Result<(u16, u16)> {
 fn run(cli: Cli) -> Result<()> {
     let pin_dir = cli.pin_dir.as_path();
     match cli.cmd {
-        Cmd::Attach(a) => {
-            netnsxl::model::topology::check_zone("--zone", &a.zone)?;
-            let opts = attach::AttachOpts {
-                zone: a.zone,
-                node_ips: parse_ips(&a.node_ips)?,
-                node_port_range: parse_port_range(&a.node_port_range)?,
-                cgroup: a.cgroup,
-                host_netns: a.host_netns,
-                capacity: attach::Capacity {
-                    services: a.max_services,
-                    backends: a.max_backends,
-                    affinity: a.max_affinity,
-                    tcp_sockets: a.max_tcp_sockets,
-                },
-            };
-            attach::attach(pin_dir, &opts)
-        }
+        Cmd::Attach(a) => attach::attach(pin_dir, &attach_opts(a)?),
+        Cmd::Agent(a) => agent_cmd(pin_dir, a),
         Cmd::Detach => attach::detach(pin_dir),
         Cmd::Status(o) => status::status(pin_dir, o.format),
         Cmd::Svc(SvcCmd::Add(a)) => svc_add(pin_dir, a),
@@ -687,6 +706,45 @@ fn parse_traffic_dist(s: &str) -> Result<TrafficDist> {
 }
 
 /// --node-name, or the hostname.
+fn attach_opts(a: AttachArgs) -> Result<attach::AttachOpts> {
+    netnsxl::model::topology::check_zone("--zone", &a.zone)?;
+    Ok(attach::AttachOpts {
+        zone: a.zone,
+        node_ips: parse_ips(&a.node_ips)?,
+        node_port_range: parse_port_range(&a.node_port_range)?,
+        cgroup: a.cgroup,
+        host_netns: a.host_netns,
+        capacity: attach::Capacity {
+            services: a.max_services,
+            backends: a.max_backends,
+            affinity: a.max_affinity,
+            tcp_sockets: a.max_tcp_sockets,
+        },
+    })
+}
+
+/// `netnsxl agent`: attach (idempotent), then follow the API server.
+fn agent_cmd(pin_dir: &Path, mut a: AgentArgs) -> Result<()> {
+    sys::require_privileges()?;
+    let node_name = node_name(a.node_name.take())?;
+    let off = |addr: Option<std::net::SocketAddr>| addr.filter(|a| a.port() != 0);
+    let opts = netnsxl::control::agent::AgentOpts {
+        api_server: a.api_server,
+        apply: apply::ApplyOpts {
+            dry_run: false,
+            prune: false,
+            node_name,
+            destroy_tcp: a.destroy_tcp,
+            quiet: true,
+        },
+        metrics_addr: off(Some(a.metrics_addr)),
+        health_addr: off(Some(a.health_addr)),
+    };
+    attach::attach(pin_dir, &attach_opts(a.attach)?)?;
+    let state = State::open(pin_dir)?;
+    netnsxl::control::agent::run(&state, pin_dir, opts)
+}
+
 fn node_name(given: Option<String>) -> Result<String> {
     match given {
         Some(n) => Ok(n),

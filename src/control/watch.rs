@@ -66,15 +66,30 @@ enum Change {
     /// This node's Node object, with its zone label ("" without): every
     /// Service is planned again when the zone changes (topology hints).
     Zone(String),
+    /// A full list of EndpointSlices is in (the agent's watcher): every
+    /// Service's slices are known now, none keeps what the maps served.
+    SlicesListed,
 }
 
-struct Event {
+/// One decoded event (see [`Input::of`]).
+pub struct Event {
     n: usize,
     /// The object's kind, for metrics.
     kind: String,
     /// "MODIFIED EndpointSlice shop/web-a", for messages.
     what: String,
     change: Change,
+}
+
+impl Event {
+    /// The kind a full list names it under, and its key.
+    fn listed(&self) -> Option<(Listed, &Key)> {
+        match &self.change {
+            Change::Service(k, _) => Some((Listed::Service, k)),
+            Change::Slice(k, _) => Some((Listed::EndpointSlice, k)),
+            Change::Zone(_) | Change::SlicesListed => None,
+        }
+    }
 }
 
 /// What one change did, for its line in the log.
@@ -132,6 +147,8 @@ enum Undo {
     /// slice event.
     Slice(Key, Option<K8sSlice>, Vec<Key>),
     Zone(String),
+    /// The Services SlicesListed marked.
+    Marked(Vec<Key>),
 }
 
 impl Objects {
@@ -154,6 +171,39 @@ impl Objects {
             self.slices.insert(key, n);
         }
         old
+    }
+
+    /// The deletions a full list of `kind` implies: every object of that
+    /// kind held (or, for Services, written by an earlier run) that the
+    /// list did not name. After a slice list, every Service's slices are
+    /// known.
+    fn gone_from_list(&self, kind: Listed, seen: &HashSet<Key>, n: usize) -> Vec<Event> {
+        let held: BTreeSet<&Key> = match kind {
+            Listed::Service => self.services.keys().chain(self.produced.keys()).collect(),
+            Listed::EndpointSlice => self.slices.keys().collect(),
+        };
+        let mut out: Vec<Event> = held
+            .into_iter()
+            .filter(|k| !seen.contains(*k))
+            .map(|k| Event {
+                n,
+                kind: kind.kind().to_string(),
+                what: format!("{} {}/{} (gone from a new list)", kind.kind(), k.0, k.1),
+                change: match kind {
+                    Listed::Service => Change::Service(k.clone(), None),
+                    Listed::EndpointSlice => Change::Slice(k.clone(), None),
+                },
+            })
+            .collect();
+        if kind == Listed::EndpointSlice {
+            out.push(Event {
+                n,
+                kind: kind.kind().to_string(),
+                what: "EndpointSlice list complete".to_string(),
+                change: Change::SlicesListed,
+            });
+        }
+        out
     }
 
     /// Apply one change; returns how to undo it and the Services it touches.
@@ -186,6 +236,16 @@ impl Objects {
                 self.zone_from_stream = true;
                 Undo::Zone(std::mem::replace(&mut self.zone, zone.clone()))
             }
+            Change::SlicesListed => {
+                let mut marked = Vec::new();
+                for key in self.services.keys() {
+                    if self.slices_seen.insert(key.clone()) {
+                        marked.push(key.clone());
+                        touched.insert(key.clone());
+                    }
+                }
+                Undo::Marked(marked)
+            }
         }
     }
 
@@ -204,6 +264,11 @@ impl Objects {
                 }
             }
             Undo::Zone(zone) => self.zone = zone,
+            Undo::Marked(marked) => {
+                for m in marked {
+                    self.slices_seen.remove(&m);
+                }
+            }
         }
     }
 
@@ -551,11 +616,85 @@ fn report(batch: &[Event], c: &Counts) {
     let _ = std::io::stdout().flush();
 }
 
+/// Which kind of object a full list (the agent's watcher) is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Listed {
+    Service,
+    EndpointSlice,
+}
+
+impl Listed {
+    fn kind(self) -> &'static str {
+        match self {
+            Listed::Service => "Service",
+            Listed::EndpointSlice => "EndpointSlice",
+        }
+    }
+}
+
+/// What the loop takes in: decoded events, and the marks of a full list.
+pub enum Input {
+    Event(Box<Event>),
+    /// A bookmark, another kind: counted, nothing to do.
+    Nothing,
+    /// A refused event: its object's kind and the message.
+    Refused(String, String),
+    /// The stream is not JSON: the end.
+    Broken(String),
+    /// A full list of this kind starts: what it lacks at its end is gone.
+    ListStart(Listed),
+    /// The full list is in: the objects of this kind it did not name are
+    /// deleted (they went while no watch ran).
+    ListDone(Listed),
+}
+
+impl Input {
+    /// One watch event (`{"type": ..., "object": ...}`) decoded and checked,
+    /// the `n`th the loop takes.
+    pub fn of(ev: &Value, n: usize, node_name: &str) -> Input {
+        match decode(ev, n, node_name) {
+            Ok(Some(ev)) => Input::Event(Box::new(ev)),
+            Ok(None) => Input::Nothing,
+            Err((kind, m)) => Input::Refused(kind, m),
+        }
+    }
+}
+
 /// Run the watch until the stream ends. Events that could not be applied
 /// are reported and counted, never fatal; a stream that is not JSON is.
 pub fn watch(
     state: &State,
     input: impl std::io::Read + Send + 'static,
+    opts: &ApplyOpts,
+    on: &mut dyn FnMut(Progress),
+) -> Result<Summary> {
+    // Events are read, parsed and checked on a thread, so the next ones are
+    // ready (and batched) while a change is written; only their compact
+    // checked form waits in the channel.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Input>(BATCH_EVENTS / 4);
+    let node_name = opts.node_name.clone();
+    std::thread::spawn(move || {
+        let mut n = 0;
+        for v in serde_json::Deserializer::from_reader(input).into_iter::<Value>() {
+            n += 1;
+            let msg = match v {
+                Ok(v) => Input::of(&v, n, &node_name),
+                Err(e) => Input::Broken(format!("event {n}: not valid JSON: {e}")),
+            };
+            let end = matches!(msg, Input::Broken(_));
+            if tx.send(msg).is_err() || end {
+                break;
+            }
+        }
+    });
+    run(state, rx, opts, on)
+}
+
+/// Apply what `rx` brings until every sender is gone. Events that could not
+/// be applied are reported and counted, never fatal; `Input::Broken` is.
+pub fn run(
+    state: &State,
+    rx: std::sync::mpsc::Receiver<Input>,
     opts: &ApplyOpts,
     on: &mut dyn FnMut(Progress),
 ) -> Result<Summary> {
@@ -569,38 +708,8 @@ pub fn watch(
         ..Default::default()
     };
     let mut summary = Summary::default();
-    // Events are read, parsed and checked on a thread, so the next ones are
-    // ready (and batched) while a change is written; only their compact
-    // checked form waits in the channel.
-    enum Msg {
-        Event(Box<Event>),
-        /// A bookmark, another kind: counted, nothing to do.
-        Nothing,
-        /// A refused event: its object's kind and the message.
-        Refused(String, String),
-        /// The stream is not JSON: the end.
-        Broken(String),
-    }
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(BATCH_EVENTS / 4);
-    let node_name = opts.node_name.clone();
-    std::thread::spawn(move || {
-        let mut n = 0;
-        for v in serde_json::Deserializer::from_reader(input).into_iter::<Value>() {
-            n += 1;
-            let msg = match v {
-                Ok(v) => match decode(&v, n, &node_name) {
-                    Ok(Some(ev)) => Msg::Event(Box::new(ev)),
-                    Ok(None) => Msg::Nothing,
-                    Err((kind, m)) => Msg::Refused(kind, m),
-                },
-                Err(e) => Msg::Broken(format!("event {n}: not valid JSON: {e}")),
-            };
-            let end = matches!(msg, Msg::Broken(_));
-            if tx.send(msg).is_err() || end {
-                break;
-            }
-        }
-    });
+    // The keys each full list under way has named so far.
+    let mut listing: HashMap<Listed, HashSet<Key>> = HashMap::new();
     let mut broken = None;
     let mut ended = false;
     while !ended && broken.is_none() {
@@ -634,12 +743,24 @@ pub fn watch(
             };
             let t0 = *started.get_or_insert_with(Instant::now);
             match msg {
-                Msg::Event(ev) => {
+                Input::Event(ev) => {
                     summary.events += 1;
+                    if let Some((kind, key)) = ev.listed()
+                        && let Some(seen) = listing.get_mut(&kind)
+                    {
+                        seen.insert(key.clone());
+                    }
                     batch.push(*ev);
                 }
-                Msg::Nothing => summary.events += 1,
-                Msg::Refused(kind, m) => {
+                Input::Nothing => summary.events += 1,
+                Input::ListStart(kind) => {
+                    listing.insert(kind, HashSet::new());
+                }
+                Input::ListDone(kind) => {
+                    let seen = listing.remove(&kind).unwrap_or_default();
+                    batch.extend(objects.gone_from_list(kind, &seen, summary.events));
+                }
+                Input::Refused(kind, m) => {
                     summary.events += 1;
                     eprintln!("netnsxl: {m}; nothing changed");
                     summary.failed += 1;
@@ -648,7 +769,7 @@ pub fn watch(
                         applied: false,
                     });
                 }
-                Msg::Broken(m) => {
+                Input::Broken(m) => {
                     broken = Some(m);
                     break;
                 }

@@ -38,8 +38,11 @@ pub struct WatchMetrics {
     last_sync: Gauge<f64, AtomicU64>,
     objects: Family<Labels, Gauge>,
     caught_up: AtomicBool,
-    /// Why the API server cannot be reached now (the agent), or None.
-    api: std::sync::Mutex<Option<String>>,
+    /// The agent's last API error: when, why, and for how long /healthz
+    /// reports it.
+    api: std::sync::Mutex<Option<(std::time::Instant, String, std::time::Duration)>>,
+    api_errors: Family<Labels, Counter>,
+    lists: Family<Labels, Counter>,
 }
 
 impl Default for WatchMetrics {
@@ -52,6 +55,8 @@ impl Default for WatchMetrics {
             objects: Family::default(),
             caught_up: AtomicBool::new(false),
             api: std::sync::Mutex::new(None),
+            api_errors: Family::default(),
+            lists: Family::default(),
         }
     }
 }
@@ -89,16 +94,40 @@ impl WatchMetrics {
         self.caught_up.store(true, Ordering::Relaxed);
     }
 
-    /// The API server cannot be reached (Some(why)), or can again (None).
-    pub fn api_status(&self, trouble: Option<String>) {
-        *self.api.lock().unwrap_or_else(|p| p.into_inner()) = trouble;
+    /// The agent's request for `resource` failed (`why`): /healthz says so
+    /// for `window` unless another error comes.
+    pub fn api_error(&self, resource: &str, why: String, window: std::time::Duration) {
+        self.api_errors
+            .get_or_create(&vec![("resource", resource.to_string())])
+            .inc();
+        *self.api.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), why, window));
+    }
+
+    /// The agent starts a full list of `kind` (its start, or a 410 Gone).
+    pub fn listed(&self, kind: crate::control::watch::Listed) {
+        self.lists
+            .get_or_create(&vec![("resource", format!("{kind:?}"))])
+            .inc();
     }
 
     fn api_trouble(&self) -> Option<String> {
-        self.api.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let api = self.api.lock().unwrap_or_else(|p| p.into_inner());
+        api.as_ref()
+            .and_then(|(at, why, window)| (at.elapsed() < *window).then(|| why.clone()))
     }
 
     fn register(self: &Arc<Self>, r: &mut Registry) {
+        r.register(
+            "netnsxl_agent_api_errors",
+            "Failed requests to the API server by resource (netnsxl agent); each is retried",
+            self.api_errors.clone(),
+        );
+        r.register(
+            "netnsxl_agent_lists",
+            "Full lists by resource (netnsxl agent): one at the start, one per 410 Gone",
+            self.lists.clone(),
+        );
         r.register(
             "netnsxl_watch_events",
             "Watch events by object kind and result (applied, or failed and changed nothing)",
