@@ -112,29 +112,6 @@ fn ev(kind: &str, object: Value) -> String {
     serde_json::to_string_pretty(&json!({"type": kind, "object": object})).unwrap()
 }
 
-fn service(name: &str, ip: &str, port: Value) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "shop", "managedFields": [{"manager": "kubectl"}]},
-        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
-                 "ports": [{"name": "http", "port": port, "protocol": "TCP", "targetPort": 8080}]}
-    })
-}
-
-fn slice(name: &str, service: &str, addrs: &[&str]) -> Value {
-    let endpoints: Vec<Value> = addrs
-        .iter()
-        .map(|a| json!({"addresses": [a], "conditions": {"ready": true}, "nodeName": "node-b"}))
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": name, "namespace": "shop", "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": endpoints
-    })
-}
-
 const WEB: &str = "198.18.30.1:80";
 
 /// A MODIFIED Service or EndpointSlice that fails its checks, or a Service

@@ -72,8 +72,9 @@ pub struct AgentOpts {
 async fn client(api_server: Option<&str>) -> Result<kube::Client> {
     let url = api_server
         .map(|u| {
-            u.parse::<::http::Uri>()
-                .map_err(|e| anyhow!("--api-server {u:?} is not a URL ({e}): use e.g. https://192.0.2.10:6443"))
+            u.parse::<::http::Uri>().map_err(|e| {
+                anyhow!("--api-server {u:?} is not a URL ({e}): use e.g. https://192.0.2.10:6443")
+            })
         })
         .transpose()?;
     let mut cfg = match (kube::Config::infer().await, &url) {

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod apiserver;
 mod guards;
 pub use guards::*;
 
@@ -17,7 +18,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub const NETNSXL: &str = env!("CARGO_BIN_EXE_netnsxl");
 pub const PROBE: &str = env!("CARGO_BIN_EXE_netnsxl-probe");
@@ -680,4 +681,31 @@ pub fn trace_during(lab: &Lab, extra: &[&str], f: impl FnOnce()) -> Vec<Value> {
     out.lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// A Service in namespace shop, as the API server has it: one TCP port
+/// named http with targetPort 8080.
+pub fn service(name: &str, ip: &str, port: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "shop", "managedFields": [{"manager": "kubectl"}]},
+        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                 "ports": [{"name": "http", "port": port, "protocol": "TCP", "targetPort": 8080}]}
+    })
+}
+
+/// An EndpointSlice of Service `service` in namespace shop, its endpoints
+/// ready on node-b, port http 8080.
+pub fn slice(name: &str, service: &str, addrs: &[&str]) -> Value {
+    let endpoints: Vec<Value> = addrs
+        .iter()
+        .map(|a| json!({"addresses": [a], "conditions": {"ready": true}, "nodeName": "node-b"}))
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "shop", "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints
+    })
 }

@@ -1,0 +1,497 @@
+//! `netnsxl agent` (issue 22) against a stand-in API server
+//! (tests/common/apiserver.rs): the client under test is kube-rs' watcher
+//! inside the agent; what is checked is what a user sees: the connects
+//! pods make, `svc list`, /healthz, and the requests the API server got.
+//!
+//! The lab: a node netns plays the host, one pod hangs off it on a veth,
+//! two backends listen on the node's loopback addresses.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Stdio;
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use common::apiserver::{ApiServer, kubeconfig_for};
+use common::*;
+use serde_json::json;
+
+const WEB: &str = "198.18.30.1:80";
+const SHOP: &str = "198.18.30.2:80";
+
+fn lab() -> Lab {
+    Lab::build().two_backends().up()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `netnsxl agent`, killed by pid on drop; its output lines
+/// arrive on a channel.
+struct Agent {
+    _child: Reaped,
+    lines: Receiver<String>,
+    pub metrics: SocketAddr,
+    pub health: SocketAddr,
+}
+
+impl Agent {
+    fn start(lab: &Lab, kubeconfig: &str, extra: &[&str]) -> Agent {
+        Agent::start_with(lab, kubeconfig, extra, None)
+    }
+
+    /// `nofile`: run under this file limit (prlimit).
+    fn start_with(lab: &Lab, kubeconfig: &str, extra: &[&str], nofile: Option<u32>) -> Agent {
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let host = lab.node.path();
+        let (m, h) = (metrics.to_string(), health.to_string());
+        let mut args = vec![
+            "agent",
+            "--cgroup",
+            lab.cg.path.to_str().unwrap(),
+            "--host-netns",
+            host.to_str().unwrap(),
+            "--node-name",
+            "node-a",
+            "--metrics-addr",
+            &m,
+            "--health-addr",
+            &h,
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = match nofile {
+            Some(n) => {
+                let mut c = std::process::Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(NETNSXL);
+                c.arg("--pin-dir").arg(&lab.pins.path).args(&args);
+                c
+            }
+            None => lab.cli().cmd(&args),
+        };
+        let mut child = cmd
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("NODE_NAME")
+            .env_remove("NETNSXL_API_SERVER")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start netnsxl agent");
+        let (tx, rx) = channel();
+        for r in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for l in BufReader::new(r).lines() {
+                    let Ok(l) = l else { break };
+                    if tx.send(l).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Agent {
+            _child: Reaped(child),
+            lines: rx,
+            metrics,
+            health,
+        }
+    }
+
+    /// Everything printed so far.
+    fn output(&self) -> String {
+        self.lines.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Wait until /healthz answers 200.
+    fn ready(&self) {
+        let ok = eventually(Duration::from_secs(30), || {
+            get(self.health, "/healthz").is_some_and(|(c, _)| c == 200)
+        });
+        assert!(
+            ok,
+            "the agent never became ready: {:?}\n{}",
+            get(self.health, "/healthz"),
+            self.output()
+        );
+    }
+}
+
+/// Poll `f` every 100 ms until it holds or `limit` passes.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// GET `path` with a 1 s budget for everything (as a kubelet probe's
+/// default timeout); None when no answer came in time.
+fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let deadline = Duration::from_secs(1);
+    let mut s = TcpStream::connect_timeout(&addr, deadline).ok()?;
+    s.set_read_timeout(Some(deadline)).ok()?;
+    s.set_write_timeout(Some(deadline)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Some((code, body))
+}
+
+/// The frontends `svc list` shows, as "ADDR:PORT".
+fn frontends(lab: &Lab) -> std::collections::BTreeSet<String> {
+    lab.list()
+        .iter()
+        .map(|s| s["frontend"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A Service, and its slice with the given backends.
+fn web(api: &ApiServer, name: &str, ip: &str, backends: &[&str]) {
+    api.apply(service(name, ip, json!(80)));
+    api.apply(slice(&format!("{name}-a"), name, backends));
+}
+
+/// The initial list, then changes as they come; the API server closes the
+/// watches every 3 s for a minute, and the agent resumes each from its
+/// resourceVersion: one list per resource in all, every change applied.
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn agent_lists_once_then_follows_changes_through_closed_watches() {
+    require_root();
+    let lab = lab();
+    let api = ApiServer::start();
+    web(&api, "web", "198.18.30.1", &["203.0.113.1"]);
+    let tmp = Tmpfs::new();
+    let agent = Agent::start(&lab, &api.kubeconfig(tmp.path()), &[]);
+    agent.ready();
+    assert_eq!(lab.replies(WEB, 5), set(&["be-1"]));
+
+    let started = Instant::now();
+    let mut round = 0;
+    while started.elapsed() < Duration::from_secs(60) {
+        round += 1;
+        // A change between closes: the backends alternate.
+        let be = if round % 2 == 0 {
+            vec!["203.0.113.1"]
+        } else {
+            vec!["203.0.113.2"]
+        };
+        api.apply(slice("web-a", "web", &be));
+        let want = if round % 2 == 0 { "be-1" } else { "be-2" };
+        assert!(
+            eventually(Duration::from_secs(10), || lab.replies(WEB, 3)
+                == set(&[want])),
+            "round {round}: the change did not reach the maps\n{}",
+            agent.output()
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        api.close_watches();
+    }
+    // A Service added after the last close, and a delete.
+    web(&api, "shop", "198.18.30.2", &["203.0.113.2"]);
+    assert!(eventually(Duration::from_secs(10), || lab.replies(SHOP, 3)
+        == set(&["be-2"])));
+    api.delete("Service", "shop", "web");
+    assert!(
+        eventually(Duration::from_secs(10), || !frontends(&lab).contains(WEB)),
+        "{}",
+        agent.output()
+    );
+    assert_eq!(api.requests("LIST", "services"), 1, "{}", agent.output());
+    assert_eq!(api.requests("LIST", "endpointslices"), 1);
+    let watches = api.requests("WATCH", "services");
+    assert!(watches >= 15, "{watches} watches of services");
+    let (code, m) = get(agent.metrics, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        m.contains(r#"netnsxl_agent_lists_total{resource="Service"} 1"#),
+        "{m}"
+    );
+}
+
+/// A 410 Gone (the agent's resourceVersion is older than the API server
+/// keeps) lists again, and the list removes exactly what was deleted while
+/// the agent could not watch: web2 goes, web stays and keeps serving.
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn gone_410_relists_and_removes_what_was_deleted_meanwhile() {
+    require_root();
+    let lab = lab();
+    let mut api = ApiServer::start();
+    web(&api, "web", "198.18.30.1", &["203.0.113.1"]);
+    web(&api, "web2", "198.18.30.2", &["203.0.113.2"]);
+    let tmp = Tmpfs::new();
+    let agent = Agent::start(&lab, &api.kubeconfig(tmp.path()), &[]);
+    agent.ready();
+    assert_eq!(lab.replies(SHOP, 3), set(&["be-2"]));
+
+    api.stop();
+    api.delete("Service", "shop", "web2");
+    api.delete("EndpointSlice", "shop", "web2-a");
+    api.compact();
+    api.start_again();
+    assert!(
+        eventually(Duration::from_secs(30), || !frontends(&lab).contains(SHOP)),
+        "web2 survived the relist\n{}",
+        agent.output()
+    );
+    assert!(frontends(&lab).contains(WEB));
+    assert_eq!(lab.replies(WEB, 3), set(&["be-1"]));
+    // One more list of each: the 410 Gone each watch got, nothing else.
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            api.requests("LIST", "services") == 2 && api.requests("LIST", "endpointslices") == 2
+        }),
+        "{}",
+        agent.output()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(api.requests("LIST", "services"), 2);
+    assert_eq!(api.requests("LIST", "endpointslices"), 2);
+}
+
+/// The API server gone for 30 s: the maps do not change, pods keep being
+/// translated, /healthz says 503 and why while /livez stays 200; when it
+/// is back the agent resumes (no list) and applies what changed.
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn api_server_gone_for_30_s_changes_nothing_then_resumes() {
+    require_root();
+    let lab = lab();
+    let mut api = ApiServer::start();
+    web(&api, "web", "198.18.30.1", &["203.0.113.1", "203.0.113.2"]);
+    let tmp = Tmpfs::new();
+    let agent = Agent::start(&lab, &api.kubeconfig(tmp.path()), &[]);
+    agent.ready();
+    let before = lab.list();
+
+    api.stop();
+    let down = Instant::now();
+    let mut saw_503 = None;
+    while down.elapsed() < Duration::from_secs(30) {
+        let r = lab.replies(WEB, 4);
+        assert!(
+            !r.is_empty() && r.is_subset(&set(&["be-1", "be-2"])),
+            "{r:?}"
+        );
+        if let Some((503, why)) = get(agent.health, "/healthz") {
+            saw_503 = Some(why);
+        }
+        assert_eq!(get(agent.health, "/livez").map(|r| r.0), Some(200));
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert_eq!(
+        lab.list(),
+        before,
+        "the maps changed while the API server was gone"
+    );
+    assert_eq!(lab.replies(WEB, 24), set(&["be-1", "be-2"]));
+    let why = saw_503.expect("/healthz never said 503 while the API server was gone");
+    assert!(why.contains("API server"), "{why}");
+
+    api.start_again();
+    api.apply(slice("web-a", "web", &["203.0.113.2"]));
+    assert!(
+        eventually(Duration::from_secs(30), || lab.replies(WEB, 3)
+            == set(&["be-2"])),
+        "{}",
+        agent.output()
+    );
+    assert!(eventually(Duration::from_secs(30), || {
+        get(agent.health, "/healthz").is_some_and(|(c, _)| c == 200)
+    }));
+    assert_eq!(api.requests("LIST", "services"), 1, "resumed, not relisted");
+}
+
+/// `--api-server` wins over the kubeconfig's address (here a closed port),
+/// as for a node where the kubernetes ClusterIP is not translated yet. A
+/// watch cut in the middle of an event is resumed and the event applies.
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn api_server_override_and_a_watch_cut_mid_event() {
+    require_root();
+    let lab = lab();
+    let api = ApiServer::start();
+    web(&api, "web", "198.18.30.1", &["203.0.113.1"]);
+    let tmp = Tmpfs::new();
+    let dead = kubeconfig_for(tmp.path(), &format!("http://127.0.0.1:{}", free_port()));
+    let agent = Agent::start(&lab, &dead, &["--api-server", &api.url()]);
+    agent.ready();
+    assert_eq!(lab.replies(WEB, 3), set(&["be-1"]));
+
+    api.cut_next_event();
+    api.apply(slice("web-a", "web", &["203.0.113.2"]));
+    assert!(
+        eventually(Duration::from_secs(20), || lab.replies(WEB, 3)
+            == set(&["be-2"])),
+        "{}",
+        agent.output()
+    );
+    assert_eq!(api.requests("LIST", "services"), 1);
+
+    // A bad URL names the flag.
+    let out = lab
+        .cli()
+        .cmd(&[
+            "agent",
+            "--cgroup",
+            lab.cg.path.to_str().unwrap(),
+            "--api-server",
+            "not a url",
+        ])
+        .env("KUBECONFIG", &dead)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--api-server"), "{err}");
+}
+
+/// kube-proxy's selection: a Service labelled for another proxy, or
+/// headless, is not served.
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn services_of_another_proxy_are_not_served() {
+    require_root();
+    let lab = lab();
+    let api = ApiServer::start();
+    web(&api, "web", "198.18.30.1", &["203.0.113.1"]);
+    let mut other = service("other", "198.18.30.2", json!(80));
+    other["metadata"]["labels"] = json!({"service.kubernetes.io/service-proxy-name": "mesh"});
+    api.apply(other);
+    api.apply(slice("other-a", "other", &["203.0.113.2"]));
+    let tmp = Tmpfs::new();
+    let agent = Agent::start(&lab, &api.kubeconfig(tmp.path()), &[]);
+    agent.ready();
+    assert_eq!(frontends(&lab), set(&[WEB]), "{}", agent.output());
+}
+
+/// The HTTP side under what any pod can send: a huge and an overflowing
+/// Content-Length, a body announced and never sent (held open), and 600
+/// idle connections under a 1,024 file limit. After each, /healthz answers
+/// within 1 s on both listeners and the agent still applies events.
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn no_request_stops_the_agent() {
+    require_root();
+    let lab = lab();
+    let api = ApiServer::start();
+    web(&api, "web", "198.18.30.1", &["203.0.113.1"]);
+    let tmp = Tmpfs::new();
+    let agent = Agent::start_with(&lab, &api.kubeconfig(tmp.path()), &[], Some(1024));
+    agent.ready();
+
+    let healthy = |what: &str| {
+        for addr in [agent.health, agent.metrics] {
+            let t = Instant::now();
+            let r = get(addr, "/healthz");
+            assert_eq!(
+                r.as_ref().map(|r| r.0),
+                Some(200),
+                "after {what}: /healthz on {addr}: {r:?}\n{}",
+                agent.output()
+            );
+            assert!(t.elapsed() < Duration::from_secs(1), "after {what}: slow");
+        }
+    };
+    let send = |addr: SocketAddr, req: &str| -> TcpStream {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        s
+    };
+    let mut held = Vec::new();
+    for (what, len) in [
+        ("Content-Length 100000000000", "100000000000"),
+        ("Content-Length 2^64-1", "18446744073709551615"),
+    ] {
+        for addr in [agent.health, agent.metrics] {
+            let mut s = send(
+                addr,
+                &format!("GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n"),
+            );
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf);
+        }
+        healthy(what);
+    }
+    // A body announced, never sent, the connection held.
+    for addr in [agent.health, agent.metrics] {
+        held.push(send(
+            addr,
+            "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nab",
+        ));
+    }
+    healthy("a body never sent");
+    // A head that never ends.
+    held.push(send(agent.health, "GET /healthz HTTP/1.1\r\nX-A: "));
+    healthy("a head never ended");
+    // 600 idle connections to each listener.
+    for addr in [agent.health, agent.metrics] {
+        for _ in 0..600 {
+            if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                held.push(s);
+            }
+        }
+    }
+    healthy("600 idle connections");
+    // Still applying events.
+    api.apply(slice("web-a", "web", &["203.0.113.2"]));
+    assert!(
+        eventually(Duration::from_secs(10), || lab.replies(WEB, 3)
+            == set(&["be-2"])),
+        "{}",
+        agent.output()
+    );
+    // A head larger than 8 KiB is refused, the listener stays.
+    let mut s = send(
+        agent.health,
+        &format!(
+            "GET /healthz HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(20_000)
+        ),
+    );
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(!resp.contains("200 OK"), "{resp}");
+    drop(held);
+    healthy("all of it");
+}
+
+/// Metrics listen on loopback by default, and neither default port is one
+/// of kube-proxy's (10249 metrics, 10256 health).
+#[test]
+fn default_ports_are_not_kube_proxys() {
+    let out = std::process::Command::new(NETNSXL)
+        .args(["agent", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.contains("[default: 127.0.0.1:10264]"), "{help}");
+    assert!(help.contains("[default: 0.0.0.0:10265]"), "{help}");
+    assert!(!help.contains(":10249]") && !help.contains(":10256]"));
+}
