@@ -781,12 +781,7 @@ fn apply_cmd(pin_dir: &Path, mut a: ApplyArgs) -> Result<()> {
             netnsxl::observe::metrics::serve(addr, pin_dir.to_path_buf(), metrics.clone())?;
         }
         use netnsxl::control::watch::Progress;
-        let mut on = |p: Progress| match p {
-            Progress::Event { kind, applied } => metrics.event(kind, applied),
-            Progress::Change { seconds } => metrics.change(seconds),
-            Progress::Held { services, slices } => metrics.held(services, slices),
-            Progress::CaughtUp => metrics.caught_up(),
-        };
+        let mut on = |p: Progress| metrics.progress(p);
         let s = netnsxl::control::watch::watch(&state, input, &opts, &mut on)?;
         if s.failed > 0 {
             bail!(

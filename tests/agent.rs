@@ -67,7 +67,7 @@ impl Agent {
             &h,
         ];
         args.extend_from_slice(extra);
-        let mut cmd = match nofile {
+        let cmd = match nofile {
             Some(n) => {
                 let mut c = std::process::Command::new("prlimit");
                 c.arg(format!("--nofile={n}:{n}")).arg("--").arg(NETNSXL);
@@ -76,6 +76,17 @@ impl Agent {
             }
             None => lab.cli().cmd(&args),
         };
+        Agent::run(cmd, kubeconfig, metrics, health)
+    }
+
+    /// Run `cmd` (a netnsxl agent serving on these addresses) with the
+    /// given kubeconfig.
+    fn run(
+        mut cmd: std::process::Command,
+        kubeconfig: &str,
+        metrics: SocketAddr,
+        health: SocketAddr,
+    ) -> Agent {
         let mut child = cmd
             .env("KUBECONFIG", kubeconfig)
             .env_remove("NODE_NAME")
@@ -160,6 +171,19 @@ fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// /metrics once it has the line `want`.
+fn eventually_metrics(agent: &Agent, want: &str) -> String {
+    let mut m = String::new();
+    let ok = eventually(Duration::from_secs(10), || {
+        m = get(agent.metrics, "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default();
+        m.lines().any(|l| l == want)
+    });
+    assert!(ok, "no line {want:?} in\n{m}");
+    m
+}
+
 /// The frontends `svc list` shows, as "ADDR:PORT".
 fn frontends(lab: &Lab) -> std::collections::BTreeSet<String> {
     lab.list()
@@ -224,10 +248,29 @@ fn agent_lists_once_then_follows_changes_through_closed_watches() {
     assert_eq!(api.requests("LIST", "endpointslices"), 1);
     let watches = api.requests("WATCH", "services");
     assert!(watches >= 15, "{watches} watches of services");
-    let (code, m) = get(agent.metrics, "/metrics").unwrap();
-    assert_eq!(code, 200);
+    // An endpoint change carrying its trigger time is measured from it.
+    let now = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    let mut s = slice("shop-a", "shop", &["203.0.113.1"]);
+    s["metadata"]["annotations"] = json!({
+        "endpoints.kubernetes.io/last-change-trigger-time":
+            String::from_utf8_lossy(&now.stdout).trim().to_string()
+    });
+    api.apply(s);
+    assert!(eventually(Duration::from_secs(10), || lab.replies(SHOP, 3)
+        == set(&["be-1"])));
+    let m = eventually_metrics(
+        &agent,
+        "netnsxl_network_programming_duration_seconds_count 1",
+    );
     assert!(
         m.contains(r#"netnsxl_agent_lists_total{resource="Service"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains("netnsxl_watch_last_queued_timestamp_seconds "),
         "{m}"
     );
 }
@@ -494,4 +537,131 @@ fn default_ports_are_not_kube_proxys() {
     assert!(help.contains("[default: 127.0.0.1:10264]"), "{help}");
     assert!(help.contains("[default: 0.0.0.0:10265]"), "{help}");
     assert!(!help.contains(":10249]") && !help.contains(":10256]"));
+}
+
+/// deploy/'s own command lines, pointed at the lab: the DaemonSet's
+/// container command (its `$(VAR)`s expanded from its env, nodeName from
+/// the downward API) and the unit's ExecStart (`${VAR}` from its
+/// Environment= lines). `over` replaces env values; the default ports
+/// 10264 and 10265 become free loopback ports, returned as (metrics,
+/// health). The image's and the unit's /usr/local/bin/netnsxl is this
+/// build.
+fn deploy_command(
+    which: &str,
+    over: &[(&str, &str)],
+) -> (std::process::Command, SocketAddr, SocketAddr) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut env: Vec<(String, String)> = Vec::new();
+    let argv: Vec<String> = if which == "daemonset" {
+        let text = std::fs::read_to_string(format!("{root}/deploy/daemonset.yaml")).unwrap();
+        let ds = serde_yaml_ng::Deserializer::from_str(&text)
+            .map(|d| <serde_json::Value as serde::Deserialize>::deserialize(d).unwrap())
+            .find(|d| d["kind"] == "DaemonSet")
+            .expect("a DaemonSet in deploy/daemonset.yaml");
+        let c = &ds["spec"]["template"]["spec"]["containers"][0];
+        for e in c["env"].as_array().unwrap() {
+            let v = match (&e["value"], &e["valueFrom"]["fieldRef"]["fieldPath"]) {
+                (serde_json::Value::String(v), _) => v.clone(),
+                (_, f) if f == "spec.nodeName" => "node-a".to_string(),
+                other => panic!("an env source the test does not know: {other:?}"),
+            };
+            env.push((e["name"].as_str().unwrap().to_string(), v));
+        }
+        c["command"]
+            .as_array()
+            .into_iter()
+            .chain(c["args"].as_array())
+            .flatten()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    } else {
+        let text = std::fs::read_to_string(format!("{root}/deploy/netnsxl.service")).unwrap();
+        let mut exec = None;
+        for line in text.lines() {
+            if let Some(kv) = line.strip_prefix("Environment=") {
+                let (k, v) = kv.split_once('=').unwrap();
+                env.push((k.to_string(), v.replace("%H", "node-a")));
+            } else if let Some(cmd) = line.strip_prefix("ExecStart=") {
+                exec = Some(cmd.to_string());
+            }
+        }
+        exec.expect("an ExecStart= line")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    for (k, v) in over {
+        match env.iter_mut().find(|(n, _)| n == k) {
+            Some(e) => e.1 = v.to_string(),
+            None => env.push((k.to_string(), v.to_string())),
+        }
+    }
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let argv: Vec<String> = argv
+        .into_iter()
+        .map(|mut a| {
+            for (k, v) in &env {
+                a = a
+                    .replace(&format!("$({k})"), v)
+                    .replace(&format!("${{{k}}}"), v);
+            }
+            match a.parse::<SocketAddr>().map(|s| s.port()) {
+                Ok(10264) => metrics.to_string(),
+                Ok(10265) => health.to_string(),
+                _ => a,
+            }
+        })
+        .collect();
+    assert_eq!(argv[0], "/usr/local/bin/netnsxl", "{argv:?}");
+    assert!(
+        !argv.iter().any(|a| a.contains('$')),
+        "unexpanded: {argv:?}"
+    );
+    let mut cmd = std::process::Command::new(NETNSXL);
+    cmd.args(&argv[1..]).envs(env);
+    (cmd, metrics, health)
+}
+
+/// What ships is what is tested: the DaemonSet's container command and the
+/// unit's ExecStart, each run as written (cgroup, pin dir, kubeconfig and
+/// ports pointed at the lab), list and follow the stand-in API server.
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn deploy_command_lines_run_the_agent() {
+    require_root();
+    let lab = lab();
+    let api = ApiServer::start();
+    web(&api, "web", "198.18.30.1", &["203.0.113.1"]);
+    let tmp = Tmpfs::new();
+    let kubeconfig = api.kubeconfig(tmp.path());
+    let pins = lab.pins.path.to_str().unwrap().to_string();
+    let cg = lab.cg.path.to_str().unwrap().to_string();
+    for (i, which) in ["daemonset", "unit"].into_iter().enumerate() {
+        let (cmd, metrics, health) = deploy_command(
+            which,
+            &[
+                ("NETNSXL_PIN_DIR", &pins),
+                ("CGROUP", &cg),
+                ("KUBECONFIG", &kubeconfig),
+            ],
+        );
+        let agent = Agent::run(cmd, &kubeconfig, metrics, health);
+        agent.ready();
+        let (be, name) = if i == 0 {
+            ("203.0.113.2", "be-2")
+        } else {
+            ("203.0.113.1", "be-1")
+        };
+        api.apply(slice("web-a", "web", &[be]));
+        assert!(
+            eventually(Duration::from_secs(10), || lab.replies(WEB, 3)
+                == set(&[name])),
+            "{which}: {}",
+            agent.output()
+        );
+        assert_eq!(get(agent.metrics, "/metrics").map(|r| r.0), Some(200));
+        assert_eq!(get(agent.health, "/livez").map(|r| r.0), Some(200));
+        assert_eq!(get(agent.health, "/metrics").map(|r| r.0), Some(404));
+    }
 }

@@ -296,12 +296,7 @@ pub fn run(state: &State, pin_dir: &Path, opts: AgentOpts) -> Result<()> {
     ));
     rt.spawn(follow(client, slice, Listed::EndpointSlice, shared.clone()));
     drop(shared);
-    let mut on = |p: Progress| match p {
-        Progress::Event { kind, applied } => watch_metrics.event(kind, applied),
-        Progress::Change { seconds } => watch_metrics.change(seconds),
-        Progress::Held { services, slices } => watch_metrics.held(services, slices),
-        Progress::CaughtUp => watch_metrics.caught_up(),
-    };
+    let mut on = |p: Progress| watch_metrics.progress(p);
     let summary = watch::run(state, rx, &opts.apply, &mut on)?;
     Err(anyhow!(
         "the watchers ended after {} events; the maps keep their last state",

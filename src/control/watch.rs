@@ -74,6 +74,10 @@ enum Change {
 /// One decoded event (see [`Input::of`]).
 pub struct Event {
     n: usize,
+    /// An EndpointSlice's `endpoints.kubernetes.io/last-change-trigger-time`
+    /// (Unix seconds): when the change it carries began, for the network
+    /// programming latency.
+    trigger: Option<f64>,
     /// The object's kind, for metrics.
     kind: String,
     /// "MODIFIED EndpointSlice shop/web-a", for messages.
@@ -112,6 +116,11 @@ pub enum Progress<'a> {
     Held { services: usize, slices: usize },
     /// Everything read is applied and nothing waits: the initial list is in.
     CaughtUp,
+    /// An event arrived (kube-proxy's "last queued").
+    Queued,
+    /// A change that began `seconds` ago (its EndpointSlice's trigger time)
+    /// is in the maps now: the network programming latency.
+    Programmed { seconds: f64 },
 }
 
 /// How a watch ended.
@@ -187,6 +196,7 @@ impl Objects {
             .filter(|k| !seen.contains(*k))
             .map(|k| Event {
                 n,
+                trigger: None,
                 kind: kind.kind().to_string(),
                 what: format!("{} {}/{} (gone from a new list)", kind.kind(), k.0, k.1),
                 change: match kind {
@@ -198,6 +208,7 @@ impl Objects {
         if kind == Listed::EndpointSlice {
             out.push(Event {
                 n,
+                trigger: None,
                 kind: kind.kind().to_string(),
                 what: "EndpointSlice list complete".to_string(),
                 change: Change::SlicesListed,
@@ -557,8 +568,13 @@ fn decode(
             }
         }
     };
+    let trigger =
+        obj["metadata"]["annotations"]["endpoints.kubernetes.io/last-change-trigger-time"]
+            .as_str()
+            .and_then(crate::model::time::rfc3339_unix);
     Ok(Some(Event {
         n,
+        trigger,
         kind,
         what,
         change,
@@ -745,6 +761,7 @@ pub fn run(
             match msg {
                 Input::Event(ev) => {
                     summary.events += 1;
+                    on(Progress::Queued);
                     if let Some((kind, key)) = ev.listed()
                         && let Some(seen) = listing.get_mut(&kind)
                     {
@@ -794,11 +811,17 @@ pub fn run(
                 on(Progress::Change {
                     seconds: t.elapsed().as_secs_f64(),
                 });
+                let now = crate::model::time::unix_now();
                 for ev in one {
                     on(Progress::Event {
                         kind: &ev.kind,
                         applied: true,
                     });
+                    if let Some(t) = ev.trigger {
+                        on(Progress::Programmed {
+                            seconds: (now - t).max(0.0),
+                        });
+                    }
                 }
             }
             r.map(|_| ())

@@ -5,4 +5,5 @@ pub mod addr;
 pub mod manifest;
 pub mod redirect;
 pub mod service;
+pub mod time;
 pub mod topology;

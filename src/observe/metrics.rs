@@ -43,6 +43,8 @@ pub struct WatchMetrics {
     api: std::sync::Mutex<Option<(std::time::Instant, String, std::time::Duration)>>,
     api_errors: Family<Labels, Counter>,
     lists: Family<Labels, Counter>,
+    last_queued: Gauge<f64, AtomicU64>,
+    programming: Histogram,
 }
 
 impl Default for WatchMetrics {
@@ -57,6 +59,9 @@ impl Default for WatchMetrics {
             api: std::sync::Mutex::new(None),
             api_errors: Family::default(),
             lists: Family::default(),
+            last_queued: Gauge::default(),
+            // 10 ms to about 20 min, as kube-proxy's buckets span.
+            programming: Histogram::new(exponential_buckets(0.01, 2.0, 18)),
         }
     }
 }
@@ -78,6 +83,29 @@ impl WatchMetrics {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         self.last_sync.set(now);
+    }
+
+    /// An event arrived.
+    pub fn queued(&self) {
+        self.last_queued.set(crate::model::time::unix_now());
+    }
+
+    /// An endpoint change that began `seconds` ago is in the maps.
+    pub fn programmed(&self, seconds: f64) {
+        self.programming.observe(seconds);
+    }
+
+    /// Everything the loop reports, to these metrics.
+    pub fn progress(&self, p: crate::control::watch::Progress) {
+        use crate::control::watch::Progress;
+        match p {
+            Progress::Event { kind, applied } => self.event(kind, applied),
+            Progress::Change { seconds } => self.change(seconds),
+            Progress::Held { services, slices } => self.held(services, slices),
+            Progress::CaughtUp => self.caught_up(),
+            Progress::Queued => self.queued(),
+            Progress::Programmed { seconds } => self.programmed(seconds),
+        }
     }
 
     /// The objects the loop holds.
@@ -142,6 +170,16 @@ impl WatchMetrics {
             "netnsxl_watch_last_sync_timestamp_seconds",
             "Unix time of the last change written",
             self.last_sync.clone(),
+        );
+        r.register(
+            "netnsxl_watch_last_queued_timestamp_seconds",
+            "Unix time of the last event received (kube-proxy's sync_proxy_rules_last_queued_timestamp_seconds)",
+            self.last_queued.clone(),
+        );
+        r.register(
+            "netnsxl_network_programming_duration_seconds",
+            "From an EndpointSlice's endpoints.kubernetes.io/last-change-trigger-time to its change in the maps (kube-proxy's network_programming_duration_seconds)",
+            self.programming.clone(),
         );
         r.register(
             "netnsxl_watch_objects",
