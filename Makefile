@@ -30,7 +30,7 @@ test: deps image
 
 # The DaemonSet's OCI image, FROM scratch with Debian's podman, offline:
 # target/image/netnsxl-VERSION.oci.tar (see tools/build-image).
-IMAGE_DEBS := podman runc busybox-static file
+IMAGE_DEBS := podman runc ca-certificates
 image: build
 	@missing=$$(for p in $(IMAGE_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -1,6 +1,7 @@
 //! The DaemonSet's image (`make image`, tools/build-image), run with podman:
-//! it holds this netnsxl and kubectl, and `apply --watch` runs inside it
-//! against a pin dir of the host's bpffs. `make test` builds the image
+//! it holds this netnsxl alone, and the DaemonSet's own container command
+//! (`netnsxl agent`) runs inside it against the host's bpffs, cgroup and a
+//! stand-in API server (tests/common/apiserver.rs). `make test` builds the image
 //! first; a missing image fails here with the command that builds it.
 //! (Not run in tests/kernels: the image is the same on every kernel.)
 
@@ -93,9 +94,23 @@ fn image_present() {
     );
 }
 
+/// A container by name, removed (`podman rm -f`) on drop, also when the
+/// podman process that ran it was killed.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = podman()
+            .args(["rm", "-f", "-t", "0", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 #[test]
 #[ignore = "needs root (make test runs it)"]
-fn the_image_holds_this_netnsxl_and_kubectl() {
+fn the_image_holds_this_netnsxl_alone() {
     require_root();
     image_present();
     let parent = PodmanParent::new();
@@ -116,78 +131,116 @@ fn the_image_holds_this_netnsxl_and_kubectl() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = podman()
-        .args(["run", "--rm", "--cgroup-parent", &parent.arg()])
-        .args(["--entrypoint", "/bin/sh", TAG, "-c"])
-        .arg("kubectl version --client && command -v netnsxl && command -v kubectl")
-        .output()
+    // Its files: netnsxl, the libraries it links, passwd and group.
+    let name = unique("netnsxl-image");
+    let _c = Container(name.clone());
+    run_ok(podman().args(["create", "--name", &name, TAG]));
+    let tar = run_ok(podman().args(["export", &name])).stdout;
+    let mut t = Command::new("tar")
+        .arg("-t")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    t.stdin.take().unwrap().write_all(&tar).unwrap();
+    let files = String::from_utf8(t.wait_with_output().unwrap().stdout).unwrap();
+    let programs: Vec<&str> = files
+        .lines()
+        .filter(|f| f.contains("bin/") && !f.ends_with('/'))
+        .collect();
+    assert_eq!(programs, vec!["usr/local/bin/netnsxl"], "{files}");
     assert!(
-        out.status.success() && text.contains("Client Version"),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+        files.lines().all(|f| f.ends_with('/')
+            || f.contains(".so")
+            || f.starts_with("etc/")
+            || f.starts_with("usr/local/bin/netnsxl")),
+        "{files}"
     );
-    assert!(text.contains("/usr/local/bin/netnsxl") && text.contains("/usr/bin/kubectl"));
 }
 
-/// The DaemonSet's job inside the image: `apply --watch` on the host's
-/// pin dir (bpffs bind-mounted, privileged as the DaemonSet is) applies a
-/// watch event, which the host then sees.
+/// The DaemonSet's container command, as deploy/daemonset.yaml writes it,
+/// inside the image (privileged, host network, the host's bpffs and
+/// cgroup2 mounted as the DaemonSet mounts them): it attaches (already
+/// attached) and applies the stand-in API server's Service, which the host
+/// then sees.
 #[test]
 #[ignore = "needs root (make test runs it)"]
-fn apply_watch_runs_inside_the_image() {
+fn the_daemonsets_agent_runs_inside_the_image() {
     require_root();
     image_present();
     let cg = Cgroup::new();
     let pins = PinDir::new();
     let cli = Cli { pins: &pins };
     cli.attach(&cg, &[]);
-    let pin = pins.path.to_str().unwrap();
+    let api = common::apiserver::ApiServer::start();
+    api.apply(service("web", "198.18.50.1", serde_json::json!(80)));
+    api.apply(slice("web-a", "web", &["203.0.113.1"]));
+    let tmp = Tmpfs::new();
+    let kubeconfig = api.kubeconfig(tmp.path());
+    // The cgroup2 mount, seen at a path of its own inside the container.
+    let cg2 = netnsxl::sys::cgroup2_mount().unwrap();
+    let in_ct = format!(
+        "/host-cgroup/{}",
+        cg.path.strip_prefix(&cg2).unwrap().display()
+    );
+    let d = deploy_argv(
+        "daemonset",
+        &[
+            ("NETNSXL_PIN_DIR", pins.path.to_str().unwrap()),
+            ("CGROUP", &in_ct),
+            ("KUBECONFIG", &kubeconfig),
+        ],
+    );
+    let name = unique("netnsxl-agent");
+    let _c = Container(name.clone());
     let parent = PodmanParent::new();
-    let mut child = Reaped(
-        podman()
-            .args(["run", "--rm", "-i", "--privileged", "--network", "host"])
-            .args(["--cgroup-parent", &parent.arg()])
-            .args(["-v", "/sys/fs/bpf:/sys/fs/bpf", TAG])
-            .args(["--pin-dir", pin, "apply", "-f", "-", "--watch"])
-            .args(["--node-name", "node-a"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut stdin = child.0.stdin.take().unwrap();
-    writeln!(
-        stdin,
-        r#"{{"type": "ADDED", "object": {{"apiVersion": "v1", "kind": "Service", "metadata": {{"name": "web", "namespace": "img"}}, "spec": {{"clusterIP": "198.18.50.1", "ports": [{{"port": 80}}]}}}}}}"#
-    )
-    .unwrap();
-    drop(stdin);
-    let mut out = String::new();
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let status = child.0.wait().unwrap();
-    assert!(status.success(), "{out}{err}");
-    assert!(
-        out.contains("event 1 ADDED Service img/web: 1 added"),
-        "{out}{err}"
-    );
+    let mut run = podman();
+    run.args([
+        "run",
+        "--rm",
+        "--name",
+        &name,
+        "--privileged",
+        "--network",
+        "host",
+    ])
+    .args(["--cgroup-parent", &parent.arg()])
+    .args(["-v", "/sys/fs/bpf:/sys/fs/bpf"])
+    .args(["-v", &format!("{}:/host-cgroup", cg2.display())])
+    .args(["-v", &format!("{0}:{0}", tmp.path().display())]);
+    for (k, v) in &d.env {
+        run.args(["-e", &format!("{k}={v}")]);
+    }
+    run.args(["--entrypoint", &d.argv[0], TAG])
+        .args(&d.argv[1..])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = Reaped(run.spawn().unwrap());
+    let mut seen = None;
+    for _ in 0..300 {
+        let list = cli.json(&["svc", "list"]);
+        seen = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["frontend"] == "198.18.50.1:80")
+            .cloned();
+        if seen.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let Some(svc) = seen else {
+        drop(_c);
+        let mut err = String::new();
+        use std::io::Read;
+        let _ = child.0.stderr.take().unwrap().read_to_string(&mut err);
+        panic!("the host never saw the service: {err}");
+    };
+    assert_eq!(svc["origin"], "kubernetes");
+    assert_eq!(svc["backends"][0]["addr"], "203.0.113.1:8080", "{svc:#}");
+    drop(_c);
+    let _ = child.0.wait();
     // Nothing of podman's is left in any cgroup hierarchy.
     let name = parent.0.clone();
     drop(parent);
@@ -196,12 +249,4 @@ fn apply_watch_runs_inside_the_image() {
         .filter(|p| p.exists())
         .collect();
     assert!(left.is_empty(), "{left:?}");
-    let list = cli.json(&["svc", "list"]);
-    let svc = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["frontend"] == "198.18.50.1:80")
-        .unwrap_or_else(|| panic!("the host sees the service: {list:#}"));
-    assert_eq!(svc["origin"], "kubernetes");
 }

@@ -709,3 +709,105 @@ pub fn slice(name: &str, service: &str, addrs: &[&str]) -> Value {
         "endpoints": endpoints
     })
 }
+
+/// A free TCP port on loopback (nothing else binds there in between).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A command line of deploy/, expanded: argv (argv[0] is the image's and
+/// the unit's /usr/local/bin/netnsxl), its environment, and the loopback
+/// addresses its metrics and health listen on.
+pub struct Deployed {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub metrics: std::net::SocketAddr,
+    pub health: std::net::SocketAddr,
+}
+
+/// deploy/'s own command lines, pointed at the lab: the DaemonSet's
+/// container command (its `$(VAR)`s expanded from its env, nodeName from
+/// the downward API) and the unit's ExecStart (`${VAR}` from its
+/// Environment= lines). `over` replaces env values; the default ports
+/// 10264 and 10265 become free loopback ports, returned as (metrics,
+/// health).
+pub fn deploy_argv(which: &str, over: &[(&str, &str)]) -> Deployed {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut env: Vec<(String, String)> = Vec::new();
+    let argv: Vec<String> = if which == "daemonset" {
+        let text = std::fs::read_to_string(format!("{root}/deploy/daemonset.yaml")).unwrap();
+        let ds = serde_yaml_ng::Deserializer::from_str(&text)
+            .map(|d| <serde_json::Value as serde::Deserialize>::deserialize(d).unwrap())
+            .find(|d| d["kind"] == "DaemonSet")
+            .expect("a DaemonSet in deploy/daemonset.yaml");
+        let c = &ds["spec"]["template"]["spec"]["containers"][0];
+        for e in c["env"].as_array().unwrap() {
+            let v = match (&e["value"], &e["valueFrom"]["fieldRef"]["fieldPath"]) {
+                (serde_json::Value::String(v), _) => v.clone(),
+                (_, f) if f == "spec.nodeName" => "node-a".to_string(),
+                other => panic!("an env source the test does not know: {other:?}"),
+            };
+            env.push((e["name"].as_str().unwrap().to_string(), v));
+        }
+        c["command"]
+            .as_array()
+            .into_iter()
+            .chain(c["args"].as_array())
+            .flatten()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    } else {
+        let text = std::fs::read_to_string(format!("{root}/deploy/netnsxl.service")).unwrap();
+        let mut exec = None;
+        for line in text.lines() {
+            if let Some(kv) = line.strip_prefix("Environment=") {
+                let (k, v) = kv.split_once('=').unwrap();
+                env.push((k.to_string(), v.replace("%H", "node-a")));
+            } else if let Some(cmd) = line.strip_prefix("ExecStart=") {
+                exec = Some(cmd.to_string());
+            }
+        }
+        exec.expect("an ExecStart= line")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    for (k, v) in over {
+        match env.iter_mut().find(|(n, _)| n == k) {
+            Some(e) => e.1 = v.to_string(),
+            None => env.push((k.to_string(), v.to_string())),
+        }
+    }
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let health: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let argv: Vec<String> = argv
+        .into_iter()
+        .map(|mut a| {
+            for (k, v) in &env {
+                a = a
+                    .replace(&format!("$({k})"), v)
+                    .replace(&format!("${{{k}}}"), v);
+            }
+            match a.parse::<std::net::SocketAddr>().map(|s| s.port()) {
+                Ok(10264) => metrics.to_string(),
+                Ok(10265) => health.to_string(),
+                _ => a,
+            }
+        })
+        .collect();
+    assert_eq!(argv[0], "/usr/local/bin/netnsxl", "{argv:?}");
+    assert!(
+        !argv.iter().any(|a| a.contains('$')),
+        "unexpanded: {argv:?}"
+    );
+    Deployed {
+        argv,
+        env,
+        metrics,
+        health,
+    }
+}
