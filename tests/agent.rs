@@ -405,23 +405,58 @@ fn api_server_override_and_a_watch_cut_mid_event() {
     assert!(err.contains("--api-server"), "{err}");
 }
 
-/// kube-proxy's selection: a Service labelled for another proxy, or
-/// headless, is not served.
+/// kube-proxy's selection: a Service labelled for another proxy is not
+/// asked for; a load balancer's ingress with ipMode Proxy is not
+/// translated (its VIP one is); what is not served (here ExternalName and
+/// the Proxy ingress) is said once each on stderr and counted by reason.
 #[test]
 #[ignore = "needs root (make test runs it)"]
-fn services_of_another_proxy_are_not_served() {
+fn what_kube_proxy_leaves_alone_is_not_served_and_is_reported_once() {
     require_root();
     let lab = lab();
     let api = ApiServer::start();
-    web(&api, "web", "198.18.30.1", &["203.0.113.1"]);
+    let mut lb = service("web", "198.18.30.1", json!(80));
+    lb["spec"]["type"] = json!("LoadBalancer");
+    lb["status"] = json!({"loadBalancer": {"ingress": [
+        {"ip": "203.0.113.80", "ipMode": "VIP"},
+        {"ip": "203.0.113.81", "ipMode": "Proxy"}
+    ]}});
+    api.apply(lb.clone());
+    api.apply(slice("web-a", "web", &["203.0.113.1"]));
     let mut other = service("other", "198.18.30.2", json!(80));
     other["metadata"]["labels"] = json!({"service.kubernetes.io/service-proxy-name": "mesh"});
     api.apply(other);
     api.apply(slice("other-a", "other", &["203.0.113.2"]));
+    api.apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "ext", "namespace": "shop"},
+        "spec": {"type": "ExternalName", "externalName": "db.example.org"}}));
     let tmp = Tmpfs::new();
     let agent = Agent::start(&lab, &api.kubeconfig(tmp.path()), &[]);
     agent.ready();
-    assert_eq!(frontends(&lab), set(&[WEB]), "{}", agent.output());
+    let f = frontends(&lab);
+    assert!(f.contains(WEB) && f.contains("203.0.113.80:80"), "{f:?}");
+    assert!(
+        !f.contains("198.18.30.2:80"),
+        "another proxy's Service: {f:?}"
+    );
+    assert!(
+        !f.contains("203.0.113.81:80"),
+        "an ipMode Proxy ingress: {f:?}"
+    );
+    // The same Service again: nothing said twice.
+    lb["metadata"]["labels"] = json!({"tier": "front"});
+    api.apply(lb);
+    let m = eventually_metrics(
+        &agent,
+        r#"netnsxl_watch_events_total{kind="Service",result="applied"} 3"#,
+    );
+    let out = agent.output();
+    assert_eq!(out.matches("ipMode Proxy").count(), 1, "{out}");
+    assert_eq!(out.matches("ExternalName").count(), 1, "{out}");
+    assert!(
+        m.contains(r#"netnsxl_watch_not_served_total{reason="ipMode Proxy (reached through the load balancer)"} 1"#),
+        "{m}"
+    );
 }
 
 /// The HTTP side under what any pod can send: a huge and an overflowing

@@ -121,6 +121,9 @@ pub enum Progress<'a> {
     /// A change that began `seconds` ago (its EndpointSlice's trigger time)
     /// is in the maps now: the network programming latency.
     Programmed { seconds: f64 },
+    /// Part of a Service is not served (ExternalName, headless, SCTP,
+    /// ipMode Proxy...), reported the first time it is seen.
+    NotServed { reason: &'a str },
 }
 
 /// How a watch ended.
@@ -726,6 +729,8 @@ pub fn run(
     let mut summary = Summary::default();
     // The keys each full list under way has named so far.
     let mut listing: HashMap<Listed, HashSet<Key>> = HashMap::new();
+    // What was reported as not served ("where: why"), to say it once.
+    let mut not_served: HashSet<String> = HashSet::new();
     let mut broken = None;
     let mut ended = false;
     while !ended && broken.is_none() {
@@ -821,6 +826,17 @@ pub fn run(
                         on(Progress::Programmed {
                             seconds: (now - t).max(0.0),
                         });
+                    }
+                    // What a Service has that netnsxl does not serve: said
+                    // once each, never skipped silently.
+                    if let Change::Service(_, Some(svc)) = &ev.change {
+                        for what in svc.skipped() {
+                            if not_served.insert(what.clone()) {
+                                eprintln!("netnsxl: not served: {what}");
+                                let reason = what.rsplit(": ").next().unwrap_or(what);
+                                on(Progress::NotServed { reason });
+                            }
+                        }
                     }
                 }
             }

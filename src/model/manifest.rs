@@ -948,6 +948,11 @@ fn k8s_backends(
 }
 
 impl K8sService {
+    /// What of it is not served, each as "where: why".
+    pub fn skipped(&self) -> &[String] {
+        &self.skipped
+    }
+
     pub fn parse(
         o: &Map<String, Value>,
         at: &str,
@@ -1035,6 +1040,15 @@ impl K8sService {
                 .enumerate()
             {
                 let gat = format!("{lat}.ingress[{i}]");
+                // kube-proxy leaves an ingress IP whose load balancer
+                // proxies (ipMode Proxy) to it: clients in the cluster go
+                // through the load balancer too.
+                if opt_str(obj(g, &gat)?, "ipMode", &gat)? == Some("Proxy") {
+                    out.skipped.push(format!(
+                        "{gat}: ipMode Proxy (reached through the load balancer)"
+                    ));
+                    continue;
+                }
                 if let Some(ip) = opt_str(obj(g, &gat)?, "ip", &gat)? {
                     out.ingress.push(
                         ip.parse::<IpAddr>()

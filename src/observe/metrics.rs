@@ -45,6 +45,7 @@ pub struct WatchMetrics {
     lists: Family<Labels, Counter>,
     last_queued: Gauge<f64, AtomicU64>,
     programming: Histogram,
+    not_served: Family<Labels, Counter>,
 }
 
 impl Default for WatchMetrics {
@@ -60,6 +61,7 @@ impl Default for WatchMetrics {
             api_errors: Family::default(),
             lists: Family::default(),
             last_queued: Gauge::default(),
+            not_served: Family::default(),
             // 10 ms to about 20 min, as kube-proxy's buckets span.
             programming: Histogram::new(exponential_buckets(0.01, 2.0, 18)),
         }
@@ -105,6 +107,11 @@ impl WatchMetrics {
             Progress::CaughtUp => self.caught_up(),
             Progress::Queued => self.queued(),
             Progress::Programmed { seconds } => self.programmed(seconds),
+            Progress::NotServed { reason } => {
+                self.not_served
+                    .get_or_create(&vec![("reason", reason.to_string())])
+                    .inc();
+            }
         }
     }
 
@@ -180,6 +187,11 @@ impl WatchMetrics {
             "netnsxl_network_programming_duration_seconds",
             "From an EndpointSlice's endpoints.kubernetes.io/last-change-trigger-time to its change in the maps (kube-proxy's network_programming_duration_seconds)",
             self.programming.clone(),
+        );
+        r.register(
+            "netnsxl_watch_not_served",
+            "Parts of Services not served (ExternalName, headless, SCTP ports, ipMode Proxy ingress), counted once each",
+            self.not_served.clone(),
         );
         r.register(
             "netnsxl_watch_objects",
