@@ -4,7 +4,7 @@ DEBS := clang libelf-dev pkg-config zlib1g-dev bpftool iproute2 procps strace cu
 CARGO ?= cargo
 ARCH := $(shell uname -m)
 
-.PHONY: all build deps test image test-kernels demo bench lint licenses manifests vmlinux fuzz clean
+.PHONY: all build deps test image kubectl test-kernels demo bench lint licenses manifests vmlinux fuzz clean
 
 all: build
 
@@ -25,8 +25,17 @@ build: deps
 # need root and are marked #[ignore = "needs root ..."], so a plain
 # `cargo test` lists them as ignored; here they run. The image is built
 # first: tests/image.rs runs it with podman.
-test: deps image
+test: deps image kubectl
 	$(CARGO) test --release -- --include-ignored
+
+# Debian's kubectl (kubernetes-client), unpacked under target/kubectl (not
+# installed): tests/agent.rs runs the README's kubectl watch line with it.
+kubectl:
+	@test -x target/kubectl/root/usr/bin/kubectl || { \
+		mkdir -p target/kubectl && cd target/kubectl && rm -f kubernetes-client_*.deb && \
+		{ apt-get download -q kubernetes-client >/dev/null 2>&1 || \
+		  { apt-get update >/dev/null && apt-get download -q kubernetes-client >/dev/null; }; } && \
+		dpkg-deb -x kubernetes-client_*.deb root && rm -f kubernetes-client_*.deb; }
 
 # The DaemonSet's OCI image, FROM scratch with Debian's podman, offline:
 # target/image/netnsxl-VERSION.oci.tar (see tools/build-image).

@@ -134,24 +134,26 @@ enum Cmd {
 
 #[derive(Args)]
 struct ApplyArgs {
-    /// The file, or - for standard input.
-    #[arg(short = 'f', long = "filename", value_name = "FILE")]
-    file: String,
+    /// The file, or - for standard input. With --watch, repeat it to
+    /// follow several streams at once (kubectl watches one resource type
+    /// per command).
+    #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+    files: Vec<String>,
     /// Print what would change (added, changed, removed) and write nothing.
     #[arg(long)]
     dry_run: bool,
     /// Delete the services the file does not name.
     #[arg(long)]
     prune: bool,
-    /// Read a Kubernetes watch stream (kubectl get services,endpointslices
-    /// -A --watch -o json --output-watch-events) and keep the maps in step,
-    /// one change per event, until the stream ends.
+    /// Read Kubernetes watch streams (kubectl get services -A --watch -o
+    /// json --output-watch-events, and one of endpointslices) and keep the
+    /// maps in step, one change per event, until the streams end.
     #[arg(long, conflicts_with_all = ["dry_run", "prune"])]
     watch: bool,
     /// With --watch: serve Prometheus metrics on http://ADDR:PORT/metrics
     /// and health on /healthz (200 once the initial list is applied and the
     /// programs are attached to the recorded cgroup, else 503 and why).
-    /// Binds only this address, e.g. 127.0.0.1:10249.
+    /// Binds only this address, e.g. 127.0.0.1:10264.
     #[arg(long, value_name = "ADDR:PORT", requires = "watch")]
     metrics_addr: Option<std::net::SocketAddr>,
     /// No progress bar (it is shown only on a terminal, for 1,000 services
@@ -759,13 +761,14 @@ fn apply_cmd(pin_dir: &Path, mut a: ApplyArgs) -> Result<()> {
     use std::io::Read;
     if a.watch {
         let node_name = node_name(a.node_name.take())?;
-        let input: Box<dyn Read + Send> = if a.file == "-" {
-            Box::new(std::io::stdin())
-        } else {
-            Box::new(
-                std::fs::File::open(&a.file).map_err(|e| anyhow::anyhow!("-f {}: {e}", a.file))?,
-            )
-        };
+        let mut inputs: Vec<Box<dyn Read + Send>> = Vec::new();
+        for f in &a.files {
+            inputs.push(if f == "-" {
+                Box::new(std::io::stdin())
+            } else {
+                Box::new(std::fs::File::open(f).map_err(|e| anyhow::anyhow!("-f {f}: {e}"))?)
+            });
+        }
         let opts = apply::ApplyOpts {
             dry_run: false,
             prune: false,
@@ -782,7 +785,7 @@ fn apply_cmd(pin_dir: &Path, mut a: ApplyArgs) -> Result<()> {
         }
         use netnsxl::control::watch::Progress;
         let mut on = |p: Progress| metrics.progress(p);
-        let s = netnsxl::control::watch::watch(&state, input, &opts, &mut on)?;
+        let s = netnsxl::control::watch::watch(&state, inputs, &opts, &mut on)?;
         if s.failed > 0 {
             bail!(
                 "{} of {} events could not be applied (see above); the others were",
@@ -792,14 +795,20 @@ fn apply_cmd(pin_dir: &Path, mut a: ApplyArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let text = if a.file == "-" {
+    let [file] = &a.files[..] else {
+        bail!(
+            "-f is given {} times: without --watch, apply reads one file",
+            a.files.len()
+        );
+    };
+    let text = if file == "-" {
         let mut t = String::new();
         std::io::stdin()
             .read_to_string(&mut t)
             .map_err(|e| anyhow::anyhow!("-f -: cannot read standard input: {e}"))?;
         t
     } else {
-        std::fs::read_to_string(&a.file).map_err(|e| anyhow::anyhow!("-f {}: {e}", a.file))?
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("-f {file}: {e}"))?
     };
     let node_name = node_name(a.node_name.take())?;
     let opts = apply::ApplyOpts {
@@ -816,11 +825,7 @@ fn apply_cmd(pin_dir: &Path, mut a: ApplyArgs) -> Result<()> {
         (s, Some(l))
     };
     let report = apply::apply(&state, &text, &opts).map_err(|e| {
-        let shown = if a.file == "-" {
-            "standard input"
-        } else {
-            &a.file
-        };
+        let shown = if file == "-" { "standard input" } else { file };
         anyhow::anyhow!("{shown}: {e:#}")
     })?;
     match a.format {

@@ -619,3 +619,92 @@ fn deploy_command_lines_run_the_agent() {
         assert_eq!(get(agent.health, "/metrics").map(|r| r.0), Some(404));
     }
 }
+
+/// The kubectl programs to run the README's line with: Debian's
+/// kubernetes-client (`make kubectl` unpacks it under target/kubectl), and
+/// the one on PATH when there is one (a current release on these machines).
+fn kubectls() -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let debian = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/kubectl/root/usr/bin/kubectl"
+    ));
+    assert!(
+        debian.exists(),
+        "{} is missing: run make kubectl (make test does)",
+        debian.display()
+    );
+    out.push(debian.to_path_buf());
+    if let Ok(o) = std::process::Command::new("sh")
+        .args(["-c", "command -v kubectl"])
+        .output()
+        && o.status.success()
+    {
+        out.push(String::from_utf8_lossy(&o.stdout).trim().into());
+    }
+    out
+}
+
+/// The README's stand-alone watch, as written there, with the real kubectl
+/// (each of [`kubectls`]): one watch per resource type (kubectl refuses two
+/// types in one), both streams into one `apply --watch`.
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn readme_kubectl_watch_pipeline_follows_the_api_server() {
+    require_root();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("netnsxl apply --watch") && l.contains("kubectl get services"))
+        .expect("the README's kubectl watch line");
+    for kubectl in kubectls() {
+        let lab = lab();
+        let api = ApiServer::start();
+        web(&api, "web", "198.18.30.1", &["203.0.113.1"]);
+        let tmp = Tmpfs::new();
+        let kubeconfig = api.kubeconfig(tmp.path());
+        // This netnsxl and this kubectl first on PATH.
+        let bins = tmp.path().join("bin");
+        std::fs::create_dir(&bins).unwrap();
+        std::os::unix::fs::symlink(&kubectl, bins.join("kubectl")).unwrap();
+        std::os::unix::fs::symlink(NETNSXL, bins.join("netnsxl")).unwrap();
+        let path = format!(
+            "{}:{}",
+            bins.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut child = Reaped(
+            std::process::Command::new("setsid")
+                .args(["bash", "-c", line])
+                .env("PATH", path)
+                .env("KUBECONFIG", &kubeconfig)
+                .env("NETNSXL_PIN_DIR", &lab.pins.path)
+                .env("NODE", "node-a")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let group = child.0.id() as i32;
+        let ok = eventually(Duration::from_secs(20), || {
+            lab.replies(WEB, 3) == set(&["be-1"])
+        });
+        api.apply(slice("web-a", "web", &["203.0.113.2"]));
+        let ok2 = ok
+            && eventually(Duration::from_secs(20), || {
+                lab.replies(WEB, 3) == set(&["be-2"])
+            });
+        // The whole pipeline (bash, both kubectl, netnsxl) is one session,
+        // whose leader is the child.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(group),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = child.0.wait();
+        let mut err = String::new();
+        let _ = child.0.stderr.take().unwrap().read_to_string(&mut err);
+        assert!(ok && ok2, "{}: {line}\n{err}", kubectl.display());
+        assert!(api.requests("WATCH", "endpointslices") >= 1, "{err}");
+    }
+}

@@ -1,8 +1,10 @@
 //! `apply --watch`: keep the maps in step with a Kubernetes watch stream.
 //!
-//! The stream is what `kubectl get services,endpointslices -A --watch -o json
-//! --output-watch-events` prints: `{"type": ADDED|MODIFIED|DELETED|BOOKMARK|
-//! ERROR, "object": {...}}`, one after another.
+//! Its input is what `netnsxl agent`'s watchers produce
+//! (src/control/agent.rs), or streams of what `kubectl get services -A
+//! --watch -o json --output-watch-events` (and endpointslices) prints:
+//! `{"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "object": {...}}`, one
+//! after another.
 //!
 //! - **Incremental.** Every object is checked and reduced once, when its
 //!   event arrives, and kept in memory. An event re-plans only the Service
@@ -679,33 +681,41 @@ impl Input {
     }
 }
 
-/// Run the watch until the stream ends. Events that could not be applied
-/// are reported and counted, never fatal; a stream that is not JSON is.
+/// Run the watch until every stream ends (several: e.g. one kubectl watch
+/// per resource type, merged as their events come). Events that could not
+/// be applied are reported and counted, never fatal; a stream that is not
+/// JSON is.
 pub fn watch(
     state: &State,
-    input: impl std::io::Read + Send + 'static,
+    inputs: Vec<Box<dyn std::io::Read + Send>>,
     opts: &ApplyOpts,
     on: &mut dyn FnMut(Progress),
 ) -> Result<Summary> {
-    // Events are read, parsed and checked on a thread, so the next ones are
-    // ready (and batched) while a change is written; only their compact
-    // checked form waits in the channel.
+    // Events are read, parsed and checked on a thread per stream, so the
+    // next ones are ready (and batched) while a change is written; only
+    // their compact checked form waits in the channel. Events are numbered
+    // over every stream, in the order they are parsed.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Input>(BATCH_EVENTS / 4);
-    let node_name = opts.node_name.clone();
-    std::thread::spawn(move || {
-        let mut n = 0;
-        for v in serde_json::Deserializer::from_reader(input).into_iter::<Value>() {
-            n += 1;
-            let msg = match v {
-                Ok(v) => Input::of(&v, n, &node_name),
-                Err(e) => Input::Broken(format!("event {n}: not valid JSON: {e}")),
-            };
-            let end = matches!(msg, Input::Broken(_));
-            if tx.send(msg).is_err() || end {
-                break;
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for input in inputs {
+        let tx = tx.clone();
+        let counter = counter.clone();
+        let node_name = opts.node_name.clone();
+        std::thread::spawn(move || {
+            for v in serde_json::Deserializer::from_reader(input).into_iter::<Value>() {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let msg = match v {
+                    Ok(v) => Input::of(&v, n, &node_name),
+                    Err(e) => Input::Broken(format!("event {n}: not valid JSON: {e}")),
+                };
+                let end = matches!(msg, Input::Broken(_));
+                if tx.send(msg).is_err() || end {
+                    break;
+                }
             }
-        }
-    });
+        });
+    }
+    drop(tx);
     run(state, rx, opts, on)
 }
 

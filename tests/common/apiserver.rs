@@ -377,6 +377,34 @@ fn request(inner: &Inner, c: TcpStream) {
                 respond(&mut c, 200, &body);
             }
         }
+        // Discovery, for kubectl: the two groups and their resources.
+        "/api" => respond(
+            &mut c,
+            200,
+            &json!({"kind": "APIVersions", "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
+        ),
+        "/apis" => respond(
+            &mut c,
+            200,
+            &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{
+                "name": "discovery.k8s.io",
+                "versions": [{"groupVersion": "discovery.k8s.io/v1", "version": "v1"}],
+                "preferredVersion": {"groupVersion": "discovery.k8s.io/v1", "version": "v1"}}]}),
+        ),
+        "/api/v1" => respond(
+            &mut c,
+            200,
+            &json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                resource("services", "Service", true, &["svc"]),
+                resource("nodes", "Node", false, &["no"])]}),
+        ),
+        "/apis/discovery.k8s.io/v1" => respond(
+            &mut c,
+            200,
+            &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "discovery.k8s.io/v1",
+                    "resources": [resource("endpointslices", "EndpointSlice", true, &[])]}),
+        ),
         "/version" => respond(
             &mut c,
             200,
@@ -397,6 +425,11 @@ fn request(inner: &Inner, c: TcpStream) {
             &status(404, "NotFound", "the fixture serves no such path"),
         ),
     }
+}
+
+fn resource(name: &str, kind: &str, namespaced: bool, short: &[&str]) -> Value {
+    json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind,
+           "verbs": ["get", "list", "watch"], "shortNames": short})
 }
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
