@@ -66,13 +66,14 @@ bench: build
 	@for p in iptables nftables; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing || \
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; }; fi
+	$(CARGO) build --release --features bench --bin netnsxl-bench
 	./target/release/netnsxl-bench --out bench $(BENCH_ARGS)
 
 # Formatting, clippy (warnings are errors), the licence of every crate, and
 # the deploy/ manifests against a current Kubernetes schema.
 lint: licenses manifests
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) clippy --release --workspace --all-targets --all-features -- -D warnings
 
 # kubernetes-validate (PyPI) in a venv under target/, strict: an unknown
 # field is an error.

@@ -1,5 +1,5 @@
 //! `netnsxl agent` (issue 22) against a stand-in API server
-//! (tests/common/apiserver.rs): the client under test is kube-rs' watcher
+//! (the netnsxl-standin crate, standin/): the client under test is kube-rs' watcher
 //! inside the agent; what is checked is what a user sees: the connects
 //! pods make, `svc list`, /healthz, and the requests the API server got.
 //!
@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use common::apiserver::{ApiServer, kubeconfig_for};
+use netnsxl_standin::{ApiServer, kubeconfig_for};
 use common::*;
 use serde_json::json;
 

@@ -1,7 +1,7 @@
 //! The DaemonSet's image (`make image`, tools/build-image), run with podman:
 //! it holds this netnsxl alone, and the DaemonSet's own container command
 //! (`netnsxl agent`) runs inside it against the host's bpffs, cgroup and a
-//! stand-in API server (tests/common/apiserver.rs). `make test` builds the image
+//! stand-in API server (the netnsxl-standin crate, standin/). `make test` builds the image
 //! first; a missing image fails here with the command that builds it.
 //! (Not run in tests/kernels: the image is the same on every kernel.)
 
@@ -172,7 +172,7 @@ fn the_daemonsets_agent_runs_inside_the_image() {
     let pins = PinDir::new();
     let cli = Cli { pins: &pins };
     cli.attach(&cg, &[]);
-    let api = common::apiserver::ApiServer::start();
+    let api = netnsxl_standin::ApiServer::start();
     api.apply(service("web", "198.18.50.1", serde_json::json!(80)));
     api.apply(slice("web-a", "web", &["203.0.113.1"]));
     let tmp = Tmpfs::new();

@@ -8,7 +8,6 @@
 
 #![allow(dead_code)]
 
-pub mod apiserver;
 mod guards;
 pub use guards::*;
 

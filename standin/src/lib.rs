@@ -1,4 +1,5 @@
-//! A stand-in for the Kubernetes API server, test-only: list and watch of
+//! A stand-in for the Kubernetes API server, for netnsxl's tests and its
+//! benchmark (never part of netnsxl itself): list and watch of
 //! Services and EndpointSlices, GET of Nodes and /version, over plain HTTP
 //! on loopback, from objects the test sets. It speaks the protocol the
 //! client under test (kube-rs' watcher in `netnsxl agent`) expects:
@@ -136,6 +137,23 @@ impl ApiServer {
         kubeconfig_for(dir, &self.url())
     }
 
+    /// Add many objects at once (ADDED to every watch), for large lists.
+    pub fn apply_all(&self, objs: impl IntoIterator<Item = Value>) {
+        let mut st = self.inner.lock();
+        for mut obj in objs {
+            st.rv += 1;
+            let rv = st.rv;
+            obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+            let kind = obj["kind"].as_str().unwrap().to_string();
+            let key = key_of(&obj);
+            let c = st.collections.entry(collection_of(&kind)).or_default();
+            c.objects.insert(key, obj.clone());
+            c.history.push((rv, "ADDED", obj));
+        }
+        drop(st);
+        self.inner.changed.notify_all();
+    }
+
     /// Add or change an object (ADDED or MODIFIED to every watch).
     pub fn apply(&self, mut obj: Value) {
         let mut st = self.inner.lock();
@@ -239,7 +257,9 @@ impl Drop for ApiServer {
 
 /// A kubeconfig naming `server`, with a token (the fixture ignores it).
 pub fn kubeconfig_for(dir: &Path, server: &str) -> String {
-    let f = dir.join(format!("kubeconfig-{}", super::unique("kc")));
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let f = dir.join(format!("kubeconfig-{}-{n}", std::process::id()));
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: fx\n  cluster:\n    server: {server}\nusers:\n- name: fx\n  user:\n    token: fixture\ncontexts:\n- name: fx\n  context:\n    cluster: fx\n    user: fx\ncurrent-context: fx\n"
     );
