@@ -14,8 +14,8 @@ use std::process::Stdio;
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use netnsxl_standin::{ApiServer, kubeconfig_for};
 use common::*;
+use netnsxl_standin::{ApiServer, kubeconfig_for};
 use serde_json::json;
 
 const WEB: &str = "198.18.30.1:80";

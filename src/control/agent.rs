@@ -297,7 +297,9 @@ pub fn run(state: &State, pin_dir: &Path, opts: AgentOpts) -> Result<()> {
     rt.spawn(follow(client, slice, Listed::EndpointSlice, shared.clone()));
     drop(shared);
     let mut on = |p: Progress| watch_metrics.progress(p);
-    let summary = watch::run(state, rx, &opts.apply, &mut on)?;
+    // Ready once both first lists are in, not after the first alone.
+    let lists = [Listed::Service, Listed::EndpointSlice];
+    let summary = watch::run(state, rx, &opts.apply, &lists, &mut on)?;
     Err(anyhow!(
         "the watchers ended after {} events; the maps keep their last state",
         summary.events

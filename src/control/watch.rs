@@ -716,15 +716,18 @@ pub fn watch(
         });
     }
     drop(tx);
-    run(state, rx, opts, on)
+    run(state, rx, opts, &[], on)
 }
 
 /// Apply what `rx` brings until every sender is gone. Events that could not
 /// be applied are reported and counted, never fatal; `Input::Broken` is.
+/// The loop is caught up (ready) once nothing waits and a first full list
+/// of each kind in `lists` is in.
 pub fn run(
     state: &State,
     rx: std::sync::mpsc::Receiver<Input>,
     opts: &ApplyOpts,
+    lists: &[Listed],
     on: &mut dyn FnMut(Progress),
 ) -> Result<Summary> {
     use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
@@ -739,6 +742,8 @@ pub fn run(
     let mut summary = Summary::default();
     // The keys each full list under way has named so far.
     let mut listing: HashMap<Listed, HashSet<Key>> = HashMap::new();
+    // The kinds whose first full list is not in yet.
+    let mut awaiting: HashSet<Listed> = lists.iter().copied().collect();
     // What was reported as not served ("where: why"), to say it once.
     let mut not_served: HashSet<String> = HashSet::new();
     let mut broken = None;
@@ -789,6 +794,7 @@ pub fn run(
                     listing.insert(kind, HashSet::new());
                 }
                 Input::ListDone(kind) => {
+                    awaiting.remove(&kind);
                     let seen = listing.remove(&kind).unwrap_or_default();
                     batch.extend(objects.gone_from_list(kind, &seen, summary.events));
                 }
@@ -811,7 +817,7 @@ pub fn run(
             }
         }
         if batch.is_empty() {
-            if drained && summary.changes > 0 {
+            if drained && summary.changes > 0 && awaiting.is_empty() {
                 on(Progress::CaughtUp);
             }
             continue;
@@ -888,7 +894,7 @@ pub fn run(
             services: objects.services.len(),
             slices: objects.slices.len(),
         });
-        if drained {
+        if drained && awaiting.is_empty() {
             on(Progress::CaughtUp);
         }
         if large {

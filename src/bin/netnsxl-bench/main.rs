@@ -2048,6 +2048,7 @@ fn run(args: RunArgs) -> Result<()> {
     }
     let _ = &lab.backend;
     let mut watched = Vec::new();
+    let mut agents = Vec::new();
     for &n in &args.watch_sizes {
         if n == 0 || n > 131_000 {
             bail!("--watch-sizes: each size must be 1..=131000");
@@ -2066,12 +2067,27 @@ fn run(args: RunArgs) -> Result<()> {
         let r = watch::measure(&att.netnsxl, &att.pins, n, args.watch_events)?;
         eprintln!("   {r:?}");
         watched.push(r);
+        eprintln!("== watch loop through netnsxl agent, {n} Services + {n} EndpointSlices");
+        let _ = att.ok(&["detach"]);
+        att.ok(&[
+            "attach",
+            "--cgroup",
+            lab.cg.path.to_str().unwrap(),
+            "--max-services",
+            &(n + 1100).to_string(),
+            "--max-backends",
+            &(3 * n + 3300).to_string(),
+        ])?;
+        let r = watch::measure_agent(&att.netnsxl, &att.pins, &lab.cg.path, n, args.watch_events)?;
+        eprintln!("   {r:?}");
+        agents.push(r);
     }
     let _ = att.ok(&["detach"]);
     let (md, verdicts) = if args.only_watch {
         let mut md = format!("# netnsxl benchmark: the watch loop\n\n{env}\n");
         let mut verdicts = Vec::new();
         watch::report(&mut md, &mut verdicts, &watched);
+        watch::report_agent(&mut md, &mut verdicts, &agents);
         md.push_str("\n## Targets\n\n");
         for v in &verdicts {
             md.push_str(&format!("- {v}\n"));
@@ -2083,6 +2099,7 @@ fn run(args: RunArgs) -> Result<()> {
             let mut section = String::new();
             let mut wv = Vec::new();
             watch::report(&mut section, &mut wv, &watched);
+            watch::report_agent(&mut section, &mut wv, &agents);
             let at = md.find("\n## Targets").unwrap_or(md.len());
             md.insert_str(at, &section);
             let lines: String = wv.iter().map(|v| format!("- {v}\n")).collect();

@@ -234,3 +234,248 @@ pub fn report(md: &mut String, verdicts: &mut Vec<String>, results: &[WatchResul
         ));
     }
 }
+
+/// The agent's figures at one size.
+#[derive(Debug, Default)]
+pub struct AgentResult {
+    pub n: usize,
+    pub initial_s: f64,
+    pub event_cpu_ms: f64,
+    pub event_wall_p50_ms: f64,
+    pub events: usize,
+    pub rss_base_kib: u64,
+    pub rss_kib: u64,
+    /// Watches the API server closed, and the requests that followed.
+    pub closes: usize,
+    pub lists: usize,
+    pub watches: usize,
+}
+
+impl AgentResult {
+    pub fn bytes_per_object(&self) -> f64 {
+        (self.rss_kib.saturating_sub(self.rss_base_kib) * 1024) as f64 / (2 * self.n) as f64
+    }
+}
+
+/// The object of one of [`service`] or [`slice`]'s events.
+fn object(event: &str) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_str(event).expect("the bench's own JSON");
+    v["object"].take()
+}
+
+/// A running `netnsxl agent` on a stand-in API server; its stdout lines.
+struct RunningAgent {
+    child: super::guards::Reaped,
+    lines: std::sync::mpsc::Receiver<String>,
+    health: std::net::SocketAddr,
+}
+
+impl RunningAgent {
+    fn start(netnsxl: &Path, pins: &Path, cgroup: &Path, kubeconfig: &str) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let health: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let mut child = super::guards::Reaped(
+            Command::new(netnsxl)
+                .arg("--pin-dir")
+                .arg(pins)
+                .arg("agent")
+                .arg("--cgroup")
+                .arg(cgroup)
+                .args(["--node-name", "node-a", "--metrics-addr", "127.0.0.1:0"])
+                .arg("--health-addr")
+                .arg(health.to_string())
+                .env("KUBECONFIG", kubeconfig)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("start netnsxl agent")?,
+        );
+        let out = child.0.stdout.take().context("stdout")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(RunningAgent {
+            child,
+            lines,
+            health,
+        })
+    }
+
+    fn ready(&self) -> bool {
+        use std::io::Read;
+        let Ok(mut s) = std::net::TcpStream::connect(self.health) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut r = String::new();
+        let _ = s.read_to_string(&mut r);
+        r.starts_with("HTTP/1.1 200")
+    }
+
+    fn wait_ready(&self, limit: Duration) -> Result<()> {
+        let t = Instant::now();
+        while !self.ready() {
+            if t.elapsed() > limit {
+                bail!("the agent was not ready after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+/// Measure the agent at one size: the initial list of N Services and N
+/// EndpointSlices from a stand-in API server (until /healthz says ready),
+/// single MODIFIED slices, memory, and the requests that follow 12 closed
+/// watches (an hour at the API server's default of one close every 5
+/// minutes). `pins` is attached to `cgroup` with room, and empty.
+pub fn measure_agent(
+    netnsxl: &Path,
+    pins: &Path,
+    cgroup: &Path,
+    n: usize,
+    events: usize,
+) -> Result<AgentResult> {
+    let dir = std::env::temp_dir().join(format!("netnsxl-bench-agent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let _rm = RemoveDir(dir.clone());
+    // The agent's own footprint: ready on an empty API server.
+    let empty = netnsxl_standin::ApiServer::start();
+    let base = RunningAgent::start(netnsxl, pins, cgroup, &empty.kubeconfig(&dir))?;
+    base.wait_ready(Duration::from_secs(30))?;
+    let (_, rss_base_kib) = proc_usage(base.child.0.id())?;
+    drop(base);
+
+    let api = netnsxl_standin::ApiServer::start();
+    api.apply_all((1..=n).map(|i| object(&service(i))));
+    api.apply_all((1..=n).map(|i| object(&slice("ADDED", i, &BACKENDS))));
+    let t0 = Instant::now();
+    let agent = RunningAgent::start(netnsxl, pins, cgroup, &api.kubeconfig(&dir))?;
+    agent.wait_ready(Duration::from_secs(600))?;
+    let initial_s = t0.elapsed().as_secs_f64();
+    let pid = agent.child.0.id();
+    let (_, rss_kib) = proc_usage(pid)?;
+    while agent.lines.try_recv().is_ok() {}
+
+    // Single events, each waiting for its change line.
+    let mut walls = Vec::with_capacity(events);
+    let (cpu0, _) = proc_usage(pid)?;
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    for k in 0..events {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let i = 1 + (seed % n as u64) as usize;
+        let eps: &[&str] = if k % 2 == 0 {
+            &BACKENDS[..2]
+        } else {
+            &BACKENDS
+        };
+        let t = Instant::now();
+        api.apply(object(&slice("MODIFIED", i, eps)));
+        let l = agent
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .context("no change line from the agent")?;
+        walls.push(t.elapsed().as_secs_f64() * 1e3);
+        if !l.contains("changed") {
+            bail!("unexpected change line {l:?}");
+        }
+    }
+    let (cpu1, _) = proc_usage(pid)?;
+    walls.sort_by(f64::total_cmp);
+
+    // An hour of watch closes, compressed.
+    let closes = 12;
+    let (lists0, watches0) = (
+        api.requests("LIST", "services"),
+        api.requests("WATCH", "services"),
+    );
+    for c in 1..=closes {
+        api.close_watches();
+        let t = Instant::now();
+        while api.requests("WATCH", "services") < watches0 + c
+            || api.requests("WATCH", "endpointslices") < watches0 + c
+        {
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("the agent did not watch again after close {c}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let lists =
+        api.requests("LIST", "services") + api.requests("LIST", "endpointslices") - 2 * lists0;
+    let watches = api.requests("WATCH", "services") - watches0;
+    Ok(AgentResult {
+        n,
+        initial_s,
+        event_cpu_ms: (cpu1 - cpu0) * 1e3 / events as f64,
+        event_wall_p50_ms: walls[walls.len() / 2],
+        events,
+        rss_base_kib,
+        rss_kib,
+        closes,
+        lists,
+        watches,
+    })
+}
+
+/// A directory removed on drop.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The agent's section, beside the pipe's at the same sizes.
+pub fn report_agent(md: &mut String, verdicts: &mut Vec<String>, results: &[AgentResult]) {
+    let _ = writeln!(
+        md,
+        "\n## Watch loop through `netnsxl agent`\n\nThe same objects served by a stand-in API server on loopback (the netnsxl-standin crate: list, then chunked watch streams with bookmarks), read by the agent's in-process client (kube-rs), measured right after the pipe at each size. The initial list runs from the agent's start to /healthz saying ready (both lists in and applied). Requests: the API server closes every watch 12 times (an hour at its default of one close every 5 minutes); the agent should resume each watch (one request per resource per close) and list nothing.\n\n| services + slices | initial list | per event: processing | per event: wall p50 | resident anonymous memory | per object | closes | watches of services after them | lists after them |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in results {
+        let _ = writeln!(
+            md,
+            "| {} + {} | {:.2} s | {:.3} ms (over {}) | {:.2} ms | {:.1} MiB | {:.0} B | {} | {} | {} |",
+            r.n,
+            r.n,
+            r.initial_s,
+            r.event_cpu_ms,
+            r.events,
+            r.event_wall_p50_ms,
+            r.rss_kib as f64 / 1024.0,
+            r.bytes_per_object(),
+            r.closes,
+            r.watches,
+            r.lists
+        );
+    }
+    let met = |ok: bool| if ok { "MET" } else { "NOT MET" };
+    for r in results {
+        verdicts.push(format!(
+            "{} agent: {} closed watches at {} + {} objects cost {} watches of services and {} lists (want {} and 0)",
+            met(r.watches == r.closes && r.lists == 0),
+            r.closes,
+            r.n,
+            r.n,
+            r.watches,
+            r.lists,
+            r.closes
+        ));
+    }
+}
