@@ -361,6 +361,41 @@ fn api_server_gone_for_30_s_changes_nothing_then_resumes() {
     assert_eq!(api.requests("LIST", "services"), 1, "resumed, not relisted");
 }
 
+/// A restarted agent (a new pod, a unit restart) never drops a live
+/// service: while it lists again the maps keep serving, and after its
+/// lists it has removed what went while it was down (a Service deleted)
+/// and applied what changed.
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn a_restarted_agent_keeps_serving_and_converges() {
+    require_root();
+    let lab = lab();
+    let api = ApiServer::start();
+    web(&api, "web", "198.18.30.1", &["203.0.113.1"]);
+    web(&api, "web2", "198.18.30.2", &["203.0.113.2"]);
+    let tmp = Tmpfs::new();
+    let kubeconfig = api.kubeconfig(tmp.path());
+    let agent = Agent::start(&lab, &kubeconfig, &[]);
+    agent.ready();
+    drop(agent);
+    // While no agent runs: one Service goes, the other's backend changes.
+    api.delete("Service", "shop", "web2");
+    api.delete("EndpointSlice", "shop", "web2-a");
+    api.apply(slice("web-a", "web", &["203.0.113.2"]));
+    assert_eq!(lab.replies(WEB, 3), set(&["be-1"]), "the maps as they were");
+    let agent = Agent::start(&lab, &kubeconfig, &[]);
+    // Served throughout the restart: every connect answered.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        let r = lab.replies(WEB, 1);
+        assert!(r == set(&["be-1"]) || r == set(&["be-2"]), "{r:?}");
+    }
+    agent.ready();
+    assert_eq!(lab.replies(WEB, 3), set(&["be-2"]));
+    assert!(!frontends(&lab).contains(SHOP), "{}", agent.output());
+    assert_eq!(api.requests("LIST", "services"), 2);
+}
+
 /// `--api-server` wins over the kubeconfig's address (here a closed port),
 /// as for a node where the kubernetes ClusterIP is not translated yet. A
 /// watch cut in the middle of an event is resumed and the event applies.

@@ -755,7 +755,17 @@ pub fn run(
         let mut drained = false;
         loop {
             let next = if started.is_none() {
-                rx.recv().map_err(|_| TryRecvError::Disconnected)
+                // Nothing waits: caught up (after a batch cut by its size or
+                // time, too), then wait for the next event.
+                rx.try_recv().or_else(|e| match e {
+                    TryRecvError::Empty => {
+                        if summary.changes > 0 && awaiting.is_empty() {
+                            on(Progress::CaughtUp);
+                        }
+                        rx.recv().map_err(|_| TryRecvError::Disconnected)
+                    }
+                    d => Err(d),
+                })
             } else {
                 // What is waiting, and what the reader is parsing now.
                 rx.try_recv().or_else(|e| match e {

@@ -367,14 +367,30 @@ fn request(inner: &Inner, c: TcpStream) {
                     .is_some_and(|v| v == "true");
                 watch_stream(inner, &mut c, path, rv, timeout, bookmarks, &selector);
             } else {
+                // Pages of `limit` items, the continue token the offset of
+                // the next (the real one is opaque and consistent; this one
+                // is enough for a client that pages).
+                let limit = params
+                    .get("limit")
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .filter(|l| *l > 0)
+                    .unwrap_or(usize::MAX);
+                let from = params
+                    .get("continue")
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
                 let st = inner.lock();
-                let items: Vec<Value> = st
+                let all: Vec<&Value> = st
                     .collections
                     .get(path)
-                    .map(|c| c.objects.values().cloned().collect::<Vec<_>>())
-                    .unwrap_or_default()
+                    .map(|c| c.objects.values().filter(|o| selected(o, &selector)).collect())
+                    .unwrap_or_default();
+                let next = (from.saturating_add(limit) < all.len()).then(|| from + limit);
+                let items: Vec<Value> = all
                     .into_iter()
-                    .filter(|o| selected(o, &selector))
+                    .skip(from)
+                    .take(limit)
+                    .cloned()
                     .map(|mut o| {
                         let m = o.as_object_mut().unwrap();
                         m.remove("apiVersion");
@@ -390,7 +406,8 @@ fn request(inner: &Inner, c: TcpStream) {
                 let body = json!({
                     "kind": list_kind,
                     "apiVersion": if path == SERVICES { "v1" } else { "discovery.k8s.io/v1" },
-                    "metadata": {"resourceVersion": st.rv.to_string()},
+                    "metadata": {"resourceVersion": st.rv.to_string(),
+                                 "continue": next.map(|n| n.to_string()).unwrap_or_default()},
                     "items": items,
                 });
                 drop(st);
@@ -512,9 +529,11 @@ fn watch_stream(
             .collections
             .get(path)
             .map(|col| {
-                col.history
+                // The history is in resourceVersion order.
+                let from = col.history.partition_point(|(v, _, _)| *v <= rv);
+                col.history[from..]
                     .iter()
-                    .filter(|(v, _, o)| *v > rv && selected(o, selector))
+                    .filter(|(_, _, o)| selected(o, selector))
                     .cloned()
                     .collect()
             })

@@ -390,7 +390,7 @@ pub fn measure_agent(
             .recv_timeout(Duration::from_secs(10))
             .context("no change line from the agent")?;
         walls.push(t.elapsed().as_secs_f64() * 1e3);
-        if !l.contains("changed") {
+        if !l.starts_with("event ") {
             bail!("unexpected change line {l:?}");
         }
     }
