@@ -4,6 +4,8 @@
 //! Layers, each importing only those below it (src/main.rs is the command
 //! line above them all):
 //!
+//! - `agent`: `netnsxl agent`, the node agent: the Kubernetes client, the
+//!   watch loop of `control` and the HTTP side of `observe` in one process;
 //! - `control` (the write engine, service commands, apply, affinity, the
 //!   bypass list, stale-socket passes) and `observe` (status, stats, trace),
 //!   which do not import each other;
@@ -14,6 +16,7 @@
 //!   parsing; pure, no I/O), `bpf` (the C types shared with the datapath)
 //!   and `output` (tables and JSON).
 
+pub mod agent;
 pub mod bpf;
 pub mod control;
 pub mod datapath;

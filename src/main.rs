@@ -730,7 +730,7 @@ fn agent_cmd(pin_dir: &Path, mut a: AgentArgs) -> Result<()> {
     sys::require_privileges()?;
     let node_name = node_name(a.node_name.take())?;
     let off = |addr: Option<std::net::SocketAddr>| addr.filter(|a| a.port() != 0);
-    let opts = netnsxl::control::agent::AgentOpts {
+    let opts = netnsxl::agent::AgentOpts {
         api_server: a.api_server,
         apply: apply::ApplyOpts {
             dry_run: false,
@@ -744,7 +744,7 @@ fn agent_cmd(pin_dir: &Path, mut a: AgentArgs) -> Result<()> {
     };
     attach::attach(pin_dir, &attach_opts(a.attach)?)?;
     let state = State::open(pin_dir)?;
-    netnsxl::control::agent::run(&state, pin_dir, opts)
+    netnsxl::agent::run(&state, pin_dir, opts)
 }
 
 fn node_name(given: Option<String>) -> Result<String> {
@@ -784,7 +784,7 @@ fn apply_cmd(pin_dir: &Path, mut a: ApplyArgs) -> Result<()> {
             netnsxl::observe::metrics::serve(addr, pin_dir.to_path_buf(), metrics.clone())?;
         }
         use netnsxl::control::watch::Progress;
-        let mut on = |p: Progress| metrics.progress(p);
+        let mut on = |p: Progress| netnsxl::agent::progress(&metrics, p);
         let s = netnsxl::control::watch::watch(&state, inputs, &opts, &mut on)?;
         if s.failed > 0 {
             bail!(

@@ -1,7 +1,7 @@
 //! The module tree is the architecture: each layer imports only those below
 //! it, and no source file depends on itself through others. Needs no root.
 //!
-//! cli (src/main.rs) → control, observe → datapath → sys;
+//! cli (src/main.rs) → agent → control, observe → datapath → sys;
 //! model, bpf and output are usable by all and import nothing above them.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,6 +21,9 @@ fn allowed(from: &str) -> &'static [&'static str] {
         "sys" => &["bpf", "output"],
         "datapath" => &["sys", "model", "bpf", "output"],
         "control" | "observe" => &["datapath", "sys", "model", "bpf", "output"],
+        "agent" => &[
+            "control", "observe", "datapath", "sys", "model", "bpf", "output",
+        ],
         other => panic!("unknown layer {other}: add it here and to src/lib.rs"),
     }
 }

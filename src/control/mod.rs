@@ -1,7 +1,6 @@
 //! Commands that change state: the write engine and everything built on it.
 
 pub mod affinity;
-pub mod agent;
 pub mod apply;
 pub mod netns;
 pub mod redirect;

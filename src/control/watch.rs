@@ -1,7 +1,7 @@
 //! `apply --watch`: keep the maps in step with a Kubernetes watch stream.
 //!
 //! Its input is what `netnsxl agent`'s watchers produce
-//! (src/control/agent.rs), or streams of what `kubectl get services -A
+//! (src/agent.rs), or streams of what `kubectl get services -A
 //! --watch -o json --output-watch-events` (and endpointslices) prints:
 //! `{"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "object": {...}}`, one
 //! after another.
@@ -767,9 +767,16 @@ pub fn run(
                     d => Err(d),
                 })
             } else {
-                // What is waiting, and what the reader is parsing now.
+                // What is waiting, and what the reader is parsing now; while
+                // a full list comes in pages, the rest of the batch's time
+                // (the next page is on its way).
+                let grace = if listing.is_empty() {
+                    GRACE
+                } else {
+                    BATCH_TIME.saturating_sub(started.map_or(Duration::ZERO, |t| t.elapsed()))
+                };
                 rx.try_recv().or_else(|e| match e {
-                    TryRecvError::Empty => rx.recv_timeout(GRACE).map_err(|e| match e {
+                    TryRecvError::Empty => rx.recv_timeout(grace).map_err(|e| match e {
                         RecvTimeoutError::Timeout => TryRecvError::Empty,
                         RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
                     }),

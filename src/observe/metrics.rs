@@ -97,24 +97,6 @@ impl WatchMetrics {
         self.programming.observe(seconds);
     }
 
-    /// Everything the loop reports, to these metrics.
-    pub fn progress(&self, p: crate::control::watch::Progress) {
-        use crate::control::watch::Progress;
-        match p {
-            Progress::Event { kind, applied } => self.event(kind, applied),
-            Progress::Change { seconds } => self.change(seconds),
-            Progress::Held { services, slices } => self.held(services, slices),
-            Progress::CaughtUp => self.caught_up(),
-            Progress::Queued => self.queued(),
-            Progress::Programmed { seconds } => self.programmed(seconds),
-            Progress::NotServed { reason } => {
-                self.not_served
-                    .get_or_create(&vec![("reason", reason.to_string())])
-                    .inc();
-            }
-        }
-    }
-
     /// The objects the loop holds.
     pub fn held(&self, services: usize, slices: usize) {
         for (kind, n) in [("Service", services), ("EndpointSlice", slices)] {
@@ -139,10 +121,18 @@ impl WatchMetrics {
             Some((std::time::Instant::now(), why, window));
     }
 
-    /// The agent starts a full list of `kind` (its start, or a 410 Gone).
-    pub fn listed(&self, kind: crate::control::watch::Listed) {
+    /// The agent starts a full list of `resource` (its start, or a 410
+    /// Gone).
+    pub fn listed(&self, resource: &str) {
         self.lists
-            .get_or_create(&vec![("resource", format!("{kind:?}"))])
+            .get_or_create(&vec![("resource", resource.to_string())])
+            .inc();
+    }
+
+    /// Part of a Service is not served, said the first time (`reason`).
+    pub fn not_served(&self, reason: &str) {
+        self.not_served
+            .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
     }
 

@@ -53,6 +53,9 @@ struct St {
     requests: BTreeMap<String, usize>,
     /// Open connections, to drop them when the server stops.
     conns: Vec<TcpStream>,
+    /// Lists being paged: token -> (resourceVersion, items).
+    snapshots: HashMap<u64, (u64, Vec<Value>)>,
+    next_snapshot: u64,
 }
 
 struct Inner {
@@ -367,37 +370,61 @@ fn request(inner: &Inner, c: TcpStream) {
                     .is_some_and(|v| v == "true");
                 watch_stream(inner, &mut c, path, rv, timeout, bookmarks, &selector);
             } else {
-                // Pages of `limit` items, the continue token the offset of
-                // the next (the real one is opaque and consistent; this one
-                // is enough for a client that pages).
+                // Pages of `limit` items from a snapshot taken at the first
+                // page, as the API server serves a list at one version; the
+                // continue token names the snapshot and the next offset.
                 let limit = params
                     .get("limit")
                     .and_then(|v| v.parse::<usize>().ok())
                     .filter(|l| *l > 0)
                     .unwrap_or(usize::MAX);
-                let from = params
-                    .get("continue")
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(0);
-                let st = inner.lock();
-                let all: Vec<&Value> = st
-                    .collections
-                    .get(path)
-                    .map(|c| c.objects.values().filter(|o| selected(o, &selector)).collect())
-                    .unwrap_or_default();
-                let next = (from.saturating_add(limit) < all.len()).then(|| from + limit);
-                let items: Vec<Value> = all
-                    .into_iter()
-                    .skip(from)
-                    .take(limit)
-                    .cloned()
-                    .map(|mut o| {
-                        let m = o.as_object_mut().unwrap();
-                        m.remove("apiVersion");
-                        m.remove("kind");
-                        o
-                    })
-                    .collect();
+                let mut st = inner.lock();
+                let (token, from): (u64, usize) =
+                    match params.get("continue").and_then(|c| c.split_once(':')) {
+                        Some((t, o)) => (t.parse().unwrap_or(0), o.parse().unwrap_or(0)),
+                        None => {
+                            let all: Vec<Value> = st
+                                .collections
+                                .get(path)
+                                .map(|c| {
+                                    c.objects
+                                        .values()
+                                        .filter(|o| selected(o, &selector))
+                                        .cloned()
+                                        .map(|mut o| {
+                                            let m = o.as_object_mut().unwrap();
+                                            m.remove("apiVersion");
+                                            m.remove("kind");
+                                            o
+                                        })
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            st.next_snapshot += 1;
+                            let t = st.next_snapshot;
+                            let rv = st.rv;
+                            st.snapshots.insert(t, (rv, all));
+                            (t, 0)
+                        }
+                    };
+                let page = st.snapshots.get(&token).map(|(rv, all)| {
+                    let end = from.saturating_add(limit).min(all.len());
+                    let items: Vec<Value> = all.get(from..end).unwrap_or_default().to_vec();
+                    let next = (end < all.len()).then(|| format!("{token}:{end}"));
+                    (*rv, items, next)
+                });
+                let Some((rv, items, next)) = page else {
+                    drop(st);
+                    respond(
+                        &mut c,
+                        410,
+                        &status(410, "Expired", "the continue token has expired"),
+                    );
+                    return;
+                };
+                if next.is_none() {
+                    st.snapshots.remove(&token);
+                }
                 let list_kind = if path == SERVICES {
                     "ServiceList"
                 } else {
@@ -406,8 +433,8 @@ fn request(inner: &Inner, c: TcpStream) {
                 let body = json!({
                     "kind": list_kind,
                     "apiVersion": if path == SERVICES { "v1" } else { "discovery.k8s.io/v1" },
-                    "metadata": {"resourceVersion": st.rv.to_string(),
-                                 "continue": next.map(|n| n.to_string()).unwrap_or_default()},
+                    "metadata": {"resourceVersion": rv.to_string(),
+                                 "continue": next.unwrap_or_default()},
                     "items": items,
                 });
                 drop(st);

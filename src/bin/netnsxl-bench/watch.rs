@@ -240,6 +240,10 @@ pub fn report(md: &mut String, verdicts: &mut Vec<String>, results: &[WatchResul
 pub struct AgentResult {
     pub n: usize,
     pub initial_s: f64,
+    /// The agent's CPU time (user + system) until ready, and the changes
+    /// the list took.
+    pub list_cpu_s: f64,
+    pub changes: usize,
     pub event_cpu_ms: f64,
     pub event_wall_p50_ms: f64,
     pub events: usize,
@@ -367,7 +371,8 @@ pub fn measure_agent(
     let initial_s = t0.elapsed().as_secs_f64();
     let pid = agent.child.0.id();
     let (_, rss_kib) = proc_usage(pid)?;
-    while agent.lines.try_recv().is_ok() {}
+    let (list_cpu, _) = proc_usage(pid)?;
+    let changes = agent.lines.try_iter().count();
 
     // Single events, each waiting for its change line.
     let mut walls = Vec::with_capacity(events);
@@ -422,6 +427,8 @@ pub fn measure_agent(
     Ok(AgentResult {
         n,
         initial_s,
+        list_cpu_s: list_cpu,
+        changes,
         event_cpu_ms: (cpu1 - cpu0) * 1e3 / events as f64,
         event_wall_p50_ms: walls[walls.len() / 2],
         events,
@@ -446,15 +453,17 @@ impl Drop for RemoveDir {
 pub fn report_agent(md: &mut String, verdicts: &mut Vec<String>, results: &[AgentResult]) {
     let _ = writeln!(
         md,
-        "\n## Watch loop through `netnsxl agent`\n\nThe same objects served by a stand-in API server on loopback (the netnsxl-standin crate: list, then chunked watch streams with bookmarks), read by the agent's in-process client (kube-rs), measured right after the pipe at each size. The initial list runs from the agent's start to /healthz saying ready (both lists in and applied). Requests: the API server closes every watch 12 times (an hour at its default of one close every 5 minutes); the agent should resume each watch (one request per resource per close) and list nothing.\n\n| services + slices | initial list | per event: processing | per event: wall p50 | resident anonymous memory | per object | closes | watches of services after them | lists after them |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "\n## Watch loop through `netnsxl agent`\n\nThe same objects served by a stand-in API server on loopback (the netnsxl-standin crate: list, then chunked watch streams with bookmarks), read by the agent's in-process client (kube-rs), measured right after the pipe at each size. The initial list runs from the agent's start to /healthz saying ready (both lists in and applied). Requests: the API server closes every watch 12 times (an hour at its default of one close every 5 minutes); the agent should resume each watch (one request per resource per close) and list nothing.\n\n| services + slices | initial list | its CPU time | changes it took | per event: processing | per event: wall p50 | resident anonymous memory | per object | closes | watches of services after them | lists after them |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in results {
         let _ = writeln!(
             md,
-            "| {} + {} | {:.2} s | {:.3} ms (over {}) | {:.2} ms | {:.1} MiB | {:.0} B | {} | {} | {} |",
+            "| {} + {} | {:.2} s | {:.2} s | {} | {:.3} ms (over {}) | {:.2} ms | {:.1} MiB | {:.0} B | {} | {} | {} |",
             r.n,
             r.n,
             r.initial_s,
+            r.list_cpu_s,
+            r.changes,
             r.event_cpu_ms,
             r.events,
             r.event_wall_p50_ms,

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, TypeMeta};
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
@@ -151,9 +151,17 @@ struct Shared {
 impl Shared {
     /// Hand one input to the loop; false when the loop is gone.
     fn send(&self, input: Input) -> bool {
-        // The channel is bounded: a full one holds this watcher back, which
-        // is the point. block_in_place lets the runtime's other tasks run.
-        tokio::task::block_in_place(|| self.tx.send(input).is_ok())
+        use std::sync::mpsc::TrySendError;
+        match self.tx.try_send(input) {
+            Ok(()) => true,
+            Err(TrySendError::Disconnected(_)) => false,
+            // The channel is bounded: a full one holds this watcher back,
+            // which is the point; block_in_place lets the runtime's other
+            // tasks run meanwhile.
+            Err(TrySendError::Full(input)) => {
+                tokio::task::block_in_place(|| self.tx.send(input).is_ok())
+            }
+        }
     }
 
     fn event(&self, ty: &str, object: Value) -> bool {
@@ -187,12 +195,19 @@ impl Shared {
 
 /// An object as the loop's decoder takes it: with apiVersion and kind
 /// (list items come without them).
-fn object_value(mut obj: DynamicObject, ar: &ApiResource) -> Value {
-    obj.types = Some(TypeMeta {
-        api_version: ar.api_version.clone(),
-        kind: ar.kind.clone(),
-    });
-    serde_json::to_value(&obj).unwrap_or(Value::Null)
+fn object_value(obj: DynamicObject, ar: &ApiResource) -> Value {
+    // The object's body is a Value already: move it, and add only the
+    // metadata (small) and the type, rather than serializing it again.
+    let mut v = obj.data;
+    if let Value::Object(m) = &mut v {
+        m.insert(
+            "metadata".into(),
+            serde_json::to_value(&obj.metadata).unwrap_or(Value::Null),
+        );
+        m.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
+        m.insert("kind".into(), Value::String(ar.kind.clone()));
+    }
+    v
 }
 
 /// Follow one kind of object for ever.
@@ -208,7 +223,10 @@ async fn follow(client: kube::Client, ar: ApiResource, kind: Listed, sh: Arc<Sha
         let ok = match r {
             Ok(watcher::Event::Init) => {
                 sh.succeeded();
-                sh.metrics.listed(kind);
+                sh.metrics.listed(match kind {
+                    Listed::Service => "Service",
+                    Listed::EndpointSlice => "EndpointSlice",
+                });
                 if kind == Listed::Service {
                     read_node(&client, &sh).await;
                 }
@@ -296,7 +314,7 @@ pub fn run(state: &State, pin_dir: &Path, opts: AgentOpts) -> Result<()> {
     ));
     rt.spawn(follow(client, slice, Listed::EndpointSlice, shared.clone()));
     drop(shared);
-    let mut on = |p: Progress| watch_metrics.progress(p);
+    let mut on = |p: Progress| progress(&watch_metrics, p);
     // Ready once both first lists are in, not after the first alone.
     let lists = [Listed::Service, Listed::EndpointSlice];
     let summary = watch::run(state, rx, &opts.apply, &lists, &mut on)?;
@@ -304,4 +322,18 @@ pub fn run(state: &State, pin_dir: &Path, opts: AgentOpts) -> Result<()> {
         "the watchers ended after {} events; the maps keep their last state",
         summary.events
     ))
+}
+
+/// What the watch loop reports, to the metrics (the agent's and
+/// `apply --watch --metrics-addr`'s).
+pub fn progress(m: &WatchMetrics, p: Progress) {
+    match p {
+        Progress::Event { kind, applied } => m.event(kind, applied),
+        Progress::Change { seconds } => m.change(seconds),
+        Progress::Held { services, slices } => m.held(services, slices),
+        Progress::CaughtUp => m.caught_up(),
+        Progress::Queued => m.queued(),
+        Progress::Programmed { seconds } => m.programmed(seconds),
+        Progress::NotServed { reason } => m.not_served(reason),
+    }
 }
