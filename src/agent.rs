@@ -34,7 +34,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use futures::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject};
+use std::borrow::Cow;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ApiResource};
 use kube::runtime::utils::Backoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
@@ -193,17 +196,63 @@ impl Shared {
     }
 }
 
+/// An object as the API server sent it: its JSON as a plain Value (the
+/// loop's decoder reads that), and the little of its metadata the watcher
+/// needs (resourceVersion, name, namespace). Cheaper than DynamicObject,
+/// whose flattened fields make serde buffer every object twice.
+#[derive(Clone, Debug)]
+struct Raw {
+    meta: ObjectMeta,
+    body: Value,
+}
+
+impl<'de> serde::Deserialize<'de> for Raw {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let body = Value::deserialize(d)?;
+        let m = &body["metadata"];
+        let text = |k: &str| m[k].as_str().map(str::to_string);
+        let meta = ObjectMeta {
+            name: text("name"),
+            namespace: text("namespace"),
+            resource_version: text("resourceVersion"),
+            ..ObjectMeta::default()
+        };
+        Ok(Raw { meta, body })
+    }
+}
+
+impl kube::Resource for Raw {
+    type DynamicType = ApiResource;
+    type Scope = kube::core::DynamicResourceScope;
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        dt.kind.as_str().into()
+    }
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        dt.group.as_str().into()
+    }
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.version.as_str().into()
+    }
+    fn api_version(dt: &ApiResource) -> Cow<'_, str> {
+        dt.api_version.as_str().into()
+    }
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        dt.plural.as_str().into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.meta
+    }
+}
+
 /// An object as the loop's decoder takes it: with apiVersion and kind
 /// (list items come without them).
-fn object_value(obj: DynamicObject, ar: &ApiResource) -> Value {
-    // The object's body is a Value already: move it, and add only the
-    // metadata (small) and the type, rather than serializing it again.
-    let mut v = obj.data;
+fn object_value(obj: Raw, ar: &ApiResource) -> Value {
+    let mut v = obj.body;
     if let Value::Object(m) = &mut v {
-        m.insert(
-            "metadata".into(),
-            serde_json::to_value(&obj.metadata).unwrap_or(Value::Null),
-        );
         m.insert("apiVersion".into(), Value::String(ar.api_version.clone()));
         m.insert("kind".into(), Value::String(ar.kind.clone()));
     }
@@ -212,7 +261,7 @@ fn object_value(obj: DynamicObject, ar: &ApiResource) -> Value {
 
 /// Follow one kind of object for ever.
 async fn follow(client: kube::Client, ar: ApiResource, kind: Listed, sh: Arc<Shared>) {
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let api: Api<Raw> = Api::all_with(client.clone(), &ar);
     let cfg = watcher::Config::default().labels(LABEL_SELECTOR);
     let mut stream = watcher::watcher(api, cfg).backoff(Retry::new()).boxed();
     let what = match kind {
@@ -255,7 +304,7 @@ async fn follow(client: kube::Client, ar: ApiResource, kind: Listed, sh: Arc<Sha
 /// This node's Node object, for its zone label. A failure keeps the zone.
 async fn read_node(client: &kube::Client, sh: &Shared) {
     let ar = ApiResource::erase::<k8s_openapi::api::core::v1::Node>(&());
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let api: Api<Raw> = Api::all_with(client.clone(), &ar);
     match api.get_opt(&sh.node_name).await {
         Ok(Some(node)) => {
             sh.event("ADDED", object_value(node, &ar));

@@ -2053,31 +2053,27 @@ fn run(args: RunArgs) -> Result<()> {
         if n == 0 || n > 131_000 {
             bail!("--watch-sizes: each size must be 1..=131000");
         }
+        // A fresh attachment with room for n services and 3n backends.
+        let fresh = || -> Result<()> {
+            let _ = att.ok(&["detach"]);
+            att.ok(&[
+                "attach",
+                "--cgroup",
+                lab.cg.path.to_str().unwrap(),
+                "--max-services",
+                &(n + 1100).to_string(),
+                "--max-backends",
+                &(3 * n + 3300).to_string(),
+            ])
+            .map(|_| ())
+        };
         eprintln!("== watch loop, {n} Services + {n} EndpointSlices");
-        let _ = att.ok(&["detach"]);
-        att.ok(&[
-            "attach",
-            "--cgroup",
-            lab.cg.path.to_str().unwrap(),
-            "--max-services",
-            &(n + 1100).to_string(),
-            "--max-backends",
-            &(3 * n + 3300).to_string(),
-        ])?;
+        fresh()?;
         let r = watch::measure(&att.netnsxl, &att.pins, n, args.watch_events)?;
         eprintln!("   {r:?}");
         watched.push(r);
         eprintln!("== watch loop through netnsxl agent, {n} Services + {n} EndpointSlices");
-        let _ = att.ok(&["detach"]);
-        att.ok(&[
-            "attach",
-            "--cgroup",
-            lab.cg.path.to_str().unwrap(),
-            "--max-services",
-            &(n + 1100).to_string(),
-            "--max-backends",
-            &(3 * n + 3300).to_string(),
-        ])?;
+        fresh()?;
         let r = watch::measure_agent(&att.netnsxl, &att.pins, &lab.cg.path, n, args.watch_events)?;
         eprintln!("   {r:?}");
         agents.push(r);

@@ -26,6 +26,8 @@ use anyhow::{Context, Result, bail};
 pub struct WatchResult {
     pub n: usize,
     pub initial_s: f64,
+    /// The loop's CPU time (user + system) until the list was applied.
+    pub list_cpu_s: f64,
     pub changes: usize,
     pub event_cpu_ms: f64,
     pub event_wall_p50_ms: f64,
@@ -63,6 +65,24 @@ fn slice(kind: &str, i: usize, endpoints: &[&str]) -> String {
 }
 
 const BACKENDS: [&str; 3] = ["203.0.113.1", "203.0.113.2", "203.0.113.3"];
+
+/// `events` MODIFIED EndpointSlices of random Services among `n`, their
+/// backends alternating between two and three (the same sequence each run).
+fn single_events(n: usize, events: usize) -> impl Iterator<Item = String> {
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    (0..events).map(move |k| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let i = 1 + (seed % n as u64) as usize;
+        let eps: &[&str] = if k % 2 == 0 {
+            &BACKENDS[..2]
+        } else {
+            &BACKENDS
+        };
+        slice("MODIFIED", i, eps)
+    })
+}
 
 /// (user + system) CPU seconds and resident anonymous KiB (the heap and
 /// stacks, not the program's code pages) of a process.
@@ -140,23 +160,12 @@ pub fn measure(netnsxl: &Path, pins: &Path, n: usize, events: usize) -> Result<W
     }
     let initial_s = t0.elapsed().as_secs_f64();
     let mut stdin = writer.join().map_err(|_| anyhow::anyhow!("writer"))??;
-    let (_, rss_kib) = proc_usage(pid)?;
+    let (list_cpu_s, rss_kib) = proc_usage(pid)?;
 
     // Single events: one slice at a time, each waiting for its line.
     let mut walls = Vec::with_capacity(events);
     let (cpu0, _) = proc_usage(pid)?;
-    let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    for k in 0..events {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let i = 1 + (seed % n as u64) as usize;
-        let eps: &[&str] = if k % 2 == 0 {
-            &BACKENDS[..2]
-        } else {
-            &BACKENDS
-        };
-        let ev = slice("MODIFIED", i, eps);
+    for (k, ev) in single_events(n, events).enumerate() {
         let t = Instant::now();
         writeln!(stdin, "{ev}")?;
         stdin.flush()?;
@@ -176,6 +185,7 @@ pub fn measure(netnsxl: &Path, pins: &Path, n: usize, events: usize) -> Result<W
     Ok(WatchResult {
         n,
         initial_s,
+        list_cpu_s,
         changes,
         event_cpu_ms: (cpu1 - cpu0) * 1e3 / events as f64,
         event_wall_p50_ms: walls[walls.len() / 2],
@@ -189,15 +199,16 @@ pub fn measure(netnsxl: &Path, pins: &Path, n: usize, events: usize) -> Result<W
 pub fn report(md: &mut String, verdicts: &mut Vec<String>, results: &[WatchResult]) {
     let _ = writeln!(
         md,
-        "\n## Watch loop\n\n`apply --watch` fed kubectl-shaped JSON through a pipe: N Services then N EndpointSlices (3 endpoints each) as the initial list, then MODIFIED EndpointSlices of random Services one at a time, each waiting for its change line. Processing per event is the loop's CPU time (user + system) over them; wall p50 adds the pipe, scheduling and the loop's 1 ms wait for a following event. Memory is the loop's resident anonymous memory (RssAnon: heap and stacks, not its code pages) after the list, and its growth from before the first event per object held (N Services + N slices).\n\n| services + slices | initial list | changes it took | per event: processing | per event: wall p50 | resident anonymous memory | per object |\n|---:|---:|---:|---:|---:|---:|---:|"
+        "\n## Watch loop\n\n`apply --watch` fed kubectl-shaped JSON through a pipe: N Services then N EndpointSlices (3 endpoints each) as the initial list, then MODIFIED EndpointSlices of random Services one at a time, each waiting for its change line. Processing per event is the loop's CPU time (user + system) over them; wall p50 adds the pipe, scheduling and the loop's 1 ms wait for a following event. Memory is the loop's resident anonymous memory (RssAnon: heap and stacks, not its code pages) after the list, and its growth from before the first event per object held (N Services + N slices).\n\n| services + slices | initial list | its CPU time | changes it took | per event: processing | per event: wall p50 | resident anonymous memory | per object |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in results {
         let _ = writeln!(
             md,
-            "| {} + {} | {:.2} s | {} | {:.3} ms (over {}) | {:.2} ms | {:.1} MiB | {:.0} B |",
+            "| {} + {} | {:.2} s | {:.2} s | {} | {:.3} ms (over {}) | {:.2} ms | {:.1} MiB | {:.0} B |",
             r.n,
             r.n,
             r.initial_s,
+            r.list_cpu_s,
             r.changes,
             r.event_cpu_ms,
             r.events,
@@ -377,19 +388,9 @@ pub fn measure_agent(
     // Single events, each waiting for its change line.
     let mut walls = Vec::with_capacity(events);
     let (cpu0, _) = proc_usage(pid)?;
-    let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    for k in 0..events {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let i = 1 + (seed % n as u64) as usize;
-        let eps: &[&str] = if k % 2 == 0 {
-            &BACKENDS[..2]
-        } else {
-            &BACKENDS
-        };
+    for ev in single_events(n, events) {
         let t = Instant::now();
-        api.apply(object(&slice("MODIFIED", i, eps)));
+        api.apply(object(&ev));
         let l = agent
             .lines
             .recv_timeout(Duration::from_secs(10))
