@@ -320,14 +320,6 @@ async fn read_node(client: &kube::Client, sh: &Shared) {
 /// Run the agent until it is killed: bind the HTTP listeners, connect, and
 /// keep the maps in step.
 pub fn run(state: &State, pin_dir: &Path, opts: AgentOpts) -> Result<()> {
-    // One malloc arena for every thread: the client's threads free what
-    // the loop then holds, and malloc_trim after a large change gives the
-    // rest back (per-thread arenas kept a list's pages resident).
-    // SAFETY: mallopt only sets a parameter of glibc's allocator, which
-    // it reads under its own lock; no memory changes hands.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
     let watch_metrics = Arc::new(WatchMetrics::default());
     let mut listeners = Vec::new();
     if let Some(a) = opts.metrics_addr {

@@ -303,7 +303,9 @@ impl RunningAgent {
                 .arg(health.to_string())
                 .env("KUBECONFIG", kubeconfig)
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(std::fs::File::create(
+                    std::env::temp_dir().join("netnsxl-bench-agent.err"),
+                )?)
                 .spawn()
                 .context("start netnsxl agent")?,
         );
