@@ -350,11 +350,13 @@ fn request(inner: &Inner, c: TcpStream) {
             let path: &'static str = if path == SERVICES { SERVICES } else { SLICES };
             let res = path.rsplit('/').next().unwrap();
             let verb = if watch { "WATCH" } else { "LIST" };
-            *inner
-                .lock()
-                .requests
-                .entry(format!("{verb} {res}"))
-                .or_default() += 1;
+            // The generation this request belongs to, read as it is
+            // counted: a close that follows the count ends this watch too.
+            let generation = {
+                let mut st = inner.lock();
+                *st.requests.entry(format!("{verb} {res}")).or_default() += 1;
+                st.generation
+            };
             let selector = params.get("labelSelector").cloned().unwrap_or_default();
             if watch {
                 let rv = params
@@ -368,7 +370,14 @@ fn request(inner: &Inner, c: TcpStream) {
                 let bookmarks = params
                     .get("allowWatchBookmarks")
                     .is_some_and(|v| v == "true");
-                watch_stream(inner, &mut c, path, rv, timeout, bookmarks, &selector);
+                let w = Watch {
+                    path,
+                    rv,
+                    timeout,
+                    bookmarks,
+                    generation,
+                };
+                watch_stream(inner, &mut c, w, &selector);
             } else {
                 // Pages of `limit` items from a snapshot taken at the first
                 // page, as the API server serves a list at one version; the
@@ -518,15 +527,24 @@ fn chunk(c: &mut TcpStream, data: &[u8]) -> bool {
         .is_ok()
 }
 
-fn watch_stream(
-    inner: &Inner,
-    c: &mut TcpStream,
+/// One watch request: its collection, the version it starts after, its
+/// timeout, whether it asked for bookmarks, and the generation it belongs to.
+struct Watch {
     path: &'static str,
-    mut rv: u64,
+    rv: u64,
     timeout: Duration,
     bookmarks: bool,
-    selector: &str,
-) {
+    generation: u64,
+}
+
+fn watch_stream(inner: &Inner, c: &mut TcpStream, w: Watch, selector: &str) {
+    let Watch {
+        path,
+        mut rv,
+        timeout,
+        bookmarks,
+        generation,
+    } = w;
     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
     if c.write_all(head.as_bytes()).is_err() {
         return;
@@ -534,7 +552,6 @@ fn watch_stream(
     let started = Instant::now();
     let mut last_bookmark = Instant::now();
     let mut st = inner.lock();
-    let generation = st.generation;
     if rv < st.compacted {
         let ev = json!({"type": "ERROR", "object": status(410, "Expired",
             &format!("too old resource version: {rv} ({})", st.compacted))});
