@@ -71,7 +71,7 @@ bench: build
 
 # Formatting, clippy (warnings are errors), the licence of every crate, and
 # the deploy/ manifests against a current Kubernetes schema.
-lint: licenses manifests
+lint: deps licenses manifests
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets --all-features -- -D warnings
 
