@@ -177,7 +177,7 @@ impl Shared {
         let mut t = self.trouble.lock().unwrap_or_else(|p| p.into_inner());
         let first = t.is_none();
         let since = t.as_ref().map_or_else(Instant::now, |(s, _)| *s);
-        let msg = format!("the API server cannot be reached ({what}): {e}");
+        let msg = format!("requests to the API server fail ({what}): {e}");
         if first {
             eprintln!("netnsxl: {msg}; retrying, the maps keep their last state");
         }
@@ -189,7 +189,7 @@ impl Shared {
         let mut t = self.trouble.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((since, _)) = t.take() {
             eprintln!(
-                "netnsxl: the API server answers again (after {:.0} s)",
+                "netnsxl: the API server answers again (after {:.0} s of errors)",
                 since.elapsed().as_secs_f64()
             );
         }
@@ -290,6 +290,14 @@ async fn follow(client: kube::Client, ar: ApiResource, kind: Listed, sh: Arc<Sha
                 sh.event("DELETED", object_value(o, &ar))
             }
             Ok(watcher::Event::InitDone) => sh.send(Input::ListDone(kind)),
+            // The API server no longer keeps the version the watch resumed
+            // from: the watcher lists again. Normal, not a fault.
+            Err(watcher::Error::WatchError(s)) if s.code == 410 => {
+                eprintln!(
+                    "netnsxl: {what}: the API server no longer has our resourceVersion (410 Gone); listing again"
+                );
+                true
+            }
             Err(e) => {
                 sh.failed(what, &e);
                 true

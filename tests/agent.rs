@@ -306,6 +306,8 @@ fn gone_410_relists_and_removes_what_was_deleted_meanwhile() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(api.requests("LIST", "services"), 2);
     assert_eq!(api.requests("LIST", "endpointslices"), 2);
+    let out = agent.output();
+    assert!(out.contains("(410 Gone); listing again"), "{out}");
 }
 
 /// The API server gone for 30 s: the maps do not change, pods keep being
