@@ -246,30 +246,15 @@ pub fn report(md: &mut String, verdicts: &mut Vec<String>, results: &[WatchResul
     }
 }
 
-/// The agent's figures at one size.
+/// The agent's figures at one size: the loop's (through the agent), and
+/// the requests after closed watches.
 #[derive(Debug, Default)]
 pub struct AgentResult {
-    pub n: usize,
-    pub initial_s: f64,
-    /// The agent's CPU time (user + system) until ready, and the changes
-    /// the list took.
-    pub list_cpu_s: f64,
-    pub changes: usize,
-    pub event_cpu_ms: f64,
-    pub event_wall_p50_ms: f64,
-    pub events: usize,
-    pub rss_base_kib: u64,
-    pub rss_kib: u64,
+    pub figures: WatchResult,
     /// Watches the API server closed, and the requests that followed.
     pub closes: usize,
     pub lists: usize,
     pub watches: usize,
-}
-
-impl AgentResult {
-    pub fn bytes_per_object(&self) -> f64 {
-        (self.rss_kib.saturating_sub(self.rss_base_kib) * 1024) as f64 / (2 * self.n) as f64
-    }
 }
 
 /// The object of one of [`service`] or [`slice`]'s events.
@@ -426,15 +411,17 @@ pub fn measure_agent(
     let lists = api.requests("LIST", "services") + api.requests("LIST", "endpointslices") - lists0;
     let watches = api.requests("WATCH", "services") - watches0;
     Ok(AgentResult {
-        n,
-        initial_s,
-        list_cpu_s: list_cpu,
-        changes,
-        event_cpu_ms: (cpu1 - cpu0) * 1e3 / events as f64,
-        event_wall_p50_ms: walls[walls.len() / 2],
-        events,
-        rss_base_kib,
-        rss_kib,
+        figures: WatchResult {
+            n,
+            initial_s,
+            list_cpu_s: list_cpu,
+            changes,
+            event_cpu_ms: (cpu1 - cpu0) * 1e3 / events as f64,
+            event_wall_p50_ms: walls[walls.len() / 2],
+            events,
+            rss_base_kib,
+            rss_kib,
+        },
         closes,
         lists,
         watches,
@@ -460,16 +447,16 @@ pub fn report_agent(md: &mut String, verdicts: &mut Vec<String>, results: &[Agen
         let _ = writeln!(
             md,
             "| {} + {} | {:.2} s | {:.2} s | {} | {:.3} ms (over {}) | {:.2} ms | {:.1} MiB | {:.0} B | {} | {} | {} |",
-            r.n,
-            r.n,
-            r.initial_s,
-            r.list_cpu_s,
-            r.changes,
-            r.event_cpu_ms,
-            r.events,
-            r.event_wall_p50_ms,
-            r.rss_kib as f64 / 1024.0,
-            r.bytes_per_object(),
+            r.figures.n,
+            r.figures.n,
+            r.figures.initial_s,
+            r.figures.list_cpu_s,
+            r.figures.changes,
+            r.figures.event_cpu_ms,
+            r.figures.events,
+            r.figures.event_wall_p50_ms,
+            r.figures.rss_kib as f64 / 1024.0,
+            r.figures.bytes_per_object(),
             r.closes,
             r.watches,
             r.lists
@@ -481,8 +468,8 @@ pub fn report_agent(md: &mut String, verdicts: &mut Vec<String>, results: &[Agen
             "{} agent: {} closed watches at {} + {} objects cost {} watches of services and {} lists (want {} and 0)",
             met(r.watches == r.closes && r.lists == 0),
             r.closes,
-            r.n,
-            r.n,
+            r.figures.n,
+            r.figures.n,
             r.watches,
             r.lists,
             r.closes
