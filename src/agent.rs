@@ -25,6 +25,7 @@
 //!   start and at every relist of Services: its zone label drives topology
 //!   hints and changes rarely.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,8 +35,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use futures::StreamExt;
-use std::borrow::Cow;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource};
 use kube::runtime::utils::Backoff;
@@ -264,18 +263,12 @@ async fn follow(client: kube::Client, ar: ApiResource, kind: Listed, sh: Arc<Sha
     let api: Api<Raw> = Api::all_with(client.clone(), &ar);
     let cfg = watcher::Config::default().labels(LABEL_SELECTOR);
     let mut stream = watcher::watcher(api, cfg).backoff(Retry::new()).boxed();
-    let what = match kind {
-        Listed::Service => "services",
-        Listed::EndpointSlice => "endpointslices",
-    };
+    let what = kind.resource();
     while let Some(r) = stream.next().await {
         let ok = match r {
             Ok(watcher::Event::Init) => {
                 sh.succeeded();
-                sh.metrics.listed(match kind {
-                    Listed::Service => "Service",
-                    Listed::EndpointSlice => "EndpointSlice",
-                });
+                sh.metrics.listed(kind.kind());
                 if kind == Listed::Service {
                     read_node(&client, &sh).await;
                 }

@@ -707,7 +707,6 @@ fn parse_traffic_dist(s: &str) -> Result<TrafficDist> {
     TrafficDist::parse("--traffic-distribution", s)
 }
 
-/// --node-name, or the hostname.
 fn attach_opts(a: AttachArgs) -> Result<attach::AttachOpts> {
     netnsxl::model::topology::check_zone("--zone", &a.zone)?;
     Ok(attach::AttachOpts {
@@ -729,7 +728,8 @@ fn attach_opts(a: AttachArgs) -> Result<attach::AttachOpts> {
 fn agent_cmd(pin_dir: &Path, mut a: AgentArgs) -> Result<()> {
     sys::require_privileges()?;
     let node_name = node_name(a.node_name.take())?;
-    let off = |addr: Option<std::net::SocketAddr>| addr.filter(|a| a.port() != 0);
+    // Port 0 turns a listener off.
+    let on = |addr: std::net::SocketAddr| (addr.port() != 0).then_some(addr);
     let opts = netnsxl::agent::AgentOpts {
         api_server: a.api_server,
         apply: apply::ApplyOpts {
@@ -739,14 +739,15 @@ fn agent_cmd(pin_dir: &Path, mut a: AgentArgs) -> Result<()> {
             destroy_tcp: a.destroy_tcp,
             quiet: true,
         },
-        metrics_addr: off(Some(a.metrics_addr)),
-        health_addr: off(Some(a.health_addr)),
+        metrics_addr: on(a.metrics_addr),
+        health_addr: on(a.health_addr),
     };
     attach::attach(pin_dir, &attach_opts(a.attach)?)?;
     let state = State::open(pin_dir)?;
     netnsxl::agent::run(&state, pin_dir, opts)
 }
 
+/// --node-name, or the hostname.
 fn node_name(given: Option<String>) -> Result<String> {
     match given {
         Some(n) => Ok(n),

@@ -129,18 +129,6 @@ impl Agent {
     }
 }
 
-/// Poll `f` every 100 ms until it holds or `limit` passes.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
-}
-
 /// GET `path` with a 1 s budget for everything (as a kubelet probe's
 /// default timeout); None when no answer came in time.
 fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {

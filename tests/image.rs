@@ -217,7 +217,7 @@ fn the_daemonsets_agent_runs_inside_the_image() {
         .stderr(Stdio::piped());
     let mut child = Reaped(run.spawn().unwrap());
     let mut seen = None;
-    for _ in 0..300 {
+    eventually(std::time::Duration::from_secs(30), || {
         let list = cli.json(&["svc", "list"]);
         seen = list
             .as_array()
@@ -225,11 +225,8 @@ fn the_daemonsets_agent_runs_inside_the_image() {
             .iter()
             .find(|s| s["frontend"] == "198.18.50.1:80")
             .cloned();
-        if seen.is_some() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+        seen.is_some()
+    });
     let Some(svc) = seen else {
         drop(_c);
         let mut err = String::new();

@@ -645,10 +645,19 @@ pub enum Listed {
 }
 
 impl Listed {
-    fn kind(self) -> &'static str {
+    /// Its Kubernetes kind.
+    pub fn kind(self) -> &'static str {
         match self {
             Listed::Service => "Service",
             Listed::EndpointSlice => "EndpointSlice",
+        }
+    }
+
+    /// Its resource name, as in the API's paths.
+    pub fn resource(self) -> &'static str {
+        match self {
+            Listed::Service => "services",
+            Listed::EndpointSlice => "endpointslices",
         }
     }
 }
@@ -744,19 +753,18 @@ pub fn run(
     let mut listing: HashMap<Listed, HashSet<Key>> = HashMap::new();
     // The kinds whose first full list is not in yet.
     let mut awaiting: HashSet<Listed> = lists.iter().copied().collect();
-    // What was reported as not served ("where: why"), to say it once.
-    let mut not_served: HashSet<String> = HashSet::new();
+    // What each Service has that is not served ("where: why"), as last
+    // reported: said when it first appears, forgotten with the Service.
+    let mut not_served: HashMap<Key, Vec<String>> = HashMap::new();
     let mut broken = None;
     let mut ended = false;
     while !ended && broken.is_none() {
         let mut batch = Vec::new();
         let mut started = None::<Instant>;
-        // Whether the batch ended because nothing more was waiting.
-        let mut drained = false;
         loop {
             let next = if started.is_none() {
-                // Nothing waits: caught up (after a batch cut by its size or
-                // time, too), then wait for the next event.
+                // Nothing waits: caught up (the one place that says so),
+                // then wait for the next event.
                 rx.try_recv().or_else(|e| match e {
                     TryRecvError::Empty => {
                         if summary.changes > 0 && awaiting.is_empty() {
@@ -785,10 +793,7 @@ pub fn run(
             };
             let msg = match next {
                 Ok(m) => m,
-                Err(TryRecvError::Empty) => {
-                    drained = true;
-                    break;
-                }
+                Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     ended = true;
                     break;
@@ -834,9 +839,6 @@ pub fn run(
             }
         }
         if batch.is_empty() {
-            if drained && summary.changes > 0 && awaiting.is_empty() {
-                on(Progress::CaughtUp);
-            }
             continue;
         }
         let large = batch.len() >= 100;
@@ -862,13 +864,16 @@ pub fn run(
                     }
                     // What a Service has that netnsxl does not serve: said
                     // once each, never skipped silently.
-                    if let Change::Service(_, Some(svc)) = &ev.change {
-                        for what in svc.skipped() {
-                            if not_served.insert(what.clone()) {
-                                eprintln!("netnsxl: not served: {what}");
-                                let reason = what.rsplit(": ").next().unwrap_or(what);
-                                on(Progress::NotServed { reason });
-                            }
+                    if let Change::Service(key, svc) = &ev.change {
+                        let skipped = svc.as_ref().map_or(&[][..], |s| s.skipped());
+                        let before = not_served.remove(key).unwrap_or_default();
+                        for what in skipped.iter().filter(|w| !before.contains(w)) {
+                            eprintln!("netnsxl: not served: {what}");
+                            let reason = what.rsplit(": ").next().unwrap_or(what);
+                            on(Progress::NotServed { reason });
+                        }
+                        if !skipped.is_empty() {
+                            not_served.insert(key.clone(), skipped.to_vec());
                         }
                     }
                 }
@@ -911,9 +916,6 @@ pub fn run(
             services: objects.services.len(),
             slices: objects.slices.len(),
         });
-        if drained && awaiting.is_empty() {
-            on(Progress::CaughtUp);
-        }
         if large {
             // A large change (the initial list) leaves its working memory
             // free but resident; give it back, so the loop's footprint is

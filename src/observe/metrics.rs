@@ -81,10 +81,7 @@ impl WatchMetrics {
     /// One change written, in `seconds`.
     pub fn change(&self, seconds: f64) {
         self.change_seconds.observe(seconds);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        self.last_sync.set(now);
+        self.last_sync.set(crate::model::time::unix_now());
     }
 
     /// An event arrived.

@@ -810,3 +810,15 @@ pub fn deploy_argv(which: &str, over: &[(&str, &str)]) -> Deployed {
         health,
     }
 }
+
+/// Poll `f` every 100 ms until it holds or `limit` passes.
+pub fn eventually(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    f()
+}

@@ -37,6 +37,24 @@ pub struct WatchResult {
 }
 
 impl WatchResult {
+    /// Its row of the table: size, list time and CPU, changes, per-event
+    /// CPU and wall, memory and per object.
+    fn row(&self) -> String {
+        format!(
+            "| {} + {} | {:.2} s | {:.2} s | {} | {:.3} ms (over {}) | {:.2} ms | {:.1} MiB | {:.0} B |",
+            self.n,
+            self.n,
+            self.initial_s,
+            self.list_cpu_s,
+            self.changes,
+            self.event_cpu_ms,
+            self.events,
+            self.event_wall_p50_ms,
+            self.rss_kib as f64 / 1024.0,
+            self.bytes_per_object()
+        )
+    }
+
     pub fn bytes_per_object(&self) -> f64 {
         (self.rss_kib.saturating_sub(self.rss_base_kib) * 1024) as f64 / (2 * self.n) as f64
     }
@@ -202,20 +220,7 @@ pub fn report(md: &mut String, verdicts: &mut Vec<String>, results: &[WatchResul
         "\n## Watch loop\n\n`apply --watch` fed kubectl-shaped JSON through a pipe: N Services then N EndpointSlices (3 endpoints each) as the initial list, then MODIFIED EndpointSlices of random Services one at a time, each waiting for its change line. Processing per event is the loop's CPU time (user + system) over them; wall p50 adds the pipe, scheduling and the loop's 1 ms wait for a following event. Memory is the loop's resident anonymous memory (RssAnon: heap and stacks, not its code pages) after the list, and its growth from before the first event per object held (N Services + N slices).\n\n| services + slices | initial list | its CPU time | changes it took | per event: processing | per event: wall p50 | resident anonymous memory | per object |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in results {
-        let _ = writeln!(
-            md,
-            "| {} + {} | {:.2} s | {:.2} s | {} | {:.3} ms (over {}) | {:.2} ms | {:.1} MiB | {:.0} B |",
-            r.n,
-            r.n,
-            r.initial_s,
-            r.list_cpu_s,
-            r.changes,
-            r.event_cpu_ms,
-            r.events,
-            r.event_wall_p50_ms,
-            r.rss_kib as f64 / 1024.0,
-            r.bytes_per_object()
-        );
+        let _ = writeln!(md, "{}", r.row());
     }
     let met = |ok: bool| if ok { "MET" } else { "NOT MET" };
     for r in results {
@@ -350,9 +355,7 @@ pub fn measure_agent(
     n: usize,
     events: usize,
 ) -> Result<AgentResult> {
-    let dir = std::env::temp_dir().join(format!("netnsxl-bench-agent-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let _rm = RemoveDir(dir.clone());
+    let dir = super::guards::tempdir();
     // The agent's own footprint: ready on an empty API server.
     let empty = netnsxl_standin::ApiServer::start();
     let base = RunningAgent::start(netnsxl, pins, cgroup, &empty.kubeconfig(&dir))?;
@@ -428,15 +431,6 @@ pub fn measure_agent(
     })
 }
 
-/// A directory removed on drop.
-struct RemoveDir(std::path::PathBuf);
-
-impl Drop for RemoveDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The agent's section, beside the pipe's at the same sizes.
 pub fn report_agent(md: &mut String, verdicts: &mut Vec<String>, results: &[AgentResult]) {
     let _ = writeln!(
@@ -446,17 +440,8 @@ pub fn report_agent(md: &mut String, verdicts: &mut Vec<String>, results: &[Agen
     for r in results {
         let _ = writeln!(
             md,
-            "| {} + {} | {:.2} s | {:.2} s | {} | {:.3} ms (over {}) | {:.2} ms | {:.1} MiB | {:.0} B | {} | {} | {} |",
-            r.figures.n,
-            r.figures.n,
-            r.figures.initial_s,
-            r.figures.list_cpu_s,
-            r.figures.changes,
-            r.figures.event_cpu_ms,
-            r.figures.events,
-            r.figures.event_wall_p50_ms,
-            r.figures.rss_kib as f64 / 1024.0,
-            r.figures.bytes_per_object(),
+            "{} {} | {} | {} |",
+            r.figures.row(),
             r.closes,
             r.watches,
             r.lists
