@@ -46,10 +46,12 @@ fn in_every_hierarchy(name: &str) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-impl Drop for PodmanParent {
-    fn drop(&mut self) {
+impl PodmanParent {
+    /// Remove the parent in every hierarchy, children (conmon) first; false
+    /// while some directory is still busy.
+    fn remove(&self) -> bool {
+        let mut all_gone = true;
         for top in in_every_hierarchy(&self.0) {
-            // Children (conmon) first; each is empty once its processes ended.
             let mut dirs = vec![top.clone()];
             if let Ok(rd) = std::fs::read_dir(&top) {
                 for e in rd.flatten() {
@@ -59,8 +61,23 @@ impl Drop for PodmanParent {
                 }
             }
             for d in dirs {
-                let _ = std::fs::remove_dir(&d);
+                if std::fs::remove_dir(&d).is_err() && d.exists() {
+                    all_gone = false;
+                }
             }
+        }
+        all_gone
+    }
+}
+
+impl Drop for PodmanParent {
+    fn drop(&mut self) {
+        // conmon outlives `podman rm` while it runs its exit command
+        // (`podman container cleanup`, slow on a fresh machine's first
+        // run): its cgroup is busy until it has exited.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !self.remove() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 }
