@@ -1,6 +1,6 @@
 # netnsxl: every target that needs root says so; CI runs as root.
 
-DEBS := clang libelf-dev pkg-config zlib1g-dev bpftool iproute2 procps strace curl python3-venv
+DEBS := clang libelf-dev pkg-config zlib1g-dev bpftool iproute2 procps strace curl python3-venv dnsperf dnsmasq-base
 CARGO ?= cargo
 ARCH := $(shell uname -m)
 

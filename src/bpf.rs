@@ -51,6 +51,7 @@ const SHARED: &[&str] = &[
     "redirect_backend",
     "redirect_value",
     "redirect_skip_key",
+    "nxl_stale_sock",
 ];
 
 plain_types!(
@@ -67,6 +68,7 @@ plain_types!(
     svc_backend,
     rev_tcp_slot,
     nxl_event,
+    nxl_stale_sock,
     redirect_backend,
     redirect_value,
     redirect_skip_key,
@@ -88,7 +90,8 @@ sizes!(
     svc_meta = 100,
     affinity_key = 16,
     affinity_value = 16,
-    revnat_value = 152,
+    revnat_value = 656,
+    nxl_stale_sock = 56,
     nxl_config = 376,
     redirect_backend = 64,
     redirect_value = 584,

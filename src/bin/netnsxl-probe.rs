@@ -38,6 +38,50 @@ enum Cmd {
     Connect(ConnectArgs),
     /// Answer every connection or datagram with --reply.
     Serve(ServeArgs),
+    /// One unconnected UDP socket keeps many datagrams in flight, as a
+    /// resolver or a QUIC client does: each round sends --in-flight
+    /// datagrams to the targets in turn, then reads the replies. One JSON
+    /// line per round.
+    Burst(BurstArgs),
+}
+
+#[derive(Args)]
+struct BurstArgs {
+    #[command(flatten)]
+    place: Place,
+    /// Datagrams sent per round before the first reply is read.
+    #[arg(long, default_value_t = 32)]
+    in_flight: u32,
+    /// Rounds, all on the same socket.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
+    /// Before each round after the first, wait for a line on stdin (EOF
+    /// ends): the caller changes something between rounds.
+    #[arg(long)]
+    wait: bool,
+    /// How long a round waits for its last reply.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
+    /// Where to send: ADDR:PORT or [ADDR]:PORT, one or more. An IPv6
+    /// target (a v4-mapped one included) makes the socket IPv6.
+    #[arg(required = true)]
+    targets: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Round {
+    /// Datagrams sent this round.
+    sent: u32,
+    /// Each reply: the source recvfrom() reported and the text.
+    replies: Vec<BurstReply>,
+    /// Why a send or the reads stopped early.
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct BurstReply {
+    from: String,
+    reply: String,
 }
 
 #[derive(Args)]
@@ -329,6 +373,74 @@ fn connect(a: ConnectArgs) -> Result<()> {
     Ok(())
 }
 
+fn burst(a: BurstArgs) -> Result<()> {
+    use std::io::BufRead;
+    let targets = a
+        .targets
+        .iter()
+        .map(|t| parse_endpoint("target", t))
+        .collect::<Result<Vec<SocketAddr>>>()?;
+    enter(&a.place)?;
+    let any: SocketAddr = if targets.iter().any(SocketAddr::is_ipv6) {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
+    let s = UdpSocket::bind(any).context("bind the burst socket")?;
+    let mut out = std::io::stdout().lock();
+    let mut stdin = std::io::stdin().lock().lines();
+    for round in 0..a.rounds {
+        if round > 0 && a.wait && !matches!(stdin.next(), Some(Ok(_))) {
+            break;
+        }
+        let mut r = Round {
+            sent: 0,
+            replies: Vec::new(),
+            error: None,
+        };
+        for i in 0..a.in_flight {
+            let to = targets[i as usize % targets.len()];
+            match s.send_to(b"ping\n", to) {
+                Ok(_) => r.sent += 1,
+                Err(e) => {
+                    r.error = Some(format!("send to {to}: {e}"));
+                    break;
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(a.timeout_ms);
+        let mut buf = [0u8; 2048];
+        while (r.replies.len() as u32) < r.sent {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            s.set_read_timeout(Some(left))?;
+            match s.recv_from(&mut buf) {
+                Ok((n, from)) => r.replies.push(BurstReply {
+                    from: from.to_string(),
+                    reply: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                }),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
+                Err(e) => {
+                    r.error = Some(format!("recvfrom: {e}"));
+                    break;
+                }
+            }
+        }
+        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
 fn serve(a: ServeArgs) -> Result<()> {
     // Port 0 is allowed here: the kernel picks one and ready() reports it.
     let listen: SocketAddr = a
@@ -389,6 +501,7 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Connect(a) => connect(a),
         Cmd::Serve(a) => serve(a),
+        Cmd::Burst(a) => burst(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -330,12 +330,27 @@ static __always_inline bool backend_usable(const struct svc_value *master,
 }
 
 /*
- * Pick a random backend: one of the master's own (no lookup), or a slot
- * (one lookup). A slot may vanish under us when a concurrent replace
- * shrinks the set: re-read the master and try again.
+ * Which of a frontend's backends an unconnected UDP socket uses: a hash of
+ * its cookie and the frontend, so every datagram of the socket to that
+ * frontend reaches one backend while the set stays the same (a QUIC, DTLS
+ * or TFTP exchange is not spread across backends; Cilium's
+ * sock_select_slot). Cookies are never reused, so sockets spread evenly.
+ */
+static __always_inline __u32 sock_pick_hash(struct bpf_sock_addr *ctx, __u32 svc_id)
+{
+	__u64 h = bpf_get_socket_cookie(ctx) ^ ((__u64)svc_id << 40);
+
+	return (__u32)((h * 0x9e3779b97f4a7c15ULL) >> 32);
+}
+
+/*
+ * Pick a backend: `hash % count` when by_hash, else at random; one of the
+ * master's own (no lookup), or a slot (one lookup). A slot may vanish under
+ * us when a concurrent replace shrinks the set: re-read the master and try
+ * again.
  */
 static __always_inline struct svc_backend *
-pick_backend(struct svc_key *key, struct svc_value **masterp)
+pick_backend(struct svc_key *key, struct svc_value **masterp, bool by_hash, __u32 hash)
 {
 	struct svc_value *master = *masterp, *slot;
 	__u32 idx;
@@ -343,7 +358,7 @@ pick_backend(struct svc_key *key, struct svc_value **masterp)
 	for (int i = 0; i < PICK_ATTEMPTS; i++) {
 		if (!master || master->count == 0)
 			return NULL;
-		idx = bpf_get_prandom_u32() % master->count;
+		idx = (by_hash ? hash : bpf_get_prandom_u32()) % master->count;
 		if (idx < NXL_INLINE) {
 			*masterp = master;
 			return &master->be[idx];
@@ -380,35 +395,169 @@ affinity_backend(struct svc_value *master, struct affinity_key *akey, __u64 now,
 	return be;
 }
 
-static __always_inline void remember_revnat(struct bpf_sock_addr *ctx,
-					    const struct nxl_dest *frontend,
-					    const __u8 *be_addr, __be16 be_port)
-{
-	struct revnat_value *rv;
-	struct revnat_entry *e;
-	__u32 idx;
+static __always_inline void count(__u32 stat);
 
-	rv = bpf_sk_storage_get(&revnat_map, ctx->sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!rv)
-		return;
-	for (int i = 0; i < NXL_REV_PER_SOCK; i++) {
-		e = &rv->e[i];
-		if (e->backend_port == be_port && addr_eq(e->backend_addr, be_addr)) {
-			if (e->frontend_port != frontend->port ||
-			    !addr_eq(e->frontend_addr, frontend->addr)) {
-				__builtin_memcpy(e->frontend_addr, frontend->addr, 16);
-				e->frontend_port = frontend->port;
-			}
-			return;
-		}
+static __always_inline bool revnat_is(const struct revnat_entry *e, const __u8 *be_addr,
+				      __be16 be_port)
+{
+	return e->backend_port == be_port && addr_eq(e->backend_addr, be_addr);
+}
+
+static __always_inline bool revnat_for(const struct revnat_entry *e, const struct nxl_dest *frontend)
+{
+	return e->frontend_port == frontend->port && addr_eq(e->frontend_addr, frontend->addr);
+}
+
+/* The UDP socket's reverse-translation storage, created on first use. */
+static __always_inline struct revnat_value *revnat_of(struct bpf_sock_addr *ctx)
+{
+	return bpf_sk_storage_get(&revnat_map, ctx->sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+}
+
+/* An entry for a new backend: the next unused one, else the oldest, which
+ * is counted (replies from its backend then show the backend's address). */
+static __always_inline __u32 revnat_new_slot(struct revnat_value *rv)
+{
+	__u32 i = rv->used;
+
+	if (i < NXL_REV_PER_SOCK) {
+		rv->used = i + 1;
+		return i;
 	}
-	idx = rv->next % NXL_REV_PER_SOCK;
-	rv->next = idx + 1;
-	e = &rv->e[idx];
+	i = rv->next % NXL_REV_PER_SOCK;
+	rv->next = i + 1;
+	count(NXL_STAT_UDP_REV_EVICTED);
+	return i;
+}
+
+static __always_inline void revnat_write(struct revnat_value *rv, __u32 i,
+					 const struct nxl_dest *frontend, const __u8 *be_addr,
+					 __be16 be_port, __u32 be_id)
+{
+	struct revnat_entry *e = &rv->e[i & (NXL_REV_PER_SOCK - 1)];
+
 	__builtin_memcpy(e->backend_addr, be_addr, 16);
 	__builtin_memcpy(e->frontend_addr, frontend->addr, 16);
 	e->backend_port = be_port;
 	e->frontend_port = frontend->port;
+	e->backend_id = be_id;
+	rv->last = i & (NXL_REV_PER_SOCK - 1);
+}
+
+/*
+ * Unconnected UDP: the backend of this send and the socket's reverse entry
+ * for it, in one pass over the socket's entries. The hash pick (to_*) is
+ * used unless the socket's entry for this frontend names another backend
+ * that is still usable: the set changed but its backend did not go, so the
+ * socket stays. The common case, the pick is the backend of the socket's
+ * last send to this frontend, costs one comparison of the entry.
+ */
+static __always_inline void udp_sticky(struct revnat_value *rv, const struct nxl_dest *frontend,
+				       const struct svc_value *master, const __u8 **to_addr,
+				       __be16 *to_port, __u32 *to_id)
+{
+	struct revnat_entry *e;
+	struct backend_value *be;
+	__u32 i, at_be = NXL_REV_PER_SOCK, at_fe = NXL_REV_PER_SOCK;
+
+	i = rv->last;
+	if (i < NXL_REV_PER_SOCK) {
+		e = &rv->e[i];
+		if (e->backend_id == *to_id && revnat_for(e, frontend) &&
+		    revnat_is(e, *to_addr, *to_port))
+			return;
+	}
+	/* Unused entries are zero: port 0 matches no frontend or backend. */
+	for (i = 0; i < NXL_REV_PER_SOCK; i++) {
+		e = &rv->e[i];
+		if (at_fe == NXL_REV_PER_SOCK && revnat_for(e, frontend))
+			at_fe = i;
+		if (at_be == NXL_REV_PER_SOCK && revnat_is(e, *to_addr, *to_port))
+			at_be = i;
+	}
+	if (at_fe < NXL_REV_PER_SOCK) {
+		e = &rv->e[at_fe];
+		if (e->backend_id != *to_id && e->backend_id != 0) {
+			__u32 id = e->backend_id;
+
+			be = bpf_map_lookup_elem(&backend_map, &id);
+			if (be && backend_usable(master, be) && revnat_is(e, be->addr, be->port)) {
+				*to_addr = be->addr;
+				*to_port = be->port;
+				*to_id = id;
+				rv->last = at_fe;
+				return;
+			}
+		}
+	}
+	if (at_be < NXL_REV_PER_SOCK)
+		i = at_be;
+	else if (at_fe < NXL_REV_PER_SOCK)
+		i = at_fe; /* moved: its backend went */
+	else
+		i = revnat_new_slot(rv);
+	revnat_write(rv, i, frontend, *to_addr, *to_port, *to_id);
+}
+
+/*
+ * Remember in the UDP socket's storage that replies from this backend are
+ * the frontend's (connected UDP, affinity and redirect picks): one entry
+ * per backend. The same pair as the socket's last send is the common case
+ * and costs one comparison. A socket that talks to more than
+ * NXL_REV_PER_SOCK backends overwrites its oldest entry and counts it.
+ */
+static __always_inline void remember_revnat(struct bpf_sock_addr *ctx,
+					    const struct nxl_dest *frontend,
+					    const __u8 *be_addr, __be16 be_port, __u32 be_id)
+{
+	struct revnat_value *rv = revnat_of(ctx);
+	struct revnat_entry *e;
+	__u32 i, at = NXL_REV_PER_SOCK;
+
+	if (!rv)
+		return;
+	i = rv->last;
+	if (i < NXL_REV_PER_SOCK) {
+		e = &rv->e[i];
+		if (revnat_is(e, be_addr, be_port) && revnat_for(e, frontend))
+			return;
+	}
+	for (i = 0; i < NXL_REV_PER_SOCK; i++) {
+		if (at == NXL_REV_PER_SOCK && revnat_is(&rv->e[i], be_addr, be_port))
+			at = i;
+	}
+	if (at == NXL_REV_PER_SOCK)
+		at = revnat_new_slot(rv);
+	revnat_write(rv, at, frontend, be_addr, be_port, be_id);
+}
+
+/* The frontend a UDP socket sent to, for a reply from `peer`. */
+static __always_inline bool reverse_udp(struct bpf_sock_addr *ctx, struct nxl_dest *peer)
+{
+	struct revnat_value *rv;
+	struct revnat_entry *e = NULL;
+	__u32 i, used;
+
+	rv = bpf_sk_storage_get(&revnat_map, ctx->sk, NULL, 0);
+	if (!rv)
+		return false;
+	i = rv->last;
+	if (i < NXL_REV_PER_SOCK && revnat_is(&rv->e[i], peer->addr, peer->port)) {
+		e = &rv->e[i];
+	} else {
+		used = rv->used;
+		for (i = 0; i < NXL_REV_PER_SOCK && i < used; i++) {
+			if (revnat_is(&rv->e[i], peer->addr, peer->port)) {
+				e = &rv->e[i];
+				break;
+			}
+		}
+	}
+	if (!e)
+		return false;
+	__builtin_memcpy(peer->addr, e->frontend_addr, 16);
+	peer->port = e->frontend_port;
+	return true;
 }
 
 /* rev_tcp_slot.backend_tag of a backend address. */
@@ -590,12 +739,16 @@ static __always_inline bool redirect(struct bpf_sock_addr *ctx, struct nxl_dest 
 			return false;
 		}
 	}
-	idx = bpf_get_prandom_u32() % rv->count;
+	/* Unconnected UDP keeps one backend per socket, as for services. */
+	if (proto == IPPROTO_UDP && (hook == NXL_HOOK_SENDMSG4 || hook == NXL_HOOK_SENDMSG6))
+		idx = sock_pick_hash(ctx, 0) % rv->count;
+	else
+		idx = bpf_get_prandom_u32() % rv->count;
 	if (idx >= NXL_REDIRECT_BACKENDS)
 		return false;
 	be = &rv->be[idx];
 	if (proto == IPPROTO_UDP)
-		remember_revnat(ctx, dst, be->addr, be->port);
+		remember_revnat(ctx, dst, be->addr, be->port, 0);
 	else if (!remember_tcp(ctx, dst, be->addr, be->port))
 		count(NXL_STAT_TCP_UNRECORDED);
 	__builtin_memcpy(dst->addr, be->addr, 16);
@@ -617,9 +770,10 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 	struct svc_value *master;
 	struct svc_backend *pick;
 	struct backend_value *be = NULL;
+	struct revnat_value *rv = NULL;
 	const __u8 *to_addr = dst->addr;
 	struct nxl_config *cfg;
-	__u32 proto = ctx->protocol, pidx, *ports, svc_id;
+	__u32 proto = ctx->protocol, pidx, *ports, svc_id, to_id = 0;
 	__be16 to_port = dst->port;
 	__u64 netns, now = 0;
 	struct nxl_dest orig;
@@ -695,15 +849,27 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 		to_port = be->port;
 		count(NXL_STAT_AFFINITY_HIT);
 	} else {
-		pick = pick_backend(&key, &master);
+		/* Unconnected UDP keeps one backend per frontend; connects pick
+		 * at random. */
+		bool by_hash = proto == IPPROTO_UDP &&
+			       (hook == NXL_HOOK_SENDMSG4 || hook == NXL_HOOK_SENDMSG6);
+
+		pick = pick_backend(&key, &master, by_hash,
+				    by_hash ? sock_pick_hash(ctx, master->svc_id) : 0);
 		if (!pick)
 			goto refuse;
 		to_addr = pick->addr;
 		to_port = pick->port;
+		to_id = pick->backend_id;
+		if (by_hash) {
+			rv = revnat_of(ctx);
+			if (rv)
+				udp_sticky(rv, dst, master, &to_addr, &to_port, &to_id);
+		}
 		if (master->flags & NXL_SVC_F_AFFINITY) {
 			struct affinity_value av = {
 				.last_used_ns = now,
-				.backend_id = pick->backend_id,
+				.backend_id = to_id,
 			};
 			akey.svc_id = master->svc_id;
 			bpf_map_update_elem(&affinity_map, &akey, &av, BPF_ANY);
@@ -711,9 +877,10 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 		}
 	}
 
-	if (proto == IPPROTO_UDP)
-		remember_revnat(ctx, dst, to_addr, to_port);
-	else if (!remember_tcp(ctx, dst, to_addr, to_port))
+	if (proto == IPPROTO_UDP) {
+		if (!rv) /* udp_sticky wrote the entry of a hashed pick */
+			remember_revnat(ctx, dst, to_addr, to_port, to_id);
+	} else if (!remember_tcp(ctx, dst, to_addr, to_port))
 		count(NXL_STAT_TCP_UNRECORDED);
 	__builtin_memcpy(dst->addr, to_addr, 16);
 	dst->port = to_port;
@@ -739,23 +906,9 @@ out:
 /* Rewrite a backend source/peer back to the frontend the socket asked for. */
 static __always_inline bool reverse(struct bpf_sock_addr *ctx, struct nxl_dest *peer)
 {
-	struct revnat_value *rv;
-
 	if (ctx->protocol == IPPROTO_TCP)
 		return reverse_tcp(ctx, peer);
-	rv = bpf_sk_storage_get(&revnat_map, ctx->sk, NULL, 0);
-	if (!rv)
-		return false;
-	for (int i = 0; i < NXL_REV_PER_SOCK; i++) {
-		struct revnat_entry *e = &rv->e[i];
-
-		if (e->backend_port == peer->port && addr_eq(e->backend_addr, peer->addr)) {
-			__builtin_memcpy(peer->addr, e->frontend_addr, 16);
-			peer->port = e->frontend_port;
-			return true;
-		}
-	}
-	return false;
+	return reverse_udp(ctx, peer);
 }
 
 static __always_inline void load4(struct bpf_sock_addr *ctx, struct nxl_dest *d)
@@ -983,14 +1136,36 @@ static __always_inline int destroy_if_doomed(struct seq_file *seq, struct sock_c
 		if (!rv)
 			return 0;
 		for (int i = 0; i < NXL_REV_PER_SOCK; i++) {
-			struct revnat_entry *e = &rv->e[i];
-
-			if (e->backend_port == key.port && addr_eq(e->backend_addr, key.addr))
+			if (revnat_is(&rv->e[i], key.addr, key.port))
 				ours = true;
 		}
 	}
-	if (ours && bpf_ksym_exists(bpf_sock_destroy) && bpf_sock_destroy(skc) == 0)
-		bpf_seq_write(seq, &mark, 1);
+	if (!ours)
+		return 0;
+	if (bpf_ksym_exists(bpf_sock_destroy)) {
+		if (bpf_sock_destroy(skc) == 0)
+			bpf_seq_write(seq, &mark, 1);
+		return 0;
+	}
+	/* Before 6.5: say which socket, and user space closes it. */
+	if (nxl_features & NXL_FEAT_DIAG_DESTROY) {
+		struct nxl_stale_sock st = {};
+
+		st.family = skc->skc_family;
+		st.proto = proto;
+		if (st.family == AF_INET) {
+			__builtin_memcpy(st.src_addr, &skc->skc_rcv_saddr, 4);
+			__builtin_memcpy(st.dst_addr, &skc->skc_daddr, 4);
+		} else {
+			__builtin_memcpy(st.src_addr, skc->skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+			__builtin_memcpy(st.dst_addr, skc->skc_v6_daddr.in6_u.u6_addr8, 16);
+		}
+		st.src_port = bpf_htons(skc->skc_num);
+		st.dst_port = skc->skc_dport;
+		st.ifindex = skc->skc_bound_dev_if;
+		st.cookie = skc->skc_cookie.counter;
+		bpf_seq_write(seq, &st, sizeof(st));
+	}
 	return 0;
 }
 

@@ -21,7 +21,7 @@
 enum nxl_limits {
 	/* Bump when any structure below, or the meaning of a field, changes.
 	 * The control plane refuses a pin directory written by another layout. */
-	NXL_LAYOUT_VERSION = 6,
+	NXL_LAYOUT_VERSION = 7,
 	NXL_DEFAULT_MAX_SERVICES = 65536,
 	NXL_DEFAULT_MAX_BACKENDS = 262144,
 	NXL_DEFAULT_MAX_AFFINITY = 65536,
@@ -36,9 +36,11 @@ enum nxl_limits {
 	NXL_NETNS_NAME_LEN = 32,
 	/* The node's topology.kubernetes.io/zone (a label value: 63 bytes). */
 	NXL_ZONE_LEN = 64,
-	/* Reverse-translation pairs remembered per socket (unconnected UDP may
-	 * talk to several services from one socket). */
-	NXL_REV_PER_SOCK = 4,
+	/* Reverse-translation pairs remembered per UDP socket: one per
+	 * frontend it sends to (an unconnected socket keeps one backend per
+	 * frontend). A socket that talks to more frontends overwrites its
+	 * oldest pair and counts NXL_STAT_UDP_REV_EVICTED. */
+	NXL_REV_PER_SOCK = 16,
 	NXL_NAME_LEN = 64,
 	/* Backends a master entry holds itself: picking one of them is the
 	 * master lookup alone. Backend i >= NXL_INLINE is in slot i + 1. */
@@ -67,7 +69,11 @@ enum nxl_stat {
 	NXL_STAT_REDIRECTED = 10,   /* sent to a local redirect's backend */
 	NXL_STAT_REDIRECT_SKIPPED = 11, /* a redirect left alone a socket of its
 					 * backend's own netns */
-	NXL_STAT_MAX = 12,
+	NXL_STAT_UDP_REV_EVICTED = 12, /* a UDP socket talking to more than
+					* NXL_REV_PER_SOCK frontends overwrote
+					* its oldest reverse pair: replies from
+					* that backend show its address */
+	NXL_STAT_MAX = 13,
 };
 
 /* Which program made a decision (nxl_event.hook). */
@@ -266,12 +272,34 @@ struct revnat_entry {
 	__u8 frontend_addr[16];
 	__be16 backend_port;
 	__be16 frontend_port;
+	__u32 backend_id; /* backend_map key; 0 for a redirect's backend */
 };
 
 struct revnat_value {
 	struct revnat_entry e[NXL_REV_PER_SOCK];
+	__u32 used; /* entries filled, from e[0] on */
+	__u32 last; /* the entry the last send used: checked first */
 	__u32 next; /* the entry to overwrite when all are in use */
 	__u32 pad0;
+};
+
+/*
+ * A socket to close, as the stale-socket iterators write it on kernels
+ * without bpf_sock_destroy: user space closes it with netlink SOCK_DESTROY
+ * (sock_diag) in the socket's netns. Addresses as the socket holds them
+ * (16 bytes for AF_INET6, the first 4 for AF_INET); cookie 0 when the
+ * socket never had one.
+ */
+struct nxl_stale_sock {
+	__u8 src_addr[16];
+	__u8 dst_addr[16];
+	__u64 cookie;
+	__be16 src_port;
+	__be16 dst_port;
+	__u32 ifindex;
+	__u8 family;
+	__u8 proto;
+	__u8 pad0[6];
 };
 
 /*
@@ -360,6 +388,9 @@ enum nxl_feature {
 	/* init_netns_cookie came from bpf_get_netns_cookie(NULL) in the probe
 	 * program; else from SO_NETNS_COOKIE in the initial netns */
 	NXL_FEAT_INIT_COOKIE_BPF = 1 << 3,
+	/* netlink SOCK_DESTROY (CONFIG_INET_DIAG_DESTROY): where the kfunc is
+	 * missing, the iterators list stale sockets and user space closes them */
+	NXL_FEAT_DIAG_DESTROY = 1 << 4,
 };
 
 /*
@@ -375,7 +406,8 @@ _Static_assert(sizeof(struct svc_meta) == 100, "svc_meta layout");
 _Static_assert(sizeof(struct member_key) == 8, "member_key layout");
 _Static_assert(sizeof(struct affinity_key) == 16, "affinity_key layout");
 _Static_assert(sizeof(struct affinity_value) == 16, "affinity_value layout");
-_Static_assert(sizeof(struct revnat_value) == 152, "revnat_value layout");
+_Static_assert(sizeof(struct revnat_value) == 656, "revnat_value layout");
+_Static_assert(sizeof(struct nxl_stale_sock) == 56, "nxl_stale_sock layout");
 _Static_assert(sizeof(struct doomed_key) == 20, "doomed_key layout");
 _Static_assert(sizeof(struct nxl_config) == 376, "nxl_config layout");
 _Static_assert(sizeof(struct redirect_backend) == 64, "redirect_backend layout");
@@ -394,6 +426,7 @@ struct nxl_abi {
 	enum nxl_stat stat;
 	enum nxl_hook hook;
 	struct nxl_event event; /* a ring buffer record has no map type of its own */
+	struct nxl_stale_sock stale; /* nor does an iterator's output */
 	enum nxl_origin origin;
 	enum nxl_feature feature;
 	enum nxl_topology topology;

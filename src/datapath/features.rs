@@ -23,6 +23,7 @@ pub mod bits {
     pub const SET_RETVAL: u32 = F::NXL_FEAT_SET_RETVAL.0;
     pub const SOCK_DESTROY: u32 = F::NXL_FEAT_SOCK_DESTROY.0;
     pub const INIT_COOKIE_BPF: u32 = F::NXL_FEAT_INIT_COOKIE_BPF.0;
+    pub const DIAG_DESTROY: u32 = F::NXL_FEAT_DIAG_DESTROY.0;
 }
 
 /// The oldest mainline kernel that has every required feature.
@@ -63,6 +64,7 @@ pub enum Id {
     SoNetnsCookie,
     SetRetval,
     SockDestroy,
+    DiagDestroy,
     InitCookieTc,
 }
 
@@ -154,7 +156,15 @@ const SPECS: &[Spec] = &[
         name: "bpf_sock_destroy() kfunc (stale sockets)",
         kernel: "6.5",
         required: false,
-        without: "sockets connected to a removed backend are not closed; commands say so",
+        without: "stale sockets are closed with netlink SOCK_DESTROY instead (diag_destroy)",
+    },
+    Spec {
+        id: Id::DiagDestroy,
+        short: "diag_destroy",
+        name: "netlink SOCK_DESTROY (sock_diag, CONFIG_INET_DIAG_DESTROY)",
+        kernel: "4.5",
+        required: false,
+        without: "without bpf_sock_destroy too, sockets connected to a removed backend are not closed; commands say so",
     },
     Spec {
         id: Id::InitCookieTc,
@@ -221,6 +231,7 @@ pub fn probe() -> Probed {
                 Id::SoNetnsCookie => crate::sys::current_netns_cookie().is_ok(),
                 Id::SetRetval => helper(sa, sys::BPF_FUNC_set_retval),
                 Id::SockDestroy => has_func(btf, "bpf_sock_destroy"),
+                Id::DiagDestroy => crate::sys::sockdiag::destroy_supported(),
                 Id::InitCookieTc => {
                     helper(sys::BPF_PROG_TYPE_SCHED_CLS, sys::BPF_FUNC_get_netns_cookie)
                 }
@@ -268,6 +279,9 @@ impl Probed {
         if self.has(Id::SockDestroy) {
             b |= bits::SOCK_DESTROY;
         }
+        if self.has(Id::DiagDestroy) {
+            b |= bits::DIAG_DESTROY;
+        }
         b
     }
 
@@ -283,6 +297,40 @@ impl Probed {
     }
 }
 
+/// How this attachment closes stale sockets (from the features attach
+/// recorded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stale {
+    /// The iterators call the bpf_sock_destroy kfunc (6.5+).
+    Kfunc,
+    /// The iterators list the sockets; netlink SOCK_DESTROY closes them.
+    SockDiag,
+    /// Neither: stale sockets stay open.
+    None,
+}
+
+impl Stale {
+    pub fn of(features: u32) -> Stale {
+        if features & bits::RECORDED == 0 || features & bits::SOCK_DESTROY != 0 {
+            Stale::Kfunc
+        } else if features & bits::DIAG_DESTROY != 0 {
+            Stale::SockDiag
+        } else {
+            Stale::None
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Stale::Kfunc => "closed by bpf_sock_destroy",
+            Stale::SockDiag => "closed by netlink SOCK_DESTROY (sock_diag)",
+            Stale::None => {
+                "this kernel has neither bpf_sock_destroy (6.5) nor netlink SOCK_DESTROY (CONFIG_INET_DIAG_DESTROY)"
+            }
+        }
+    }
+}
+
 /// What a config's feature bits say, for status; None for pins written
 /// before features were recorded.
 pub fn recorded(bits_: u32) -> Option<Vec<(&'static str, bool)>> {
@@ -292,6 +340,7 @@ pub fn recorded(bits_: u32) -> Option<Vec<(&'static str, bool)>> {
     Some(vec![
         ("set_retval", bits_ & bits::SET_RETVAL != 0),
         ("sock_destroy", bits_ & bits::SOCK_DESTROY != 0),
+        ("diag_destroy", bits_ & bits::DIAG_DESTROY != 0),
     ])
 }
 
@@ -336,18 +385,25 @@ mod tests {
         let all = probed(&[]);
         assert_eq!(
             all.bits(),
-            bits::RECORDED | bits::SET_RETVAL | bits::SOCK_DESTROY
+            bits::RECORDED | bits::SET_RETVAL | bits::SOCK_DESTROY | bits::DIAG_DESTROY
         );
         let old = probed(&[Id::SockDestroy, Id::InitCookieTc]);
-        assert_eq!(old.bits(), bits::RECORDED | bits::SET_RETVAL);
+        assert_eq!(
+            old.bits(),
+            bits::RECORDED | bits::SET_RETVAL | bits::DIAG_DESTROY
+        );
         assert_eq!(
             old.optional_summary(),
-            "kernel 5.4.0-test: set_retval on, sock_destroy off, init_cookie_probe off"
+            "kernel 5.4.0-test: set_retval on, sock_destroy off, diag_destroy on, init_cookie_probe off"
         );
         assert_eq!(recorded(0), None);
         assert_eq!(
             recorded(old.bits()).unwrap(),
-            vec![("set_retval", true), ("sock_destroy", false)]
+            vec![
+                ("set_retval", true),
+                ("sock_destroy", false),
+                ("diag_destroy", true)
+            ]
         );
     }
 

@@ -30,9 +30,13 @@ pub fn netns_paths() -> Vec<PathBuf> {
     out
 }
 
-/// Read one pinned iterator in the netns at `path`; returns the number of
-/// sockets it destroyed.
-pub fn run_iter(link_pin: PathBuf, path: PathBuf) -> Result<usize> {
+/// Read one pinned iterator in the netns at `path` and hand what it wrote
+/// to `then`, still inside that netns (closing a socket with sock_diag must
+/// happen there); returns what `then` returns.
+pub fn run_iter<F>(link_pin: PathBuf, path: PathBuf, then: F) -> Result<usize>
+where
+    F: FnOnce(&[u8]) -> Result<usize> + Send + 'static,
+{
     let read = move || -> Result<usize> {
         let link = Link::open(&link_pin)
             .with_context(|| format!("open the iterator link {}", link_pin.display()))?;
@@ -40,7 +44,7 @@ pub fn run_iter(link_pin: PathBuf, path: PathBuf) -> Result<usize> {
         let mut buf = Vec::new();
         it.read_to_end(&mut buf)
             .context("read the socket iterator")?;
-        Ok(buf.len())
+        then(&buf)
     };
     if path == std::path::Path::new("/proc/self/ns/net") {
         read()
@@ -54,7 +58,7 @@ pub fn run_iter(link_pin: PathBuf, path: PathBuf) -> Result<usize> {
 pub fn read_everywhere(state: &State, prog: &str) -> Result<usize> {
     let mut n = 0;
     for ns in netns_paths() {
-        match run_iter(state.pins.link(prog), ns.clone()) {
+        match run_iter(state.pins.link(prog), ns.clone(), |b| Ok(b.len())) {
             Ok(k) => n += k,
             Err(_) if !crate::sys::is_ns_file(&ns) => {}
             Err(e) => return Err(e.context(format!("in netns {}", ns.display()))),

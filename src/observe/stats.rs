@@ -19,7 +19,7 @@ use crate::output::{self, Format};
 use crate::sys;
 
 /// The counters, in NXL_STAT_* order, with the names `stats` prints.
-pub const REASONS: [(&str, &str); 12] = [
+pub const REASONS: [(&str, &str); 13] = [
     ("translated", "sent to a backend"),
     (
         "refused",
@@ -52,6 +52,10 @@ pub const REASONS: [(&str, &str); 12] = [
     (
         "redirect_skipped",
         "skipped: backend's own netns (a redirect with --skip-from-backend left it to the service or its address)",
+    ),
+    (
+        "udp_rev_evicted",
+        "a UDP socket sent to more than 16 backends: its oldest reverse pair was overwritten, so replies from that backend show the backend's address",
     ),
 ];
 
@@ -495,6 +499,7 @@ mod tests {
             (S::NXL_STAT_TCP_UNRECORDED, "tcp_unrecorded"),
             (S::NXL_STAT_REDIRECTED, "redirected"),
             (S::NXL_STAT_REDIRECT_SKIPPED, "redirect_skipped"),
+            (S::NXL_STAT_UDP_REV_EVICTED, "udp_rev_evicted"),
         ];
         assert_eq!(super::REASONS.len(), S::NXL_STAT_MAX.0 as usize);
         assert_eq!(c.len(), super::REASONS.len());

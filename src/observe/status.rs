@@ -60,6 +60,9 @@ struct Status {
     init_netns_cookie_source: &'static str,
     kernel_release: String,
     features: Vec<Feature>,
+    /// How sockets connected to a removed backend are closed, as attach
+    /// recorded it.
+    stale_sockets: &'static str,
     /// Everything that needs attention; empty when healthy.
     warnings: Vec<String>,
 }
@@ -204,6 +207,7 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
             Some(_) => "SO_NETNS_COOKIE",
         },
         kernel_release: probed.kernel_release.clone(),
+        stale_sockets: features::Stale::of(cfg.features).describe(),
         pin_dir: pin_dir.display().to_string(),
         cgroup: bpf::from_cstr(&cfg.cgroup_path),
         cgroup_id: cfg.cgroup_id,
@@ -332,6 +336,10 @@ pub fn status(pin_dir: &Path, format: Format) -> Result<()> {
     rows.push(Row {
         item: "kernel".into(),
         value: st.kernel_release.clone(),
+    });
+    rows.push(Row {
+        item: "stale sockets".into(),
+        value: st.stale_sockets.into(),
     });
     for f in &st.features {
         rows.push(Row {

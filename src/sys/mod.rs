@@ -12,6 +12,7 @@ use nix::sys::statfs::{BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
 
 pub mod netns;
 pub mod pindir;
+pub mod sockdiag;
 
 /// Where the default pin dir's bpffs belongs.
 pub const BPFFS_DEFAULT: &str = "/sys/fs/bpf";

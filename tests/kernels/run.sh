@@ -20,6 +20,9 @@ VENV=$TARGET/vng-venv
 # Each entry: a regex for the package's version part.
 KERNELS=${KERNELS:-"6\\.1\\.0-[0-9]+ 6\\.12\\.[0-9]+\\+deb12"}
 VM_TIMEOUT=${VM_TIMEOUT:-1800}
+# ONLY: test binaries to run (names of tests/*.rs, space separated); all
+# when empty.
+ONLY=${ONLY:-}
 DEBS="qemu-system-x86 busybox-static kmod file"
 
 log() { printf 'test-kernels: %s\n' "$*" >&2; }
@@ -73,12 +76,14 @@ fetch_kernel() {
 # and make test runs them on the host.
 test_binaries() {
 	cargo test --release --no-run --message-format=json 2>/dev/null |
-		python3 -c '
-import json, sys
+		ONLY="$ONLY" python3 -c '
+import json, os, sys
+only = os.environ["ONLY"].split()
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
-        if m.get("target", {}).get("name") not in ("image", "agent"):
+        name = m.get("target", {}).get("name")
+        if name not in ("image", "agent") and (not only or name in only):
             print(m["executable"])'
 }
 

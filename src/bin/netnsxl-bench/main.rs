@@ -110,6 +110,7 @@ struct ClientArgs {
     netns: String,
     #[arg(long)]
     cgroup: Option<PathBuf>,
+    /// tcp or udp; warm also udp-one (every datagram from one socket).
     #[arg(long, default_value = "tcp")]
     proto: String,
     /// Targets: `vips:N:PORT` (VIP 1..N of 198.18.0.0/15) or a comma list
@@ -269,6 +270,16 @@ fn warm_tcp(to: SocketAddr) -> std::io::Result<()> {
     }
 }
 
+/// One datagram from a new non-blocking UDP socket, closed at once: the
+/// sendmsg hook runs (and creates the socket's reverse-translation
+/// storage on a hit); nothing waits for the reply.
+fn warm_udp(to: SocketAddr) -> std::io::Result<()> {
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    s.set_nonblocking(true)?;
+    s.send_to(b"ping\n", to)?;
+    Ok(())
+}
+
 fn alternate(a: &ClientArgs) -> Result<()> {
     let vips = parse_targets(&a.targets)?;
     let direct = parse_targets(a.direct.as_deref().context("--direct")?)?;
@@ -312,9 +323,22 @@ fn warm(a: &ClientArgs) -> Result<()> {
     let mut rng = Rng(a.seed.max(1).wrapping_mul(0x9E3779B97F4A7C15) | 1);
     let mut out = Block::default();
     let start = Instant::now();
+    // udp-one: one socket sends every datagram (a resolver's socket).
+    let one = if a.proto == "udp-one" {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_nonblocking(true)?;
+        Some(s)
+    } else {
+        None
+    };
     for _ in 0..a.count {
         let to = pick(&mut rng);
-        match warm_tcp(to) {
+        let res = match (&one, a.proto.as_str()) {
+            (Some(s), _) => s.send_to(b"ping\n", to).map(|_| ()),
+            (None, "udp") => warm_udp(to),
+            _ => warm_tcp(to),
+        };
+        match res {
             Ok(()) => out.ok += 1,
             Err(e) => {
                 out.failed += 1;
@@ -957,6 +981,9 @@ const WARM_PORT_MISS: &str = "connect4, port no frontend uses";
 const WARM_ADDR_MISS: &str = "connect4, address miss on a used port";
 const WARM_HIT: &str = "connect4 hit";
 const WARM_RELEASE: &str = "sock_release after a translated connect";
+const WARM_UDP_HIT: &str = "sendmsg4 hit, a new socket per datagram";
+const WARM_UDP_ONE: &str = "sendmsg4 hit, one socket to one ClusterIP";
+const WARM_UDP_MISS: &str = "sendmsg4, address miss on a used port";
 
 /// The median of the paired differences a[i] - b[i] and its 95 %
 /// confidence interval (sign-test order statistics): (low, median, high).
@@ -1045,15 +1072,44 @@ fn measure_floor(
         .map(|b| format!("{b}:80"))
         .collect::<Vec<_>>()
         .join(",");
-    let loops: [(&str, &Path, &str); 4] = [
-        (WARM_EMPTY, &run.empty_cg, &port_miss),
-        (WARM_PORT_MISS, &run.lab_cg, &port_miss),
-        (WARM_ADDR_MISS, &run.lab_cg, &addr_miss),
-        (WARM_HIT, &run.lab_cg, &vips),
+    let udp_vips = format!("vips:{}:53", n.min(1000));
+    let udp_one = "vips:1:53".to_string();
+    let udp_miss: String = BACKENDS
+        .iter()
+        .map(|b| format!("{b}:53"))
+        .collect::<Vec<_>>()
+        .join(",");
+    // (name, cgroup, proto, targets, program measured)
+    let loops: [(&str, &Path, &str, &str, &str); 7] = [
+        (WARM_EMPTY, &run.empty_cg, "tcp", &port_miss, ""),
+        (
+            WARM_PORT_MISS,
+            &run.lab_cg,
+            "tcp",
+            &port_miss,
+            "nxl_connect4",
+        ),
+        (
+            WARM_ADDR_MISS,
+            &run.lab_cg,
+            "tcp",
+            &addr_miss,
+            "nxl_connect4",
+        ),
+        (WARM_HIT, &run.lab_cg, "tcp", &vips, "nxl_connect4"),
+        (WARM_UDP_HIT, &run.lab_cg, "udp", &udp_vips, "nxl_sendmsg4"),
+        (
+            WARM_UDP_ONE,
+            &run.lab_cg,
+            "udp-one",
+            &udp_one,
+            "nxl_sendmsg4",
+        ),
+        (WARM_UDP_MISS, &run.lab_cg, "udp", &udp_miss, "nxl_sendmsg4"),
     ];
     for round in 0..args.warm_rounds {
         for k in 0..loops.len() {
-            let (name, cg, targets) = loops[(k + round) % loops.len()];
+            let (name, cg, proto, targets, prog) = loops[(k + round) % loops.len()];
             seed += 1;
             let (before, e0) = (prog_stats(att)?, prog_stats_by_id(empty_id));
             let b: Block = run.client(
@@ -1062,6 +1118,8 @@ fn measure_floor(
                 &[
                     "--mode",
                     "warm",
+                    "--proto",
+                    proto,
                     "--targets",
                     targets,
                     "--count",
@@ -1077,7 +1135,7 @@ fn measure_floor(
             let v = if name == WARM_EMPTY {
                 (e1.0 > e0.0).then(|| (e1.1 - e0.1) as f64 / (e1.0 - e0.0) as f64)
             } else {
-                ns_per_call(&before, &after, "nxl_connect4")
+                ns_per_call(&before, &after, prog)
             };
             if let Some(v) = v {
                 f.warm.entry(name).or_default().push(v);
@@ -1563,7 +1621,7 @@ fn report_floor(
 
     let _ = writeln!(
         md,
-        "\n## Warm connect loops (bpf_stats ns per call, median of {} rounds)\n\nA client in the pod netns makes {} non-blocking connects per loop and closes each at once, so the programs run back to back with warm caches; the loops are interleaved, their order rotated each round. The empty program is nxl_bench_empty (return 1) alone in a cgroup of its own, connecting to the same port-miss targets: what bpf_stats reports for a program that does nothing. Hits pick a random ClusterIP of the N.\n",
+        "\n## Warm connect loops (bpf_stats ns per call, median of {} rounds)\n\nA client in the pod netns makes {} non-blocking connects per loop and closes each at once, so the programs run back to back with warm caches; the loops are interleaved, their order rotated each round. The empty program is nxl_bench_empty (return 1) alone in a cgroup of its own, connecting to the same port-miss targets: what bpf_stats reports for a program that does nothing. Hits pick a random ClusterIP of the N. The UDP loops send one datagram each from a new socket (hits: to a random UDP ClusterIP of the first 1,000), or all from one socket to one ClusterIP (a resolver's socket).\n",
         args.warm_rounds, args.warm_connects
     );
     size_columns(md, "loop", results);
@@ -1574,6 +1632,9 @@ fn report_floor(
         WARM_ADDR_MISS,
         WARM_HIT,
         WARM_RELEASE,
+        WARM_UDP_MISS,
+        WARM_UDP_HIT,
+        WARM_UDP_ONE,
     ] {
         let _ = write!(md, "| {name} |");
         for r in results {
