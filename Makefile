@@ -4,7 +4,7 @@ DEBS := clang libelf-dev pkg-config zlib1g-dev bpftool iproute2 procps strace cu
 CARGO ?= cargo
 ARCH := $(shell uname -m)
 
-.PHONY: all build deps test image kubectl test-kernels demo bench lint licenses manifests vmlinux fuzz clean
+.PHONY: all build deps test image kubectl test-kernels demo bench bench-ab lint licenses manifests vmlinux fuzz clean
 
 all: build
 
@@ -68,6 +68,18 @@ bench: build
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; }; fi
 	$(CARGO) build --release --features bench --bin netnsxl-bench
 	./target/release/netnsxl-bench --out bench $(BENCH_ARGS)
+
+# This build's datapath against the one of git revision BASE (default the
+# previous commit), both attached in one run with interleaved warm loops:
+# bench/ab.md. BASE is exported with git archive and built under target/.
+BASE ?= HEAD~1
+bench-ab: build
+	rm -rf target/ab-base/src && mkdir -p target/ab-base/src
+	git archive "$(BASE)" | tar -x -C target/ab-base/src
+	cd target/ab-base/src && CARGO_TARGET_DIR=$(CURDIR)/target/ab-base/target $(CARGO) build --release --bin netnsxl
+	$(CARGO) build --release --features bench --bin netnsxl-bench
+	./target/release/netnsxl-bench ab --baseline target/ab-base/target/release/netnsxl \
+		--label "$$(git rev-parse --short "$(BASE)") ($(BASE))" --out bench $(BENCH_ARGS)
 
 # Formatting, clippy (warnings are errors), the licence of every crate, and
 # the deploy/ manifests against a current Kubernetes schema.

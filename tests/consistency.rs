@@ -742,6 +742,16 @@ fn udp_socket_to_a_removed_backend_is_destroyed_and_reconnects() {
     let (mut held, first) = Held::start(lab.pod(0), "udp", VIP);
     assert_eq!(first.reply.as_deref(), Some("be-1"), "{first:?}");
     assert_eq!(first.peer.as_deref(), Some(VIP));
+    // status says how this kernel closes them.
+    use netnsxl::datapath::features::Id;
+    let how = if kernel_has(Id::SockDestroy) {
+        "closed by bpf_sock_destroy"
+    } else if kernel_has(Id::DiagDestroy) {
+        "closed by netlink SOCK_DESTROY (sock_diag)"
+    } else {
+        "this kernel has neither bpf_sock_destroy (6.5) nor netlink SOCK_DESTROY (CONFIG_INET_DIAG_DESTROY)"
+    };
+    assert_eq!(cli.json(&["status"])["stale_sockets"], how);
 
     let (out, err) = cli.ok_with_stderr(&[
         "svc",

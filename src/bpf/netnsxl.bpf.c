@@ -107,6 +107,16 @@ struct {
 	__type(value, struct revnat_value);
 } revnat_map SEC(".maps");
 
+/* Pairs beyond NXL_REV_INLINE, for the few sockets that need them: kept
+ * apart so every other socket's storage stays small (an allocation of the
+ * next size class cost a new socket's first send about 60 ns). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct revnat_more);
+} revnat_more_map SEC(".maps");
+
 /*
  * Reverse translation of TCP sockets: a preallocated array indexed by socket
  * cookie, so a connect allocates nothing and inserts into no map (socket
@@ -331,15 +341,20 @@ static __always_inline bool backend_usable(const struct svc_value *master,
 
 /*
  * Which of a frontend's backends an unconnected UDP socket uses: a hash of
- * its cookie and the frontend, so every datagram of the socket to that
- * frontend reaches one backend while the set stays the same (a QUIC, DTLS
- * or TFTP exchange is not spread across backends; Cilium's
- * sock_select_slot). Cookies are never reused, so sockets spread evenly.
+ * a seed the socket keeps in its own storage and the frontend, so every
+ * datagram of the socket to that frontend reaches one backend (a QUIC,
+ * DTLS or TFTP exchange is not spread across backends; Cilium hashes the
+ * socket cookie, sock_select_slot). The seed is random, drawn at the
+ * socket's first send: generating a cookie for a new socket cost about
+ * 60 ns (bench/ab.md), a draw a few.
  */
-static __always_inline __u32 sock_pick_hash(struct bpf_sock_addr *ctx, __u32 svc_id)
+static __always_inline __u32 sock_pick_hash(struct revnat_value *rv, __u32 svc_id)
 {
-	__u64 h = bpf_get_socket_cookie(ctx) ^ ((__u64)svc_id << 40);
+	__u64 h;
 
+	if (rv->seed == 0)
+		rv->seed = bpf_get_prandom_u32() | 1;
+	h = ((__u64)rv->seed << 32) | svc_id;
 	return (__u32)((h * 0x9e3779b97f4a7c15ULL) >> 32);
 }
 
@@ -414,80 +429,123 @@ static __always_inline struct revnat_value *revnat_of(struct bpf_sock_addr *ctx)
 	return bpf_sk_storage_get(&revnat_map, ctx->sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
 }
 
-/* An entry for a new backend: the next unused one, else the oldest, which
- * is counted (replies from its backend then show the backend's address). */
-static __always_inline __u32 revnat_new_slot(struct revnat_value *rv)
+/* The socket's pairs beyond the inline ones, if it has any. */
+static __always_inline struct revnat_more *revnat_more_of(void *sk, const struct revnat_value *rv)
 {
-	__u32 i = rv->used;
+	if (rv->used <= NXL_REV_INLINE)
+		return NULL;
+	return bpf_sk_storage_get(&revnat_more_map, sk, NULL, 0);
+}
 
-	if (i < NXL_REV_PER_SOCK) {
+/* Pair i of a socket: inline, or in its revnat_more; NULL past the end. */
+static __always_inline struct revnat_entry *rev_entry(struct revnat_value *rv,
+						      struct revnat_more *more, __u32 i)
+{
+	/* Keep both bounds checks: clang would drop one it can prove, the
+	 * verifier cannot. */
+	barrier_var(i);
+	if (i < NXL_REV_INLINE)
+		return &rv->e[i];
+	i -= NXL_REV_INLINE;
+	barrier_var(i);
+	if (more && i < NXL_REV_MORE)
+		return &more->e[i];
+	return NULL;
+}
+
+/* A pair for a new backend: the next unused one (creating the socket's
+ * revnat_more when the inline ones are full), else the oldest, which is
+ * counted: replies from its backend then show the backend's address. */
+static __always_inline __u32 revnat_new_slot(void *sk, struct revnat_value *rv,
+					     struct revnat_more **more)
+{
+	__u32 i = rv->used, n = NXL_REV_PER_SOCK;
+
+	if (i >= NXL_REV_INLINE && !*more) {
+		*more = bpf_sk_storage_get(&revnat_more_map, sk, NULL,
+					   BPF_SK_STORAGE_GET_F_CREATE);
+		if (!*more)
+			n = NXL_REV_INLINE; /* no memory for more: reuse inline pairs */
+	}
+	if (i < n) {
 		rv->used = i + 1;
 		return i;
 	}
-	i = rv->next % NXL_REV_PER_SOCK;
+	i = rv->next % n;
 	rv->next = i + 1;
 	count(NXL_STAT_UDP_REV_EVICTED);
 	return i;
 }
 
-static __always_inline void revnat_write(struct revnat_value *rv, __u32 i,
-					 const struct nxl_dest *frontend, const __u8 *be_addr,
-					 __be16 be_port, __u32 be_id)
+static __always_inline void revnat_write(struct revnat_value *rv, struct revnat_more *more,
+					 __u32 i, const struct nxl_dest *frontend,
+					 const __u8 *be_addr, __be16 be_port, __u32 be_id)
 {
-	struct revnat_entry *e = &rv->e[i & (NXL_REV_PER_SOCK - 1)];
+	struct revnat_entry *e = rev_entry(rv, more, i);
 
+	if (!e)
+		return;
 	__builtin_memcpy(e->backend_addr, be_addr, 16);
 	__builtin_memcpy(e->frontend_addr, frontend->addr, 16);
 	e->backend_port = be_port;
 	e->frontend_port = frontend->port;
 	e->backend_id = be_id;
-	rv->last = i & (NXL_REV_PER_SOCK - 1);
+	rv->last = i;
 }
 
 /*
- * Unconnected UDP: the backend of this send and the socket's reverse entry
- * for it, in one pass over the socket's entries. The hash pick (to_*) is
- * used unless the socket's entry for this frontend names another backend
- * that is still usable: the set changed but its backend did not go, so the
- * socket stays. The common case, the pick is the backend of the socket's
- * last send to this frontend, costs one comparison of the entry.
+ * Unconnected UDP: the backend of this send and the socket's reverse pair
+ * for it, in one pass over the socket's pairs. The hash pick (to_*) is used
+ * unless the socket's pair for this frontend names another backend that is
+ * still usable: the set changed but its backend did not go, so the socket
+ * stays. The common case, the pick is the backend of the socket's last
+ * send to this frontend, costs one comparison of the pair.
  */
-static __always_inline void udp_sticky(struct revnat_value *rv, const struct nxl_dest *frontend,
+static __always_inline void udp_sticky(void *sk, struct revnat_value *rv,
+				       const struct nxl_dest *frontend,
 				       const struct svc_value *master, const __u8 **to_addr,
 				       __be16 *to_port, __u32 *to_id)
 {
+	struct revnat_more *more = NULL;
 	struct revnat_entry *e;
 	struct backend_value *be;
 	__u32 i, at_be = NXL_REV_PER_SOCK, at_fe = NXL_REV_PER_SOCK;
 
+	/* A new socket's first send: nothing to scan. */
+	if (rv->used == 0) {
+		revnat_write(rv, NULL, revnat_new_slot(sk, rv, &more), frontend, *to_addr, *to_port,
+			     *to_id);
+		return;
+	}
 	i = rv->last;
-	if (i < NXL_REV_PER_SOCK) {
+	if (i < NXL_REV_INLINE) {
 		e = &rv->e[i];
 		if (e->backend_id == *to_id && revnat_for(e, frontend) &&
 		    revnat_is(e, *to_addr, *to_port))
 			return;
 	}
-	/* Unused entries are zero: port 0 matches no frontend or backend. */
+	more = revnat_more_of(sk, rv);
+	/* Unused pairs are zero: port 0 matches no frontend or backend. */
 	for (i = 0; i < NXL_REV_PER_SOCK; i++) {
-		e = &rv->e[i];
+		e = rev_entry(rv, more, i);
+		if (!e)
+			break;
 		if (at_fe == NXL_REV_PER_SOCK && revnat_for(e, frontend))
 			at_fe = i;
 		if (at_be == NXL_REV_PER_SOCK && revnat_is(e, *to_addr, *to_port))
 			at_be = i;
 	}
-	if (at_fe < NXL_REV_PER_SOCK) {
-		e = &rv->e[at_fe];
-		if (e->backend_id != *to_id && e->backend_id != 0) {
-			__u32 id = e->backend_id;
+	e = at_fe < NXL_REV_PER_SOCK ? rev_entry(rv, more, at_fe) : NULL;
+	if (e && e->backend_id != *to_id && e->backend_id != 0) {
+		__u32 id = e->backend_id;
 
-			be = bpf_map_lookup_elem(&backend_map, &id);
-			if (be && backend_usable(master, be) && revnat_is(e, be->addr, be->port)) {
-				*to_addr = be->addr;
-				*to_port = be->port;
-				*to_id = id;
-				rv->last = at_fe;
-				return;
-			}
+		be = bpf_map_lookup_elem(&backend_map, &id);
+		if (be && backend_usable(master, be) && revnat_is(e, be->addr, be->port)) {
+			*to_addr = be->addr;
+			*to_port = be->port;
+			*to_id = id;
+			rv->last = at_fe;
+			return;
 		}
 	}
 	if (at_be < NXL_REV_PER_SOCK)
@@ -495,64 +553,83 @@ static __always_inline void udp_sticky(struct revnat_value *rv, const struct nxl
 	else if (at_fe < NXL_REV_PER_SOCK)
 		i = at_fe; /* moved: its backend went */
 	else
-		i = revnat_new_slot(rv);
-	revnat_write(rv, i, frontend, *to_addr, *to_port, *to_id);
+		i = revnat_new_slot(sk, rv, &more);
+	revnat_write(rv, more, i, frontend, *to_addr, *to_port, *to_id);
 }
 
 /*
  * Remember in the UDP socket's storage that replies from this backend are
- * the frontend's (connected UDP, affinity and redirect picks): one entry
- * per backend. The same pair as the socket's last send is the common case
- * and costs one comparison. A socket that talks to more than
- * NXL_REV_PER_SOCK backends overwrites its oldest entry and counts it.
+ * the frontend's (connected UDP, affinity and redirect picks): one pair per
+ * backend. The same pair as the socket's last send is the common case and
+ * costs one comparison.
  */
 static __always_inline void remember_revnat(struct bpf_sock_addr *ctx,
 					    const struct nxl_dest *frontend,
 					    const __u8 *be_addr, __be16 be_port, __u32 be_id)
 {
 	struct revnat_value *rv = revnat_of(ctx);
+	struct revnat_more *more = NULL;
 	struct revnat_entry *e;
 	__u32 i, at = NXL_REV_PER_SOCK;
 
 	if (!rv)
 		return;
+	if (rv->used == 0) {
+		revnat_write(rv, NULL, revnat_new_slot(ctx->sk, rv, &more), frontend, be_addr,
+			     be_port, be_id);
+		return;
+	}
 	i = rv->last;
-	if (i < NXL_REV_PER_SOCK) {
+	if (i < NXL_REV_INLINE) {
 		e = &rv->e[i];
 		if (revnat_is(e, be_addr, be_port) && revnat_for(e, frontend))
 			return;
 	}
+	more = revnat_more_of(ctx->sk, rv);
 	for (i = 0; i < NXL_REV_PER_SOCK; i++) {
-		if (at == NXL_REV_PER_SOCK && revnat_is(&rv->e[i], be_addr, be_port))
+		e = rev_entry(rv, more, i);
+		if (!e)
+			break;
+		if (at == NXL_REV_PER_SOCK && revnat_is(e, be_addr, be_port))
 			at = i;
 	}
 	if (at == NXL_REV_PER_SOCK)
-		at = revnat_new_slot(rv);
-	revnat_write(rv, at, frontend, be_addr, be_port, be_id);
+		at = revnat_new_slot(ctx->sk, rv, &more);
+	revnat_write(rv, more, at, frontend, be_addr, be_port, be_id);
+}
+
+/* The pair of a UDP socket for a reply from `peer`, if netnsxl sent it
+ * there (sk: the socket, for its revnat_more). */
+static __always_inline struct revnat_entry *revnat_find(void *sk, struct revnat_value *rv,
+							const __u8 *addr, __be16 port)
+{
+	struct revnat_more *more;
+	struct revnat_entry *e;
+	__u32 i = rv->last;
+
+	if (i < NXL_REV_INLINE && revnat_is(&rv->e[i], addr, port))
+		return &rv->e[i];
+	more = revnat_more_of(sk, rv);
+	for (i = 0; i < NXL_REV_PER_SOCK; i++) {
+		e = rev_entry(rv, more, i);
+		if (!e)
+			break;
+		if (revnat_is(e, addr, port))
+			return e;
+	}
+	return NULL;
 }
 
 /* The frontend a UDP socket sent to, for a reply from `peer`. */
 static __always_inline bool reverse_udp(struct bpf_sock_addr *ctx, struct nxl_dest *peer)
 {
 	struct revnat_value *rv;
-	struct revnat_entry *e = NULL;
-	__u32 i, used;
+	struct revnat_entry *e;
 
 	rv = bpf_sk_storage_get(&revnat_map, ctx->sk, NULL, 0);
 	if (!rv)
 		return false;
-	i = rv->last;
-	if (i < NXL_REV_PER_SOCK && revnat_is(&rv->e[i], peer->addr, peer->port)) {
-		e = &rv->e[i];
-	} else {
-		used = rv->used;
-		for (i = 0; i < NXL_REV_PER_SOCK && i < used; i++) {
-			if (revnat_is(&rv->e[i], peer->addr, peer->port)) {
-				e = &rv->e[i];
-				break;
-			}
-		}
-	}
+	e = revnat_find(ctx->sk, rv, peer->addr, peer->port);
 	if (!e)
 		return false;
 	__builtin_memcpy(peer->addr, e->frontend_addr, 16);
@@ -702,6 +779,7 @@ static __always_inline bool redirect(struct bpf_sock_addr *ctx, struct nxl_dest 
 {
 	struct svc_key key = {};
 	struct redirect_value *rv;
+	struct revnat_value *sock_rv;
 	struct redirect_backend *be;
 	struct nxl_config *cfg;
 	struct nxl_dest orig;
@@ -740,8 +818,9 @@ static __always_inline bool redirect(struct bpf_sock_addr *ctx, struct nxl_dest 
 		}
 	}
 	/* Unconnected UDP keeps one backend per socket, as for services. */
-	if (proto == IPPROTO_UDP && (hook == NXL_HOOK_SENDMSG4 || hook == NXL_HOOK_SENDMSG6))
-		idx = sock_pick_hash(ctx, 0) % rv->count;
+	if (proto == IPPROTO_UDP && (hook == NXL_HOOK_SENDMSG4 || hook == NXL_HOOK_SENDMSG6) &&
+	    (sock_rv = revnat_of(ctx)))
+		idx = sock_pick_hash(sock_rv, 0) % rv->count;
 	else
 		idx = bpf_get_prandom_u32() % rv->count;
 	if (idx >= NXL_REDIRECT_BACKENDS)
@@ -854,18 +933,19 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 		bool by_hash = proto == IPPROTO_UDP &&
 			       (hook == NXL_HOOK_SENDMSG4 || hook == NXL_HOOK_SENDMSG6);
 
+		if (by_hash) {
+			rv = revnat_of(ctx);
+			by_hash = rv != NULL; /* no storage: a random pick */
+		}
 		pick = pick_backend(&key, &master, by_hash,
-				    by_hash ? sock_pick_hash(ctx, master->svc_id) : 0);
+				    rv ? sock_pick_hash(rv, master->svc_id) : 0);
 		if (!pick)
 			goto refuse;
 		to_addr = pick->addr;
 		to_port = pick->port;
 		to_id = pick->backend_id;
-		if (by_hash) {
-			rv = revnat_of(ctx);
-			if (rv)
-				udp_sticky(rv, dst, master, &to_addr, &to_port, &to_id);
-		}
+		if (rv)
+			udp_sticky(ctx->sk, rv, dst, master, &to_addr, &to_port, &to_id);
 		if (master->flags & NXL_SVC_F_AFFINITY) {
 			struct affinity_value av = {
 				.last_used_ns = now,
@@ -1135,10 +1215,7 @@ static __always_inline int destroy_if_doomed(struct seq_file *seq, struct sock_c
 		rv = bpf_sk_storage_get(&revnat_map, sk, NULL, 0);
 		if (!rv)
 			return 0;
-		for (int i = 0; i < NXL_REV_PER_SOCK; i++) {
-			if (revnat_is(&rv->e[i], key.addr, key.port))
-				ours = true;
-		}
+		ours = revnat_find(sk, rv, key.addr, key.port) != NULL;
 	}
 	if (!ours)
 		return 0;

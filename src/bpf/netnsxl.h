@@ -37,10 +37,15 @@ enum nxl_limits {
 	/* The node's topology.kubernetes.io/zone (a label value: 63 bytes). */
 	NXL_ZONE_LEN = 64,
 	/* Reverse-translation pairs remembered per UDP socket: one per
-	 * frontend it sends to (an unconnected socket keeps one backend per
-	 * frontend). A socket that talks to more frontends overwrites its
-	 * oldest pair and counts NXL_STAT_UDP_REV_EVICTED. */
+	 * backend it sends to (an unconnected socket keeps one backend per
+	 * frontend). The first NXL_REV_INLINE live in revnat_map, so a new
+	 * socket's storage stays in the allocator's small class; the rest in
+	 * revnat_more_map, created when those fill. A socket that talks to
+	 * more backends overwrites its oldest pair and counts
+	 * NXL_STAT_UDP_REV_EVICTED. */
 	NXL_REV_PER_SOCK = 16,
+	NXL_REV_INLINE = 4,
+	NXL_REV_MORE = 12,
 	NXL_NAME_LEN = 64,
 	/* Backends a master entry holds itself: picking one of them is the
 	 * master lookup alone. Backend i >= NXL_INLINE is in slot i + 1. */
@@ -276,11 +281,16 @@ struct revnat_entry {
 };
 
 struct revnat_value {
-	struct revnat_entry e[NXL_REV_PER_SOCK];
+	struct revnat_entry e[NXL_REV_INLINE];
 	__u32 used; /* entries filled, from e[0] on */
 	__u32 last; /* the entry the last send used: checked first */
 	__u32 next; /* the entry to overwrite when all are in use */
-	__u32 pad0;
+	__u32 seed; /* this socket's backend choice (unconnected sends); 0: unset */
+};
+
+/* Pairs NXL_REV_INLINE.. of a socket that talks to more backends. */
+struct revnat_more {
+	struct revnat_entry e[NXL_REV_MORE];
 };
 
 /*
@@ -406,7 +416,8 @@ _Static_assert(sizeof(struct svc_meta) == 100, "svc_meta layout");
 _Static_assert(sizeof(struct member_key) == 8, "member_key layout");
 _Static_assert(sizeof(struct affinity_key) == 16, "affinity_key layout");
 _Static_assert(sizeof(struct affinity_value) == 16, "affinity_value layout");
-_Static_assert(sizeof(struct revnat_value) == 656, "revnat_value layout");
+_Static_assert(sizeof(struct revnat_value) == 176, "revnat_value layout");
+_Static_assert(sizeof(struct revnat_more) == 480, "revnat_more layout");
 _Static_assert(sizeof(struct nxl_stale_sock) == 56, "nxl_stale_sock layout");
 _Static_assert(sizeof(struct doomed_key) == 20, "doomed_key layout");
 _Static_assert(sizeof(struct nxl_config) == 376, "nxl_config layout");

@@ -24,6 +24,7 @@ pub const MAPS: &[&str] = &[
     "meta_map",
     "affinity_map",
     "revnat_map",
+    "revnat_more_map",
     "node_addr_map",
     "bypass_map",
     "doomed_map",

@@ -56,6 +56,9 @@ struct Cli {
 enum Cmd {
     /// Internal: one block of connects from a cgroup and netns.
     Client(ClientArgs),
+    /// This build's datapath against a baseline netnsxl binary (an earlier
+    /// commit's), both attached in one run, warm loops interleaved.
+    Ab(ab::AbArgs),
 }
 
 #[derive(Args, Clone)]
@@ -427,6 +430,7 @@ fn client(a: ClientArgs) -> Result<()> {
 // Guards: everything the benchmark creates goes away on drop. Netns, veth,
 // cgroups and processes are the integration tests' own guards (one file).
 
+mod ab;
 #[path = "../../../tests/common/guards.rs"]
 mod guards;
 mod watch;
@@ -480,6 +484,15 @@ impl Drop for Attachment {
         if self.pins.exists() {
             let _ = self.cmd(&["detach"]).output();
         }
+    }
+}
+
+/// A directory of the benchmark's files, removed on drop.
+struct RmDir(PathBuf);
+
+impl Drop for RmDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
     }
 }
 
@@ -1524,7 +1537,7 @@ mod mem {
             d("backend_map", Hash, 4, 24, 262144, false),
             d("meta_map", Hash, 4, 100, 65536, false),
             d("affinity_map", LruHash, 16, 16, 65536, true),
-            d("revnat_map", SkStorage, 4, 152, 0, false),
+            d("revnat_map", SkStorage, 4, 176, 0, false),
             d("port_map", Array, 4, 4, 65536, true),
             d("stats_map", PercpuArray, 4, 8, 9, true),
             d("svc_stats_map", PercpuHash, 4, 16, 65536, true),
@@ -2051,12 +2064,6 @@ fn run(args: RunArgs) -> Result<()> {
     let lab = Lab::new(&probe)?;
     let dir = std::env::temp_dir().join(format!("{}-files", lab.tag));
     fs::create_dir_all(&dir)?;
-    struct RmDir(PathBuf);
-    impl Drop for RmDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
     let _rm = RmDir(dir.clone());
     let att = Attachment {
         netnsxl,
@@ -2194,6 +2201,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Some(Cmd::Client(a)) => client(a),
+        Some(Cmd::Ab(a)) => ab::run(a),
         None => run(cli.run),
     };
     match res {
