@@ -70,24 +70,28 @@ fn endpoint(ip: &str, port: u16) -> String {
     }
 }
 
-/// A UDP ClusterIP with `backends`.
+/// A UDP ClusterIP with `backends` (addresses) on PORT.
 fn clusterip(lab: &Lab, frontend: &str, backends: &[&str]) {
+    let eps: Vec<String> = backends.iter().map(|b| endpoint(b, PORT)).collect();
+    clusterip_to(lab, frontend, &eps);
+}
+
+/// A UDP ClusterIP with `backends` (ADDR:PORT), replacing any before it.
+fn clusterip_to(lab: &Lab, frontend: &str, backends: &[String]) {
     let mut args = vec![
-        "svc".to_string(),
-        "add".into(),
-        "--type".into(),
-        "clusterip".into(),
-        "--proto".into(),
-        "udp".into(),
-        "--frontend".into(),
-        frontend.into(),
-        "--replace".into(),
+        "svc",
+        "add",
+        "--type",
+        "clusterip",
+        "--proto",
+        "udp",
+        "--frontend",
+        frontend,
+        "--replace",
     ];
     for b in backends {
-        args.push("--backend".into());
-        args.push(endpoint(b, PORT));
+        args.extend(["--backend", b.as_str()]);
     }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     lab.cli().ok(&args);
 }
 
@@ -314,18 +318,7 @@ fn more_frontends_than_pairs_per_socket_are_counted_never_silent() {
         } else {
             endpoint(V4[i - 16], PORT + 1)
         };
-        lab.cli().ok(&[
-            "svc",
-            "add",
-            "--type",
-            "clusterip",
-            "--proto",
-            "udp",
-            "--frontend",
-            &vip,
-            "--backend",
-            &backend,
-        ]);
+        clusterip_to(&lab, &vip, &[backend]);
         vips.push(vip);
     }
     let targets: Vec<&str> = vips.iter().map(String::as_str).collect();
@@ -383,21 +376,8 @@ fn dnsperf_one_socket_32_in_flight_loses_nothing_and_stays_on_one_backend() {
         .map(|i| dir.join(format!("dnsmasq-{i}.log")))
         .collect();
     let _servers: Vec<Reaped> = (0..8).map(|i| dnsmasq(&lab, V4[i], &logs[i])).collect();
-    let mut args = vec![
-        "svc",
-        "add",
-        "--type",
-        "clusterip",
-        "--proto",
-        "udp",
-        "--frontend",
-        VIP,
-    ];
     let backends: Vec<String> = V4[..8].iter().map(|ip| endpoint(ip, 53)).collect();
-    for b in &backends {
-        args.extend(["--backend", b.as_str()]);
-    }
-    lab.cli().ok(&args);
+    clusterip_to(&lab, VIP, &backends);
     let names = dir.join("queries");
     let list: String = (0..50).map(|i| format!("n{i}.example.test A\n")).collect();
     std::fs::write(&names, list).unwrap();

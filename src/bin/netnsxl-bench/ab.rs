@@ -74,11 +74,7 @@ pub fn run(args: AbArgs) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("netnsxl-bench creates namespaces and attaches BPF: run it as root");
     }
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .context("binary dir")?
-        .to_path_buf();
-    let probe = bin_dir.join("netnsxl-probe");
+    let probe = sibling("netnsxl-probe")?;
     let baseline = fs::canonicalize(&args.baseline)
         .with_context(|| format!("--baseline {}", args.baseline.display()))?;
     let lab = Lab::new(&probe)?;
@@ -97,7 +93,7 @@ pub fn run(args: AbArgs) -> Result<()> {
     let sides = [
         Side {
             att: Attachment {
-                netnsxl: bin_dir.join("netnsxl"),
+                netnsxl: sibling("netnsxl")?,
                 pins: pins("ab-after"),
             },
             cg: Cgroup::try_create("netnsxl-bench-after-")?,

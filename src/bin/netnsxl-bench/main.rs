@@ -2043,24 +2043,27 @@ fn environment() -> String {
     )
 }
 
+/// A program built next to this one (cargo build --release --bins).
+fn sibling(name: &str) -> Result<PathBuf> {
+    let p = std::env::current_exe()?
+        .parent()
+        .context("binary dir")?
+        .join(name);
+    if !p.exists() {
+        bail!(
+            "{} is missing: build with cargo build --release --bins",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
 fn run(args: RunArgs) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("netnsxl-bench creates namespaces and attaches BPF: run it as root (make bench)");
     }
-    let bin_dir = std::env::current_exe()?
-        .parent()
-        .context("binary dir")?
-        .to_path_buf();
-    let netnsxl = bin_dir.join("netnsxl");
-    let probe = bin_dir.join("netnsxl-probe");
-    for p in [&netnsxl, &probe] {
-        if !p.exists() {
-            bail!(
-                "{} is missing: build with cargo build --release --bins",
-                p.display()
-            );
-        }
-    }
+    let netnsxl = sibling("netnsxl")?;
+    let probe = sibling("netnsxl-probe")?;
     let lab = Lab::new(&probe)?;
     let dir = std::env::temp_dir().join(format!("{}-files", lab.tag));
     fs::create_dir_all(&dir)?;
