@@ -159,22 +159,7 @@ pub fn run(args: AbArgs) -> Result<()> {
                     let s = &sides[side];
                     seed += 1;
                     let before = prog_stats(&s.att)?;
-                    let b: Block = runner.client(
-                        &plain,
-                        &s.cg.path,
-                        &[
-                            "--mode",
-                            "warm",
-                            "--proto",
-                            proto,
-                            "--targets",
-                            targets,
-                            "--count",
-                            &args.count.to_string(),
-                            "--seed",
-                            &seed.to_string(),
-                        ],
-                    )?;
+                    let b = runner.warm(&plain, &s.cg.path, proto, targets, args.count, seed)?;
                     let after = prog_stats(&s.att)?;
                     if b.failed > 0 {
                         eprintln!("   {name}: {} failed, first: {:?}", b.failed, b.first_error);

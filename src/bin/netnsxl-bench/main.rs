@@ -846,6 +846,34 @@ impl Runner {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// One warm loop (`client --mode warm`): `count` calls, no waiting.
+    fn warm(
+        &self,
+        netns: &str,
+        cgroup: &Path,
+        proto: &str,
+        targets: &str,
+        count: u32,
+        seed: u64,
+    ) -> Result<Block> {
+        self.client(
+            netns,
+            cgroup,
+            &[
+                "--mode",
+                "warm",
+                "--proto",
+                proto,
+                "--targets",
+                targets,
+                "--count",
+                &count.to_string(),
+                "--seed",
+                &seed.to_string(),
+            ],
+        )
+    }
+
     fn block(
         &self,
         netns: &str,
@@ -1125,22 +1153,7 @@ fn measure_floor(
             let (name, cg, proto, targets, prog) = loops[(k + round) % loops.len()];
             seed += 1;
             let (before, e0) = (prog_stats(att)?, prog_stats_by_id(empty_id));
-            let b: Block = run.client(
-                plain,
-                cg,
-                &[
-                    "--mode",
-                    "warm",
-                    "--proto",
-                    proto,
-                    "--targets",
-                    targets,
-                    "--count",
-                    &args.warm_connects.to_string(),
-                    "--seed",
-                    &seed.to_string(),
-                ],
-            )?;
+            let b = run.warm(plain, cg, proto, targets, args.warm_connects, seed)?;
             let (after, e1) = (prog_stats(att)?, prog_stats_by_id(empty_id));
             if b.failed > 0 {
                 eprintln!("   {name}: {} failed, first: {:?}", b.failed, b.first_error);
