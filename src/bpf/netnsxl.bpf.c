@@ -560,18 +560,19 @@ static __always_inline void udp_sticky(void *sk, struct revnat_value *rv,
 /*
  * Remember in the UDP socket's storage that replies from this backend are
  * the frontend's (connected UDP, affinity and redirect picks): one pair per
- * backend. The same pair as the socket's last send is the common case and
+ * backend. rv: the socket's storage if the caller has it already. The same pair as the socket's last send is the common case and
  * costs one comparison.
  */
-static __always_inline void remember_revnat(struct bpf_sock_addr *ctx,
+static __always_inline void remember_revnat(struct bpf_sock_addr *ctx, struct revnat_value *rv,
 					    const struct nxl_dest *frontend,
 					    const __u8 *be_addr, __be16 be_port, __u32 be_id)
 {
-	struct revnat_value *rv = revnat_of(ctx);
 	struct revnat_more *more = NULL;
 	struct revnat_entry *e;
 	__u32 i, at = NXL_REV_PER_SOCK;
 
+	if (!rv)
+		rv = revnat_of(ctx);
 	if (!rv)
 		return;
 	if (rv->used == 0) {
@@ -779,7 +780,7 @@ static __always_inline bool redirect(struct bpf_sock_addr *ctx, struct nxl_dest 
 {
 	struct svc_key key = {};
 	struct redirect_value *rv;
-	struct revnat_value *sock_rv;
+	struct revnat_value *sock_rv = NULL;
 	struct redirect_backend *be;
 	struct nxl_config *cfg;
 	struct nxl_dest orig;
@@ -827,7 +828,7 @@ static __always_inline bool redirect(struct bpf_sock_addr *ctx, struct nxl_dest 
 		return false;
 	be = &rv->be[idx];
 	if (proto == IPPROTO_UDP)
-		remember_revnat(ctx, dst, be->addr, be->port, 0);
+		remember_revnat(ctx, sock_rv, dst, be->addr, be->port, 0);
 	else if (!remember_tcp(ctx, dst, be->addr, be->port))
 		count(NXL_STAT_TCP_UNRECORDED);
 	__builtin_memcpy(dst->addr, be->addr, 16);
@@ -959,7 +960,7 @@ static __always_inline int xlate(struct bpf_sock_addr *ctx, struct nxl_dest *dst
 
 	if (proto == IPPROTO_UDP) {
 		if (!rv) /* udp_sticky wrote the entry of a hashed pick */
-			remember_revnat(ctx, dst, to_addr, to_port, to_id);
+			remember_revnat(ctx, NULL, dst, to_addr, to_port, to_id);
 	} else if (!remember_tcp(ctx, dst, to_addr, to_port))
 		count(NXL_STAT_TCP_UNRECORDED);
 	__builtin_memcpy(dst->addr, to_addr, 16);
