@@ -592,6 +592,51 @@ fn init_netns_cookie_from_bpf_matches_so_netns_cookie() {
     assert!(err.contains("detach first"), "{err}");
 }
 
+/// The datapath's load cost stays far from the verifier's limit of
+/// 1,000,000 processed instructions per program: every program of the
+/// object, on every kernel of the matrix. A scan inlined into the sendmsg
+/// hooks once cost 200,000 each (0.3 s of an attach, 15 times that under
+/// emulation); 100,000 is a tenth of the limit.
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn every_program_verifies_well_below_the_limit() {
+    require_root();
+    let (cg, pins) = (Cgroup::new(), PinDir::new());
+    let cli = Cli { pins: &pins };
+    let out = cli
+        .cmd(&["attach", "--cgroup", cg.path.to_str().unwrap()])
+        .env("NETNSXL_VERIFIER_STATS", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+    let stats: Vec<(String, u64)> = err
+        .lines()
+        .filter_map(|l| {
+            let (prog, rest) = l.strip_prefix("verifier: ")?.split_once(": ")?;
+            let insns = rest.split(' ').next()?.parse().ok()?;
+            Some((prog.to_string(), insns))
+        })
+        .collect();
+    eprintln!("{err}");
+    for hook in ["connect", "sendmsg", "recvmsg", "getpeername"] {
+        for family in ["4", "6"] {
+            let name = format!("nxl_{hook}{family}");
+            assert!(
+                stats.iter().any(|(p, _)| *p == name),
+                "no statistics for {name}: {err}"
+            );
+        }
+    }
+    for (prog, insns) in &stats {
+        assert!(*insns > 0, "{prog}: {err}");
+        assert!(
+            *insns < 100_000,
+            "{prog} took {insns} instructions to verify: {err}"
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs root (make test runs it)"]
 fn detach_leaves_no_pin_and_no_program() {

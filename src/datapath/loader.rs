@@ -92,6 +92,58 @@ fn capture_libbpf_log(_level: PrintLevel, msg: String) {
     }
 }
 
+/// With this variable set, attach asks the verifier for its statistics and
+/// prints one line per program on standard error: how many instructions it
+/// processed (the kernel stops at 1,000,000) and how long it took. A guard
+/// on the datapath's load cost (see `every_program_verifies_well_below_the_limit`).
+pub const VERIFIER_STATS_ENV: &str = "NETNSXL_VERIFIER_STATS";
+
+/// One program's verification, as the verifier summed it up.
+#[derive(Debug, PartialEq, Eq)]
+pub struct VerifierStat {
+    pub prog: String,
+    pub insns: u64,
+    /// Absent on kernels whose log has no "verification time" line.
+    pub usec: Option<u64>,
+}
+
+/// The verifier's summary of each program in a libbpf log of log level 4:
+/// `prog 'NAME': -- BEGIN PROG LOAD LOG --`, `verification time N usec`,
+/// `processed N insns (limit ...) ...`, `-- END PROG LOAD LOG --`.
+fn verifier_stats(log: &str) -> Vec<VerifierStat> {
+    let number_after = |line: &str, word: &str| -> Option<u64> {
+        let rest = line.strip_prefix(word)?.trim_start();
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+    };
+    let mut out = Vec::new();
+    let mut cur: Option<VerifierStat> = None;
+    for line in log.lines() {
+        let line = line.trim();
+        if let Some(at) = line.find("prog '")
+            && let Some(rest) = line.get(at + 6..)
+            && let Some((name, tail)) = rest.split_once('\'')
+            && tail.contains("BEGIN PROG LOAD LOG")
+        {
+            cur = Some(VerifierStat {
+                prog: name.to_string(),
+                insns: 0,
+                usec: None,
+            });
+        } else if let Some(c) = cur.as_mut() {
+            if let Some(n) = number_after(line, "processed") {
+                c.insns = n;
+            } else if let Some(n) = number_after(line, "verification time") {
+                c.usec = Some(n);
+            } else if line.contains("END PROG LOAD LOG") {
+                out.extend(cur.take());
+            }
+        }
+    }
+    out
+}
+
 /// The last lines libbpf printed (the verifier log's tail on a rejection).
 fn libbpf_log_tail(n: usize) -> String {
     let log = LIBBPF_LOG.lock().map(|l| l.concat()).unwrap_or_default();
@@ -304,6 +356,12 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
         .affinity_map
         .set_max_entries(cap.affinity)
         .context("size affinity_map")?;
+    let stats = std::env::var_os(VERIFIER_STATS_ENV).is_some();
+    if stats {
+        for mut p in open.open_object_mut().progs_mut() {
+            p.set_log_level(4);
+        }
+    }
     let skel = open.load().map_err(|e| {
         anyhow!(
             "load the BPF object on kernel {}: {e}\nlast lines of the libbpf/verifier log:\n{}",
@@ -311,6 +369,19 @@ pub fn attach(pin_dir: &Path, opts: &AttachOpts) -> Result<()> {
             libbpf_log_tail(25)
         )
     })?;
+    if stats {
+        let log = LIBBPF_LOG.lock().map(|l| l.concat()).unwrap_or_default();
+        for v in verifier_stats(&log) {
+            let time = v
+                .usec
+                .map(|u| format!(" in {:.1} ms", u as f64 / 1000.0))
+                .unwrap_or_default();
+            eprintln!(
+                "verifier: {}: {} instructions processed{time}",
+                v.prog, v.insns
+            );
+        }
+    }
 
     let (init_cookie, cookie_from_bpf) = probe_init_cookie(&skel, probed.has(Id::InitCookieTc))?;
     let host_cookie = host_cookie.unwrap_or(init_cookie);
@@ -495,4 +566,43 @@ pub fn detach(pin_dir: &Path) -> Result<()> {
     remove_pins(&pins, true)?;
     println!("detached; removed {}", pin_dir.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_stats_are_read_from_the_libbpf_log() {
+        // As libbpf 1.x prints a successful load at log level 4 (6.18), and
+        // a kernel whose log has no verification time.
+        let log = "libbpf: prog 'nxl_connect4': -- BEGIN PROG LOAD LOG --\n\
+                   func#0 @0\n\
+                   verification time 8145 usec\n\
+                   stack depth 120+0\n\
+                   processed 8927 insns (limit 1000000) max_states_per_insn 10 total_states 439 peak_states 405 mark_read 0\n\
+                   -- END PROG LOAD LOG --\n\
+                   libbpf: map 'x': created\n\
+                   libbpf: prog 'nxl_recvmsg4': -- BEGIN PROG LOAD LOG --\n\
+                   processed 2701 insns (limit 1000000) max_states_per_insn 5\n\
+                   -- END PROG LOAD LOG --\n";
+        assert_eq!(
+            verifier_stats(log),
+            vec![
+                VerifierStat {
+                    prog: "nxl_connect4".into(),
+                    insns: 8927,
+                    usec: Some(8145)
+                },
+                VerifierStat {
+                    prog: "nxl_recvmsg4".into(),
+                    insns: 2701,
+                    usec: None
+                },
+            ]
+        );
+        assert!(
+            verifier_stats("prog 'x': -- BEGIN PROG LOAD LOG --\nprocessed 5 insns").is_empty()
+        );
+    }
 }
