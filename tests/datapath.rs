@@ -592,6 +592,64 @@ fn init_netns_cookie_from_bpf_matches_so_netns_cookie() {
     assert!(err.contains("detach first"), "{err}");
 }
 
+/// The cgroup's attached programs, as bpftool lists them (JSON array).
+fn cgroup_programs(cg: &Cgroup) -> Vec<serde_json::Value> {
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(&cg.path)
+        .output()
+        .expect("run bpftool (make deps installs it)");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    if text.trim().is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_str(&text).expect("bpftool printed JSON")
+}
+
+/// Group "floor" of tests/groups.txt: it runs inside every kernel of the
+/// matrix, also those below netnsxl's floor (Linux 5.14). Below it, attach
+/// refuses with one line that names what the kernel lacks and the kernel
+/// netnsxl needs, and leaves nothing: no pin dir, no program on the
+/// cgroup. At or above it, attach works and detach leaves nothing either.
+/// Prints "floor: refused: LINE" for the kernel runner, which requires it
+/// of a kernel below the floor.
+#[test]
+#[ignore = "needs root (make test runs it)"]
+fn attach_works_or_refuses_in_one_line_and_leaves_nothing() {
+    require_root();
+    let (cg, pins) = (Cgroup::new(), PinDir::new());
+    let cli = Cli { pins: &pins };
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let release = release.trim();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    let out = cli
+        .cmd(&["attach", "--cgroup", cg.path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    if version < (5, 14) {
+        assert!(!out.status.success(), "attach worked on {release}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {err}");
+        assert!(
+            lines[0].contains(&format!("this kernel ({release}) lacks"))
+                && lines[0].contains("netnsxl needs Linux 5.14 or newer"),
+            "{err}"
+        );
+        println!("floor: refused: {}", lines[0]);
+    } else {
+        assert!(out.status.success(), "attach on {release}: {err}");
+        assert!(!cgroup_programs(&cg).is_empty(), "attach attached nothing");
+        cli.ok(&["detach"]);
+    }
+    assert!(!pins.path.exists(), "{} is left", pins.path.display());
+    assert_eq!(cgroup_programs(&cg), Vec::<serde_json::Value>::new());
+}
+
 /// The datapath's load cost stays far from the verifier's limit of
 /// 1,000,000 processed instructions per program: every program of the
 /// object, on every kernel of the matrix. A scan inlined into the sendmsg
