@@ -702,18 +702,20 @@ fn detach_leaves_no_pin_and_no_program() {
     let (cg, pins) = (Cgroup::new(), PinDir::new());
     let cli = Cli { pins: &pins };
     cli.attach(&cg, &[]);
-    let show = |cg: &Cgroup| {
-        let out = run_ok(
-            Command::new("bpftool")
-                .args(["cgroup", "show"])
-                .arg(&cg.path),
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    assert!(show(&cg).contains("connect4"), "attached: {}", show(&cg));
+    let attached = cgroup_programs(&cg);
+    assert!(
+        attached
+            .iter()
+            .any(|p| p["name"].as_str().is_some_and(|n| n.contains("connect4"))),
+        "attached: {attached:?}"
+    );
     cli.ok(&["detach"]);
     assert!(!pins.path.exists(), "pin dir removed");
-    assert_eq!(show(&cg).trim(), "", "no program left on the cgroup");
+    assert_eq!(
+        cgroup_programs(&cg),
+        Vec::<serde_json::Value>::new(),
+        "no program left on the cgroup"
+    );
 }
 
 #[test]
